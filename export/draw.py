@@ -1,0 +1,92 @@
+"""Backend-free sampling core (numpy only): the draw and the raster-order loops shared by the PyTorch sampler
+(:mod:`brainvq.sampling`) and the onnxruntime sampler (:mod:`brainvq.export.sample_onnx`).
+
+Both backends consume the same uniforms (``np.random.default_rng(seed).random((n, h, w))``) through the same
+inverse-CDF draw, so the same seed gives the same codes in PyTorch and in onnxruntime, fast or naive (up to a
+uniform landing within float rounding of a CDF boundary). Must never import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+# (codes_row (B,w) int64, vcache, labels (B,) int64, keep (1,) float32) -> (vrow (w,B,L,2C), vcache)
+RowFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+# (prev_code (B,) int64, hcache (B,L,ctx,C), vrow_j (B,L,2C)) -> (logits (B,K), hcache)
+StepFn = Callable[[np.ndarray, np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+# (codes (B,h,w) int64, labels (B,) int64) -> logits (B,K,h,w)
+FullFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def uniforms(n: int, code_shape: tuple[int, int], seed: int) -> np.ndarray:
+    """The randomness of a whole sampling call: ``(n, h, w)`` float64 in [0, 1)."""
+    return np.random.default_rng(seed).random((n, *code_shape))
+
+
+def draw(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int = 0) -> np.ndarray:
+    """Inverse-CDF draw from ``softmax(logits / temperature)`` restricted to the ``top_k`` largest (0 = all).
+
+    ``logits (B,K)``, ``u (B,)`` in [0, 1) ``-> (B,)`` int64. Deterministic given ``u``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)  # (B,K)
+    k = z.shape[1]
+    if 0 < top_k < k:
+        kth = np.partition(z, k - top_k, axis=1)[:, k - top_k, None]  # (B,1): k-th largest
+        z = np.where(z >= kth, z, -np.inf)
+    p = np.exp(z - z.max(axis=1, keepdims=True))  # (B,K)
+    cdf = np.cumsum(p, axis=1)
+    # First index whose CDF reaches u·total; u = 0 would pick a zero-probability leading code, so nudge it.
+    target = np.maximum(np.asarray(u, dtype=np.float64), 1e-12)[:, None] * cdf[:, -1:]
+    return np.minimum((cdf < target).sum(axis=1), k - 1).astype(np.int64)
+
+
+def fast_sample_batch(row_fn: RowFn, step_fn: StepFn, labels: np.ndarray, u: np.ndarray, num_embeddings: int,
+                      hcache_shape: tuple[int, ...], vcache_shape: tuple[int, ...], temperature: float = 1.0,
+                      top_k: int = 0, on_row: Callable[[], None] | None = None) -> np.ndarray:
+    """Exact raster-order sampling with cached activations (Ramachandran et al. 2017, arXiv 1704.06001).
+
+    One ``row_fn`` call per row and one ``step_fn`` call per code. ``labels (B,)``, ``u (B,h,w)`` ``-> (B,h,w)``.
+    """
+    b, h, w = u.shape
+    codes = np.zeros((b, h, w), dtype=np.int64)
+    pad = np.full(b, num_embeddings, dtype=np.int64)  # index K embeds to zeros: "nothing to the left/above"
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    vcache = np.zeros(vcache_shape, dtype=np.float32)
+    hzero = np.zeros(hcache_shape, dtype=np.float32)
+    keep = (np.zeros(1, np.float32), np.ones(1, np.float32))
+    for i in range(h):
+        above = np.ascontiguousarray(codes[:, i - 1]) if i else np.full((b, w), num_embeddings, dtype=np.int64)
+        vrow, new_vcache = row_fn(above, vcache, labels, keep[i > 0])  # (w,B,L,2C)
+        if i:
+            vcache = new_vcache  # the first call only produced row 0's label terms; its cache is padding
+        hcache, prev = hzero, pad
+        for j in range(w):
+            logits, hcache = step_fn(prev, hcache, vrow[j])
+            prev = draw(logits, u[:, i, j], temperature, top_k)
+            codes[:, i, j] = prev
+        if on_row is not None:
+            on_row()
+    return codes
+
+
+def naive_sample_batch(full_fn: FullFn, labels: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int = 0,
+                       on_row: Callable[[], None] | None = None, max_steps: int | None = None) -> np.ndarray:
+    """Reference sampler: one full forward pass per code (h·w passes). ``max_steps`` stops early (benchmarks)."""
+    b, h, w = u.shape
+    codes = np.zeros((b, h, w), dtype=np.int64)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    steps = 0
+    for i in range(h):
+        for j in range(w):
+            if max_steps is not None and steps >= max_steps:
+                return codes
+            logits = full_fn(codes, labels)  # (B,K,h,w); codes at and after (i, j) are not seen (causal)
+            codes[:, i, j] = draw(logits[:, :, i, j], u[:, i, j], temperature, top_k)
+            steps += 1
+        if on_row is not None:
+            on_row()
+    return codes

@@ -1,0 +1,128 @@
+"""Export a VQ-VAE decoder and a gated PixelCNN prior (full, row-step and position-step graphs) to ONNX.
+
+Exporter chosen on purpose: the legacy TorchScript exporter (``dynamo=False``) with ``dynamic_axes`` for the batch.
+It needs no onnxscript, traces the shift/crop convolutions and the cached step modules as plain ops, and
+onnxruntime matched PyTorch to ~1e-6 here (see PITFALLS.md). None of these graphs contains ArgMin/ArgMax
+(the decoder takes indices; sampling happens in numpy), so the CUDA provider runs every node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+import brainvq
+from brainvq.errors import ModelFileError
+from brainvq.export.onnx_meta import FILES, build_metadata, pair_id
+
+
+class DecoderGraph(nn.Module):
+    """``codes (B,h,w) int64 -> image (B,1,H,W)`` in [0,1]; the codebook lookup is a Gather inside the graph."""
+
+    def __init__(self, vqvae) -> None:
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.vqvae.decode_indices(codes)
+
+
+def _uses(x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged but formally depending on ``label``: the tracer drops unused inputs, and an unconditional
+    prior must keep the same graph interface (label accepted and ignored) as a conditional one."""
+    return x + (label[0] * 0).to(x.dtype)
+
+
+class PriorGraph(nn.Module):
+    """``codes (B,h,w) int64, label (B,) int64 -> logits (B,K,h,w)``."""
+
+    def __init__(self, prior) -> None:
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, codes: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        logits = self.prior(codes, label).logits
+        return logits if self.prior.config.conditional else _uses(logits, label)
+
+
+class RowGraph(nn.Module):
+    """:class:`brainvq.models.pixelcnn.PixelCNNRowStep` with a fixed interface (label kept when unconditional)."""
+
+    def __init__(self, prior) -> None:
+        super().__init__()
+        self.row, self.conditional = prior.row_module().eval(), prior.config.conditional
+
+    def forward(self, codes_row, vcache, label, keep):
+        vrow, vcache = self.row(codes_row, vcache, label, keep)
+        return (vrow if self.conditional else _uses(vrow, label)), vcache
+
+
+def _digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            dynamic: dict[str, dict[int, str]], opset: int) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer/deprecation chatter about the legacy exporter
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+
+
+def _stamp(path: Path, meta: dict[str, str]) -> None:
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path))
+
+
+def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = None) -> dict[str, Path]:
+    """Write ``decoder.onnx``, ``prior.onnx``, ``prior_row.onnx`` and ``prior_step.onnx`` to ``out_dir``.
+
+    ``meta`` may carry ``vqvae_run_id`` and ``pixelcnn_run_id``; every file gets the same metadata (codebook size,
+    code grid, image size, labels, conditional, versions, run ids) and a shared pair id. Returns ``{name: path}``.
+    """
+    meta = dict(meta or {})
+    vc, pc = vqvae.config, prior.config
+    if pc.num_embeddings != vc.num_embeddings:
+        raise ModelFileError(f"prior has {pc.num_embeddings} codes but the VQ-VAE codebook has {vc.num_embeddings}")
+    if tuple(pc.code_shape) != tuple(vc.code_shape):
+        raise ModelFileError(f"prior code grid {pc.code_shape} != VQ-VAE code grid {vc.code_shape}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vqvae, prior = vqvae.cpu().eval(), prior.cpu().eval()
+    vq_id, px_id = str(meta.get("vqvae_run_id") or ""), str(meta.get("pixelcnn_run_id") or "")
+    pid = pair_id([vq_id, px_id, json.dumps(vc.to_dict(), sort_keys=True), json.dumps(pc.to_dict(), sort_keys=True),
+                   _digest(vqvae), _digest(prior)])
+    b, (h, w) = 2, pc.code_shape
+    codes = torch.zeros(b, h, w, dtype=torch.int64)
+    labels = torch.full((b,), pc.null_label, dtype=torch.int64)
+    batch = {0: "batch"}
+    paths = {name: out / fname for name, fname in FILES.items()}
+    _export(DecoderGraph(vqvae), (codes,), paths["decoder"], ["codes"], ["image"],
+            {"codes": batch, "image": batch}, opset)
+    _export(PriorGraph(prior), (codes, labels), paths["prior"], ["codes", "label"], ["logits"],
+            {"codes": batch, "label": batch, "logits": batch}, opset)
+    _export(RowGraph(prior), (codes[:, 0], torch.zeros(pc.vcache_shape(b)), labels, torch.ones(1)), paths["prior_row"],
+            ["codes_row", "vcache", "label", "keep"], ["vrow", "vcache_out"],
+            {"codes_row": batch, "vcache": batch, "label": batch, "vrow": {1: "batch"}, "vcache_out": batch}, opset)
+    step = prior.step_module().eval()
+    _export(step, (labels, torch.zeros(pc.hcache_shape(b)), torch.zeros(b, pc.num_layers, 2 * pc.hidden_channels)),
+            paths["prior_step"], ["prev_code", "hcache", "vrow_j"], ["logits", "hcache_out"],
+            {"prev_code": batch, "hcache": batch, "vrow_j": batch, "logits": batch, "hcache_out": batch}, opset)
+    for name, path in paths.items():
+        _stamp(path, build_metadata(
+            name, pid, brainvq.__version__, vq_id, px_id, pc.num_embeddings, pc.code_shape, vc.image_size,
+            pc.conditional, pc.num_layers, pc.hidden_channels, pc.kernel_size))
+    return paths

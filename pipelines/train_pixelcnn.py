@@ -1,0 +1,60 @@
+"""Train the gated PixelCNN prior over the codes of a finished VQ-VAE run (encodes them first if needed).
+
+Examples:
+    mlflow run . -e train_pixelcnn --env-manager local -P vqvae_run_id=latest
+    brainvq train-pixelcnn --vqvae_run_id 3f2c... --epochs 30 --conditional true
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from brainvq.cliutil import add_param, run_main, setup_logging, str2bool
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="brainvq train-pixelcnn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_param(p, "vqvae_run_id", default="latest", help="train_vqvae run ID, or latest")
+    add_param(p, "epochs", type=int, default=40, help="training epochs")
+    add_param(p, "batch_size", type=int, default=32, help="code grids per step")
+    add_param(p, "lr", type=float, default=3e-3, help="peak Adam learning rate (cosine schedule)")
+    add_param(p, "num_layers", type=int, default=12, help="gated layers")
+    add_param(p, "hidden_channels", type=int, default=64, help="channels of each stack")
+    add_param(p, "conditional", type=str2bool, default=True, help="condition on AD/NC (with a null label)")
+    add_param(p, "seed", type=int, default=0, help="random seed")
+    add_param(p, "max_minutes", type=float, default=6.0, help="wall-clock budget; 0 = none")
+    add_param(p, "resume", type=str2bool, default=False, help="continue from this configuration's last checkpoint")
+    add_param(p, "device", default="auto", help="auto, cpu, cuda or mps")
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    from brainvq.config_args import prior_configs_from_args
+    from brainvq.mlflow_stage import log_prior_run, prior_codes, stage_run
+    from brainvq.runs import load_stage_model
+    from brainvq.vqvae_stage import checkpoint_dir_for
+
+    vqvae, _, vq_run = load_stage_model(args.vqvae_run_id, "train_vqvae")
+    vq_id = vq_run.info.run_id
+    model_cfg, train_cfg = prior_configs_from_args(args, vqvae.config)
+    params = {**vars(args), "vqvae_run_id": vq_id}
+    with stage_run("train_pixelcnn", params, tags={"brainvq.vqvae_run_id": vq_id}) as run:
+        splits = prior_codes(vq_id, vqvae.config.num_embeddings)
+        from brainvq.engine.mlflow_tracker import MlflowTracker
+        from brainvq.engine.pixelcnn_trainer import fit_pixelcnn
+
+        result = fit_pixelcnn(model_cfg, train_cfg, splits["train"], splits["val"], splits["test"],
+                              checkpoint_dir=checkpoint_dir_for(params, ".brainvq/checkpoints/prior"),
+                              resume=args.resume, extra_checkpoint={"vqvae_run_id": vq_id},
+                              tracker=MlflowTracker(run.info.run_id))
+        log_prior_run(result, vqvae, train_cfg, vq_id, seed=args.seed)
+        m = result.test_metrics
+        print(f"run {run.info.run_id}: prior/test_nll_bits={m.get('prior/test_nll_bits', float('nan')):.4f} "
+              f"(unigram {m.get('prior/unigram_bits', float('nan')):.4f}, uniform {m.get('prior/uniform_bits', float('nan')):.4f})")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="train_pixelcnn"))

@@ -1,0 +1,5 @@
+import sys
+
+from brainvq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), config carried inside.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists: ``{"kind", "config", "model", ...}``, so
+``torch.load(weights_only=True)`` can read it without unpickling arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainvq.errors import ModelFileError
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file in the same folder, fsync, then rename: a kill never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint safely; ``kind`` (``"vqvae"``/``"pixelcnn"``) is checked when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle, random bytes
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"checkpoint {path} is corrupt or not a brainvq checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise ModelFileError(f"checkpoint {path} is not a brainvq checkpoint (missing 'config'/'model')")
+    if kind is not None and ckpt.get("kind") != kind:
+        raise ModelFileError(f"checkpoint {path} holds a {ckpt.get('kind')!r} model, expected {kind!r}")
+    return ckpt
+
+
+def build_model(ckpt: dict, path: str | os.PathLike = "<checkpoint>"):
+    """Rebuild the model a checkpoint describes, as ``Model(Config(**ckpt["config"]))``, and load its weights."""
+    kind = ckpt.get("kind")
+    try:
+        if kind == "vqvae":
+            from brainvq.models.vqvae import VQVAE, VQVAEConfig
+
+            model = VQVAE(VQVAEConfig(**ckpt["config"]))
+        elif kind == "pixelcnn":
+            from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
+
+            model = GatedPixelCNN(PixelCNNConfig(**ckpt["config"]))
+        else:
+            raise ModelFileError(f"checkpoint {path} has unknown kind {kind!r}")
+        model.load_state_dict(ckpt["model"])
+    except ModelFileError:
+        raise
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"checkpoint {path} does not match its config ({first})") from None
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike, kind: str | None = None):
+    """Load a checkpoint file and return ``(model, ckpt)``."""
+    ckpt = load_checkpoint(path, kind)
+    return build_model(ckpt, path), ckpt

@@ -1,0 +1,225 @@
+"""Gated PixelCNN prior training over VQ-VAE code grids: tracker-agnostic, resumable, time-budgeted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from brainvq.engine.common import (
+    Budget,
+    batches,
+    check_finite,
+    configure_threads,
+    cosine_lr,
+    epoch_order,
+    load_training_checkpoint,
+    resolve_device,
+    restore_rng,
+    run_callbacks,
+    save_training_checkpoint,
+    seed_everything,
+)
+from brainvq.engine.tracking import NullTracker, Tracker
+from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
+
+log = logging.getLogger(__name__)
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+    max_minutes: float = 0.0  # 0 = no time budget
+    # Share of training examples whose label is replaced by the null label, so one model also samples
+    # unconditionally (classifier-free-guidance style label dropout).
+    label_dropout: float = 0.1
+    device: str = "auto"
+    num_threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+class CodeSet(NamedTuple):
+    """Code grids of one split: ``codes`` (N,h,w) int64, ``labels`` (N,) int64 (1 AD, 0 NC, -1 unknown)."""
+
+    codes: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+class PriorFitResult(NamedTuple):
+    model: GatedPixelCNN
+    history: list[dict[str, float]]
+    test_metrics: dict[str, float]
+    checkpoint: Path | None
+    stopped_early: bool
+
+
+def model_labels(labels: np.ndarray | torch.Tensor, config: PixelCNNConfig) -> torch.Tensor:
+    """Map dataset labels to the prior's label ids: unknown (-1) and unconditional models get the null label."""
+    lab = torch.as_tensor(np.asarray(labels), dtype=torch.int64).clone()
+    null = config.num_classes
+    if not config.conditional:
+        return torch.full_like(lab, null)
+    lab[(lab < 0) | (lab >= null)] = null
+    return lab
+
+
+@torch.no_grad()
+def nll_bits(model: GatedPixelCNN, data: CodeSet, batch_size: int = 64, device="cpu") -> float:
+    """Mean negative log-likelihood in bits per code."""
+    model.eval()
+    if len(data) == 0:
+        return float("nan")
+    total, count = 0.0, 0
+    for s in range(0, len(data), batch_size):
+        codes = torch.as_tensor(data.codes[s : s + batch_size], device=device)
+        labels = model_labels(data.labels[s : s + batch_size], model.config).to(device)
+        logits = model(codes, labels).logits
+        total += F.cross_entropy(logits, codes, reduction="sum").item()
+        count += codes.numel()
+    return total / count / LN2
+
+
+def baseline_bits(train: CodeSet, test: CodeSet, num_embeddings: int) -> dict[str, float]:
+    """``prior/uniform_bits`` (log2 K) and ``prior/unigram_bits``: cross-entropy on test codes of the training
+    code histogram (add-one smoothed so unseen codes stay finite)."""
+    counts = np.bincount(train.codes.ravel(), minlength=num_embeddings).astype(np.float64) + 1.0
+    p = counts / counts.sum()
+    test_counts = np.bincount(test.codes.ravel(), minlength=num_embeddings).astype(np.float64)
+    unigram = float(-(test_counts * np.log2(p)).sum() / max(1.0, test_counts.sum()))
+    return {"prior/uniform_bits": math.log2(num_embeddings), "prior/unigram_bits": unigram}
+
+
+def fit_pixelcnn(
+    model_config: PixelCNNConfig,
+    train_config: PriorTrainConfig,
+    train: CodeSet,
+    val: CodeSet | None = None,
+    test: CodeSet | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    extra_checkpoint: dict | None = None,
+    tracker: Tracker = NullTracker(),
+    callbacks: Iterable[Callable[[int, dict], None]] = (),
+) -> PriorFitResult:
+    """Train the prior by maximum likelihood; logs ``prior/train_nll_bits`` and ``prior/val_nll_bits`` per epoch and
+    ``prior/test_nll_bits`` at the end."""
+    tc = train_config
+    seed_everything(tc.seed)
+    configure_threads(tc.num_threads)
+    device = resolve_device(tc.device)
+    model = GatedPixelCNN(model_config).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    gen = torch.Generator().manual_seed(tc.seed)
+    extra = dict(extra_checkpoint or {})
+
+    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    history: list[dict[str, float]] = []
+    start_epoch, spent = 0, 0.0
+    if resume and ckpt_path is not None:
+        ckpt = load_training_checkpoint(ckpt_path, "pixelcnn")
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            restore_rng(ckpt.get("rng", {}))
+            if "gen" in ckpt.get("rng", {}):
+                gen.set_state(ckpt["rng"]["gen"])
+            start_epoch = int(ckpt["epoch"])
+            history = json.loads(ckpt.get("history", "[]"))
+            spent = float(ckpt.get("elapsed_seconds", 0.0))
+            log.info("resumed prior from %s at epoch %d", ckpt_path, start_epoch)
+
+    budget = Budget(tc.max_minutes, spent_before=spent)
+    bs = min(tc.batch_size, len(train))
+    steps_per_epoch = max(1, len(train) // bs)
+    total_steps = tc.epochs * steps_per_epoch
+    step = start_epoch * steps_per_epoch
+    stopped_early = False
+    for epoch in range(start_epoch, tc.epochs):
+        if budget.exhausted():
+            stopped_early = True
+            break
+        model.train()
+        t0 = time.monotonic()
+        loss_sum, n_batches = 0.0, 0
+        bar = tqdm(list(batches(epoch_order(len(train), tc.seed, epoch), bs)), desc=f"prior epoch {epoch + 1}/{tc.epochs}",
+                   disable=not tc.progress, leave=False, unit="batch")
+        for idx in bar:
+            codes = torch.as_tensor(train.codes[idx], device=device)
+            labels = model_labels(train.labels[idx], model_config)
+            if model_config.conditional and tc.label_dropout > 0:
+                drop = torch.rand(len(labels), generator=gen) < tc.label_dropout
+                labels[drop] = model_config.num_classes
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(tc.lr, max(step / total_steps, budget.fraction()))
+            logits = model(codes, labels.to(device)).logits
+            loss = F.cross_entropy(logits, codes)
+            check_finite(loss, epoch + 1, step, ckpt_path)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            n_batches += 1
+            loss_sum += loss.item()
+            bar.set_postfix(bits=f"{loss.item() / LN2:.3f}")
+            if budget.exhausted():
+                stopped_early = True
+                break
+        bar.close()
+        metrics = {
+            "prior/train_nll_bits": loss_sum / max(1, n_batches) / LN2,
+            "prior/lr": opt.param_groups[0]["lr"],
+            "prior/codes_per_second": n_batches * bs * train.codes[0].size / max(1e-9, time.monotonic() - t0),
+        }
+        if val is not None and len(val):
+            metrics["prior/val_nll_bits"] = nll_bits(model, val, device=device)
+        history.append({"epoch": epoch + 1, **metrics})
+        tracker.log_metrics(metrics, step=epoch + 1)
+        log.info("prior epoch %d/%d train %.4f val %s bits/code", epoch + 1, tc.epochs, metrics["prior/train_nll_bits"],
+                 f"{metrics.get('prior/val_nll_bits', float('nan')):.4f}")
+        if ckpt_path is not None:
+            save_training_checkpoint(
+                ckpt_path, kind="pixelcnn", config=model_config.to_dict(), model=model.state_dict(),
+                optimizer=opt.state_dict(), epoch=epoch + 1,
+                rng={"torch": torch.get_rng_state(), "gen": gen.get_state()}, history=json.dumps(history),
+                elapsed_seconds=budget.elapsed, train_config=json.dumps(asdict(tc)), **extra,
+            )
+        run_callbacks(callbacks, epoch + 1, metrics)
+        if stopped_early:
+            break
+
+    test_metrics: dict[str, float] = {}
+    if test is not None and len(test):
+        test_metrics = {"prior/test_nll_bits": nll_bits(model, test, device=device),
+                        **baseline_bits(train, test, model_config.num_embeddings)}
+        tracker.log_metrics(test_metrics, step=len(history))
+    return PriorFitResult(model.eval(), history, test_metrics, ckpt_path, stopped_early)

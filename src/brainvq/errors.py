@@ -1,0 +1,27 @@
+"""Errors that reach the user as one line (see ``brainvq.cli.main``)."""
+
+
+class BrainVQError(Exception):
+    """A user-facing error: its message is one line that names the file or parameter at fault."""
+
+    exit_code = 2
+
+
+class DataError(BrainVQError):
+    """Bad or missing input data (folder layout, unreadable image)."""
+
+
+class ConfigError(BrainVQError):
+    """A bad parameter value."""
+
+
+class RunError(BrainVQError):
+    """An MLflow run that is missing, of the wrong kind, or incompatible with another stage."""
+
+
+class ModelFileError(BrainVQError):
+    """A checkpoint or ONNX file that is missing, truncated, tampered with or mismatched."""
+
+
+class TrainingDiverged(BrainVQError):
+    """Loss became NaN/Inf; the last good checkpoint is kept."""

@@ -1,0 +1,129 @@
+"""One MLflow run per pipeline stage: tags, params, FAILED status on error, model logging.
+
+Used by ``pipelines/``, ``tuning/`` and ``export/`` only; the library's training loops never import MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import traceback
+from typing import Iterator, Mapping
+
+import mlflow
+
+from brainvq.runs import STAGE_TAG
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Mapping[str, object], tags: Mapping[str, str] | None = None,
+              nested: bool = False, run_name: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, under ``mlflow run``, attach to) the stage's run; an exception ends it FAILED with the error logged."""
+    attach = os.environ.get("MLFLOW_RUN_ID") if not nested else None
+    if attach and mlflow.active_run() is None:
+        run = mlflow.start_run(run_id=attach)
+    else:
+        run = mlflow.start_run(nested=nested or mlflow.active_run() is not None, run_name=run_name or stage)
+    try:
+        mlflow.set_tags({STAGE_TAG: stage, **(tags or {})})
+        # `mlflow run` has already logged the entry point's parameters as given; MLflow forbids changing a logged
+        # param, so only add the ones it did not log.
+        logged = mlflow.get_run(run.info.run_id).data.params
+        mlflow.log_params({k: param_str(v) for k, v in params.items() if k not in logged})
+        yield run
+    except BaseException as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        try:
+            mlflow.set_tag("brainvq.error", msg[:4000])
+            mlflow.log_text("".join(traceback.format_exception(exc)), "error.txt")
+        except Exception:  # the tracking server itself may be what failed
+            log.debug("could not log the error to MLflow", exc_info=True)
+        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def param_str(value: object) -> str:
+    """Params as MLproject spells them: booleans lower-case, tuples as ``HxW``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return "x".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def torch_requirements() -> list[str]:
+    """Pinned requirements for logged PyTorch models (skips MLflow's slow requirement inference)."""
+    import torch
+
+    import brainvq
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"brainvq=={brainvq.__version__}"]
+
+
+def log_vqvae_model(result, files: Mapping[str, "os.PathLike"], stopped_early: bool = False) -> None:
+    """Log the report files, the checkpoint and the model (PyTorch flavour, with a signature) to the active run."""
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from brainvq.serving import Reconstructor
+
+    for name, path in files.items():
+        mlflow.log_artifact(str(path), "checkpoint" if name == "checkpoint" else None)
+    if result.test_metrics:
+        mlflow.log_metrics(result.test_metrics)
+    mlflow.set_tag("brainvq.stopped_by_time_budget", str(stopped_early).lower())
+    model = Reconstructor(result.model.cpu().eval())
+    h, w = result.model.config.image_size
+    example = np.zeros((1, 1, h, w), dtype=np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    mlflow.pytorch.log_model(
+        model, name="model", signature=infer_signature(example, out), pip_requirements=torch_requirements(),
+    )
+
+
+def prior_codes(vqvae_run_id: str, num_embeddings: int) -> dict:
+    """Code grids of a VQ-VAE run's splits, encoding them (a nested encode_codes run) when none are logged yet."""
+    from brainvq.prior_stage import SPLITS, load_codes
+    from brainvq.runs import download_codes
+
+    folder = download_codes(vqvae_run_id)
+    if folder is None:
+        from brainvq.pipelines.encode_codes import encode_codes
+
+        log.info("no codes logged for VQ-VAE run %s yet: encoding them now", vqvae_run_id)
+        encode_codes(vqvae_run_id)
+        folder = download_codes(vqvae_run_id)
+    return {name: load_codes(folder / f"{name}.npz", num_embeddings)[0] for name in SPLITS}
+
+
+def log_prior_run(result, vqvae, train_config, vqvae_run_id: str, seed: int = 0) -> None:
+    """Log the prior's report files, checkpoint, metrics and model (PyTorch flavour) to the active run."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from brainvq.prior_report import save_prior_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = save_prior_report(result, vqvae, train_config, vqvae_run_id, tmp, seed=seed)
+        for name, path in files.items():
+            mlflow.log_artifact(str(path), "checkpoint" if name == "checkpoint" else None)
+    if result.test_metrics:
+        mlflow.log_metrics(result.test_metrics)
+    prior = result.model.cpu().eval()
+    h, w = prior.config.code_shape
+    codes = np.zeros((1, h, w), dtype=np.int64)
+    labels = np.full((1,), prior.config.num_classes, dtype=np.int64)
+    with torch.no_grad():
+        logits = prior(torch.from_numpy(codes), torch.from_numpy(labels)).logits.numpy()
+    mlflow.pytorch.log_model(prior, name="model", signature=infer_signature({"codes": codes, "labels": labels}, logits),
+                             pip_requirements=torch_requirements())

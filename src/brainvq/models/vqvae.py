@@ -1,0 +1,147 @@
+"""VQ-VAE for single-channel brain slices: strided-conv encoder, vector quantiser, mirrored decoder."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from brainvq.models.quantizer import QuantizerConfig, VectorQuantizer
+
+
+class VQVAEOutput(NamedTuple):
+    recon: torch.Tensor  # (B,1,H,W) in [0,1]
+    vq_loss: torch.Tensor  # scalar
+    indices: torch.Tensor  # (B,h,w) int64
+    perplexity: torch.Tensor  # scalar
+    usage: torch.Tensor  # scalar, fraction of codes used in the batch
+
+
+class ResidualLayer(nn.Module):
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class ResidualStack(nn.Sequential):
+    def __init__(self, channels: int, hidden: int, num_layers: int) -> None:
+        super().__init__(*[ResidualLayer(channels, hidden) for _ in range(num_layers)], nn.ReLU())
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    latent_dim: int = 32
+    num_embeddings: int = 64
+    downsample: int = 4
+    hidden_channels: int = 48
+    num_res_layers: int = 2
+    res_channels: int = 24
+    beta: float = 0.25
+    ema: bool = True
+    decay: float = 0.99
+    image_size: tuple[int, int] = (240, 256)  # (H, W)
+    in_channels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.downsample not in (2, 4, 8):
+            raise ValueError(f"downsample must be 2, 4 or 8, got {self.downsample}")
+        for name in ("latent_dim", "num_embeddings", "hidden_channels", "res_channels", "in_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_res_layers < 0:
+            raise ValueError(f"num_res_layers must be >= 0, got {self.num_res_layers}")
+        size = tuple(int(s) for s in self.image_size)
+        object.__setattr__(self, "image_size", size)  # JSON round-trips tuples as lists
+        if len(size) != 2 or any(s % self.downsample for s in size) or min(size) <= 0:
+            raise ValueError(f"image_size {size} must be two positive sizes divisible by downsample={self.downsample}")
+        # Shared validation of the quantiser fields.
+        self.quantizer_config()
+
+    def quantizer_config(self) -> QuantizerConfig:
+        return QuantizerConfig(
+            num_embeddings=self.num_embeddings, embedding_dim=self.latent_dim, beta=self.beta, ema=self.ema, decay=self.decay
+        )
+
+    @property
+    def code_shape(self) -> tuple[int, int]:
+        """Code grid ``(h, w)``."""
+        return self.image_size[0] // self.downsample, self.image_size[1] // self.downsample
+
+    @property
+    def bits_per_image(self) -> float:
+        h, w = self.code_shape
+        return h * w * math.log2(self.num_embeddings)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+
+class VQVAE(nn.Module):
+    """Encoder → vector quantiser → decoder. ``forward`` returns :class:`VQVAEOutput`."""
+
+    def __init__(self, config: VQVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, hc = config.in_channels, config.hidden_channels
+        n_down = int(math.log2(config.downsample))
+
+        enc: list[nn.Module] = []
+        ch_in = c
+        for i in range(n_down):
+            ch_out = hc if i == n_down - 1 else max(hc // 2, 8)
+            enc += [nn.Conv2d(ch_in, ch_out, 4, stride=2, padding=1), nn.ReLU()]
+            ch_in = ch_out
+        enc += [
+            nn.Conv2d(hc, hc, 3, padding=1),
+            ResidualStack(hc, config.res_channels, config.num_res_layers),
+            nn.Conv2d(hc, config.latent_dim, 1),
+        ]
+        self.encoder = nn.Sequential(*enc)
+        self.quantizer = VectorQuantizer(config.quantizer_config())
+
+        dec: list[nn.Module] = [
+            nn.Conv2d(config.latent_dim, hc, 3, padding=1),
+            ResidualStack(hc, config.res_channels, config.num_res_layers),
+        ]
+        ch_in = hc
+        for i in range(n_down):
+            last = i == n_down - 1
+            ch_out = c if last else max(hc // 2, 8)
+            dec.append(nn.ConvTranspose2d(ch_in, ch_out, 4, stride=2, padding=1))
+            if not last:
+                dec.append(nn.ReLU())
+            ch_in = ch_out
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Continuous latents: ``(B,1,H,W) -> (B,D,h,w)``."""
+        return self.encoder(x)
+
+    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Image from code vectors: ``(B,D,h,w) -> (B,1,H,W)`` in [0,1]."""
+        return torch.sigmoid(self.decoder(quantized))
+
+    def encode_indices(self, x: torch.Tensor) -> torch.Tensor:
+        """Code grid of an image batch: ``(B,1,H,W) -> (B,h,w)`` int64."""
+        return self.quantizer.quantize_indices(self.encode(x))
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Image from a code grid: ``(B,h,w)`` int64 ``-> (B,1,H,W)`` in [0,1]; the codebook lookup is a Gather."""
+        return self.decode(self.quantizer.lookup(indices))
+
+    def forward(self, x: torch.Tensor) -> VQVAEOutput:
+        q = self.quantizer(self.encode(x))
+        return VQVAEOutput(self.decode(q.quantized), q.loss, q.indices, q.perplexity, q.usage)

@@ -1,0 +1,117 @@
+"""Stage hand-over through MLflow: find a stage's run (or the latest one) and fetch its checkpoint.
+
+Every stage tags its run ``brainvq.stage=<stage>``; later stages find earlier ones by run ID or ``latest``
+(the newest FINISHED run of that stage) with MLflow's public ``MlflowClient.search_runs``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from brainvq.errors import RunError
+
+STAGE_TAG = "brainvq.stage"
+CHECKPOINT_ARTIFACT = {"train_vqvae": "checkpoint/vqvae.pt", "train_pixelcnn": "checkpoint/pixelcnn.pt"}
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def _experiment_ids(client, experiment_name: str | None) -> list[str]:
+    import mlflow
+
+    name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if name:
+        exp = client.get_experiment_by_name(name)
+        return [exp.experiment_id] if exp else []
+    exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if exp_id:
+        return [exp_id]
+    active = mlflow.active_run()
+    if active is not None:
+        return [active.info.experiment_id]
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def resolve_run(run_id: str, stage: str, experiment_name: str | None = None):
+    """Return the MLflow ``Run`` for ``run_id`` (or ``latest``), checking it is a FINISHED run of ``stage``."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    run_id = (run_id or "").strip()
+    if run_id in ("", "latest"):
+        runs = client.search_runs(
+            _experiment_ids(client, experiment_name),
+            filter_string=f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            raise RunError(f"no FINISHED {stage} run found for run id 'latest'; run `mlflow run . -e {stage}` first")
+        return runs[0]
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise RunError(f"unknown MLflow run id {run_id!r} (tracking URI {_tracking_uri()})") from None
+    got = run.data.tags.get(STAGE_TAG)
+    if got != stage:
+        raise RunError(f"run {run_id} is a {got or 'non-brainvq'} run, expected a {stage} run")
+    if run.info.status != "FINISHED":
+        raise RunError(f"run {run_id} ({stage}) has status {run.info.status}, expected FINISHED")
+    return run
+
+
+def _tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def download_artifact(run_id: str, artifact_path: str, dst_dir: str | os.PathLike | None = None) -> Path:
+    """Download one artifact of a run and return its local path."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst_dir and str(dst_dir))
+    except (MlflowException, OSError) as exc:
+        raise RunError(f"run {run_id} has no artifact {artifact_path!r} ({str(exc).splitlines()[0][:120]})") from None
+    return Path(local)
+
+
+def fetch_checkpoint(run_id: str, stage: str, dst_dir: str | os.PathLike | None = None) -> tuple[Path, object]:
+    """Resolve ``run_id`` for ``stage`` and download its checkpoint: returns ``(path, run)``."""
+    run = resolve_run(run_id, stage)
+    return download_artifact(run.info.run_id, CHECKPOINT_ARTIFACT[stage], dst_dir), run
+
+
+def load_stage_model(run_id: str, stage: str):
+    """Model of a finished stage run: returns ``(model, ckpt, run)``."""
+    from brainvq.checkpoint import load_model
+
+    path, run = fetch_checkpoint(run_id, stage)
+    model, ckpt = load_model(path, kind={"train_vqvae": "vqvae", "train_pixelcnn": "pixelcnn"}[stage])
+    return model, ckpt, run
+
+
+def find_stage_runs(stage: str, tags: dict[str, str] | None = None, params: dict[str, str] | None = None,
+                    status: str = "FINISHED", experiment_name: str | None = None) -> list:
+    """FINISHED runs of a stage whose tags/params match exactly, newest first (public search API only)."""
+    client = _client()
+    clauses = [f"tags.`{STAGE_TAG}` = '{stage}'", f"attributes.status = '{status}'"]
+    clauses += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+    clauses += [f"params.`{k}` = '{v}'" for k, v in (params or {}).items()]
+    return client.search_runs(_experiment_ids(client, experiment_name), filter_string=" and ".join(clauses),
+                              order_by=["attributes.start_time DESC"])
+
+
+def download_codes(vqvae_run_id: str) -> Path | None:
+    """Local folder with ``{train,val,test}.npz`` of the newest encode_codes run for a VQ-VAE run, or None."""
+    runs = find_stage_runs("encode_codes", tags={"brainvq.vqvae_run_id": vqvae_run_id})
+    if not runs:
+        return None
+    return download_artifact(runs[0].info.run_id, "codes")

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny ADNI-layout folders written with PIL, isolated caches and MLflow stores."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_tiny_adni(root: Path, size=(32, 32), subjects_per_class: int = 3, slices: int = 4, test_subjects: int = 1,
+                    seed: int = 0) -> Path:
+    """Blob images in ``root/{train,test}/{AD,NC}/<subject>_<slice>.png``; AD blobs have a dark centre (atrophy)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    for split, n_subj in (("train", subjects_per_class), ("test", test_subjects)):
+        for label in ("AD", "NC"):
+            d = root / split / label
+            d.mkdir(parents=True, exist_ok=True)
+            for s in range(n_subj):
+                subject = f"{split}{label}{s:03d}"
+                r = rng.uniform(0.3, 0.4) * min(h, w)
+                for k in range(slices):
+                    rr = r * (1 - 0.04 * k)
+                    disc = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2) < rr**2
+                    img = disc * (0.7 + 0.2 * np.sin(xx / 3.0 + s))
+                    if label == "AD":
+                        img = img * ~(((yy - h / 2) ** 2 + (xx - w / 2) ** 2) < (0.35 * rr) ** 2)
+                    img = np.clip(img + rng.normal(0, 0.02, img.shape) * disc, 0, 1)
+                    Image.fromarray((img * 255).astype(np.uint8)).save(d / f"{subject}_{k:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_adni(tmp_path: Path) -> Path:
+    return write_tiny_adni(tmp_path / "adni")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Each test gets its own brainvq cache, MLflow store and working folder."""
+    monkeypatch.setenv("BRAINVQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+def postgres_available(host: str = "127.0.0.1", port: int = 5432) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+requires_postgres = pytest.mark.skipif(
+    not postgres_available(), reason="PostgreSQL is not reachable on 127.0.0.1:5432 (distributed tests need it)"
+)

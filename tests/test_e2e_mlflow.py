@@ -1,0 +1,69 @@
+"""End-to-end: real `mlflow run ... --env-manager local` against a real SQLite store, on tiny data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TINY_VQVAE = ["-P", "image_size=32x32", "-P", "epochs=2", "-P", "batch_size=4", "-P", "hidden_channels=16",
+              "-P", "latent_dim=8", "-P", "num_embeddings=16", "-P", "val_fraction=0.34"]
+
+
+def mlflow_run(entry: str, *params: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
+           "--experiment-name", "e2e", *params]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def runs(stage: str | None = None):
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("e2e")
+    found = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    return [r for r in found if stage is None or r.data.tags.get("brainvq.stage") == stage]
+
+
+def test_train_vqvae_entry_point_logs_metrics_artifacts_and_model(tiny_adni):
+    proc = mlflow_run("train_vqvae", "-P", f"data_dir={tiny_adni}", *TINY_VQVAE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = runs("train_vqvae")
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    for key in ("train/loss", "train/recon_loss", "train/vq_loss", "val/ssim", "val/psnr", "val/perplexity",
+                "val/codebook_usage", "test/ssim", "test/psnr"):
+        assert key in m, key
+    history = MlflowClient().get_metric_history(run.info.run_id, "val/ssim")
+    assert sorted(h.step for h in history) == [1, 2]
+    p = run.data.params
+    assert p["epochs"] == "2" and p["image_size"] == "32x32" and p["num_embeddings"] == "16"
+    names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"reconstructions.png", "loss_curve.png", "config.json", "checkpoint", "model"} <= names
+    ckpts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoint")}
+    assert "checkpoint/vqvae.pt" in ckpts
+
+
+def test_bad_data_dir_fails_run_with_one_line_error(tmp_path):
+    missing = tmp_path / "nope"
+    proc = mlflow_run("train_vqvae", "-P", f"data_dir={missing}", *TINY_VQVAE)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("train_vqvae: error:")]
+    assert len(lines) == 1 and str(missing) in lines[0], proc.stderr[-2000:]
+    (run,) = runs("train_vqvae")
+    assert run.info.status == "FAILED"
+    assert str(missing) in run.data.tags["brainvq.error"]
+    assert not [a for a in MlflowClient().list_artifacts(run.info.run_id) if a.path == "model"]
+
+
+def test_bad_parameter_value_names_the_parameter(tiny_adni):
+    proc = mlflow_run("train_vqvae", "-P", f"data_dir={tiny_adni}", *TINY_VQVAE[:-2], "-P", "val_fraction=1.5")
+    assert proc.returncode != 0
+    assert "val_fraction" in proc.stderr.splitlines()[-1] or any("val_fraction" in l for l in proc.stderr.splitlines())

@@ -1,0 +1,63 @@
+"""Shared numpy draw and the PyTorch samplers: fast (cached) and naive agree exactly for the same seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from brainvq.errors import ConfigError
+from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
+from brainvq.sampling import draw, sample_codes
+
+
+def test_draw_inverse_cdf_and_top_k():
+    logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4]] * 5))
+    u = np.array([0.0, 0.05, 0.15, 0.55, 0.999])
+    assert draw(logits, u).tolist() == [0, 0, 1, 2, 3]
+    # top_k=2 keeps codes 2 and 3 (renormalised 3/7, 4/7)
+    assert draw(logits, u, top_k=2).tolist() == [2, 2, 2, 3, 3]
+    # low temperature -> argmax; top_k=1 -> argmax
+    assert draw(logits, u, temperature=1e-3).tolist() == [3] * 5
+    assert draw(logits, u, top_k=1).tolist() == [3] * 5
+    assert draw(logits, u).dtype == np.int64
+    with pytest.raises(ValueError):
+        draw(logits, u, temperature=0)
+
+
+def test_draw_matches_softmax_frequencies():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(1, 6))
+    u = rng.random(20000)
+    got = np.bincount(draw(np.repeat(logits, len(u), 0), u, temperature=0.7), minlength=6) / len(u)
+    p = np.exp(logits[0] / 0.7)
+    np.testing.assert_allclose(got, p / p.sum(), atol=0.015)
+
+
+def tiny_prior(conditional=True) -> GatedPixelCNN:
+    torch.manual_seed(0)
+    cfg = PixelCNNConfig(num_embeddings=5, num_layers=3, hidden_channels=8, conditional=conditional, code_shape=(6, 7))
+    return GatedPixelCNN(cfg).eval()
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_fast_equals_naive(conditional):
+    prior = tiny_prior(conditional)
+    labels = np.array([0, 1, 2, 1, 0])
+    kw = dict(seed=3, batch_size=2, progress=False, temperature=1.3, top_k=4)
+    fast = sample_codes(prior, 5, labels, method="fast", **kw)
+    naive = sample_codes(prior, 5, labels, method="naive", **kw)
+    assert fast.shape == (5, 6, 7) and fast.dtype == np.int64
+    np.testing.assert_array_equal(fast, naive)
+    assert len(np.unique(fast)) > 1
+    # batch size does not change what a given sample draws; a different seed does
+    np.testing.assert_array_equal(fast, sample_codes(prior, 5, labels, method="fast", **{**kw, "batch_size": 5}))
+    assert not np.array_equal(fast, sample_codes(prior, 5, labels, method="fast", **{**kw, "seed": 4}))
+
+
+def test_sample_codes_rejects_bad_arguments():
+    prior = tiny_prior()
+    for kw in ({"temperature": 0}, {"top_k": 9}, {"method": "slow"}, {"labels": 7}):
+        args = {"labels": 0, **kw}
+        with pytest.raises(ConfigError):
+            sample_codes(prior, 2, progress=False, **args)
