@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-# (codes_row (B,w) int64, vcache, labels (B,) int64, keep (1,) float32) -> (vrow (w,B,L,2C), vcache)
+# (codes_row (B,w) int64, vcache, labels (B,) int64, row (1,) int64) -> (vrow (w,B,L,2C), vcache)
 RowFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 # (prev_code (B,) int64, hcache (B,L,ctx,C), vrow_j (B,L,2C)) -> (logits (B,K), hcache)
 StepFn = Callable[[np.ndarray, np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
@@ -57,10 +57,9 @@ def fast_sample_batch(row_fn: RowFn, step_fn: StepFn, labels: np.ndarray, u: np.
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     vcache = np.zeros(vcache_shape, dtype=np.float32)
     hzero = np.zeros(hcache_shape, dtype=np.float32)
-    keep = (np.zeros(1, np.float32), np.ones(1, np.float32))
     for i in range(h):
         above = np.ascontiguousarray(codes[:, i - 1]) if i else np.full((b, w), num_embeddings, dtype=np.int64)
-        vrow, new_vcache = row_fn(above, vcache, labels, keep[i > 0])  # (w,B,L,2C)
+        vrow, new_vcache = row_fn(above, vcache, labels, np.array([i], dtype=np.int64))  # (w,B,L,2C)
         if i:
             vcache = new_vcache  # the first call only produced row 0's label terms; its cache is padding
         hcache, prev = hzero, pad

@@ -58,8 +58,8 @@ class RowGraph(nn.Module):
         super().__init__()
         self.row, self.conditional = prior.row_module().eval(), prior.config.conditional
 
-    def forward(self, codes_row, vcache, label, keep):
-        vrow, vcache = self.row(codes_row, vcache, label, keep)
+    def forward(self, codes_row, vcache, label, row):
+        vrow, vcache = self.row(codes_row, vcache, label, row)
         return (vrow if self.conditional else _uses(vrow, label)), vcache
 
 
@@ -114,8 +114,8 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
             {"codes": batch, "image": batch}, opset)
     _export(PriorGraph(prior), (codes, labels), paths["prior"], ["codes", "label"], ["logits"],
             {"codes": batch, "label": batch, "logits": batch}, opset)
-    _export(RowGraph(prior), (codes[:, 0], torch.zeros(pc.vcache_shape(b)), labels, torch.ones(1)), paths["prior_row"],
-            ["codes_row", "vcache", "label", "keep"], ["vrow", "vcache_out"],
+    _export(RowGraph(prior), (codes[:, 0], torch.zeros(pc.vcache_shape(b)), labels, torch.ones(1, dtype=torch.int64)),
+            paths["prior_row"], ["codes_row", "vcache", "label", "row"], ["vrow", "vcache_out"],
             {"codes_row": batch, "vcache": batch, "label": batch, "vrow": {1: "batch"}, "vcache_out": batch}, opset)
     step = prior.step_module().eval()
     _export(step, (labels, torch.zeros(pc.hcache_shape(b)), torch.zeros(b, pc.num_layers, 2 * pc.hidden_channels)),

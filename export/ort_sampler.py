@@ -177,8 +177,8 @@ class OnnxSampler:
         row, step = self.sessions["prior_row"], self.sessions["prior_step"]
         row_out, step_out = ["vrow", "vcache_out"], ["logits", "hcache_out"]
 
-        def row_fn(codes_row, vcache, labels, keep):
-            return row.run(row_out, {"codes_row": codes_row, "vcache": vcache, "label": labels, "keep": keep})
+        def row_fn(codes_row, vcache, labels, row_index):
+            return row.run(row_out, {"codes_row": codes_row, "vcache": vcache, "label": labels, "row": row_index})
 
         def step_fn(prev, hcache, vrow_j):
             return step.run(step_out, {"prev_code": prev, "hcache": hcache, "vrow_j": vrow_j})

@@ -11,13 +11,13 @@ import argparse
 import sys
 import tempfile
 
-from brainvq.cliutil import add_param, run_main, setup_logging
+from brainvq.cliutil import add_param, intlike, run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brainvq encode-codes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_param(p, "vqvae_run_id", default="latest", help="train_vqvae run ID, or latest (newest FINISHED one)")
-    add_param(p, "batch_size", type=int, default=32, help="slices per encoder batch")
+    add_param(p, "batch_size", type=intlike, default=32, help="slices per encoder batch")
     return p
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brainvq.cliutil import add_param, run_main, setup_logging
+from brainvq.cliutil import add_param, intlike, run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brainvq evaluate-samples", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_param(p, "prior_run_id", default="latest", help="train_pixelcnn run ID, or latest")
-    add_param(p, "n_samples", type=int, default=64, help="slices to generate (half AD, half NC when conditional)")
+    add_param(p, "n_samples", type=intlike, default=64, help="slices to generate (half AD, half NC when conditional)")
     add_param(p, "temperature", type=float, default=1.0, help="sampling temperature")
-    add_param(p, "top_k", type=int, default=0, help="top-k sampling; 0 = all codes")
-    add_param(p, "seed", type=int, default=0, help="random seed")
+    add_param(p, "top_k", type=intlike, default=0, help="top-k sampling; 0 = all codes")
+    add_param(p, "seed", type=intlike, default=0, help="random seed")
     return p
 
 

@@ -12,17 +12,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brainvq.cliutil import add_param, run_main, setup_logging, str2bool
+from brainvq.cliutil import add_param, intlike, run_main, setup_logging, str2bool
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brainvq pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_param(p, "data_dir", default="", help="ADNI-layout root; empty = generate and use the demo set")
     add_param(p, "force", type=str2bool, default=False, help="rerun steps even when a matching FINISHED run exists")
+    add_param(p, "image_size", default="240x256", help="HxW slices are padded/cropped to")
+    add_param(p, "vqvae_epochs", type=intlike, default=30, help="epochs of train_vqvae (the time budget usually ends first)")
+    add_param(p, "prior_epochs", type=intlike, default=40, help="epochs of train_pixelcnn")
     add_param(p, "vqvae_max_minutes", type=float, default=8.0, help="time budget of train_vqvae")
     add_param(p, "prior_max_minutes", type=float, default=5.0, help="time budget of train_pixelcnn")
-    add_param(p, "n_samples", type=int, default=32, help="slices generated for evaluation")
-    add_param(p, "seed", type=int, default=0, help="seed for every step")
+    add_param(p, "n_samples", type=intlike, default=32, help="slices generated for evaluation")
+    add_param(p, "seed", type=intlike, default=0, help="seed for every step")
     return p
 
 
@@ -41,9 +44,10 @@ def main(argv=None) -> None:
         if not data_dir:
             demo = run_step("make_demo_data", {"seed": args.seed}, pid, force)
             data_dir = demo.data.tags["brainvq.data_dir"]
-        vq = run_step("train_vqvae", {"data_dir": data_dir, "max_minutes": args.vqvae_max_minutes, "seed": args.seed}, pid, force)
-        prior = run_step("train_pixelcnn", {"vqvae_run_id": vq.info.run_id, "max_minutes": args.prior_max_minutes,
-                                            "seed": args.seed}, pid, force)
+        vq = run_step("train_vqvae", {"data_dir": data_dir, "image_size": args.image_size, "epochs": args.vqvae_epochs,
+                                      "max_minutes": args.vqvae_max_minutes, "seed": args.seed}, pid, force)
+        prior = run_step("train_pixelcnn", {"vqvae_run_id": vq.info.run_id, "epochs": args.prior_epochs,
+                                            "max_minutes": args.prior_max_minutes, "seed": args.seed}, pid, force)
         if "export_onnx" in steps:
             exp = run_step("export_onnx", {"vqvae_run_id": vq.info.run_id, "pixelcnn_run_id": prior.info.run_id}, pid, force)
             if "sample" in steps:

@@ -12,18 +12,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from brainvq.cliutil import add_param, run_main, setup_logging
+from brainvq.cliutil import add_param, intlike, run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brainvq sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_param(p, "prior_run_id", default="latest", help="train_pixelcnn run ID, or latest")
-    add_param(p, "n", type=int, default=16, help="number of slices")
+    add_param(p, "n", type=intlike, default=16, help="number of slices")
     add_param(p, "label", default="both", choices=["AD", "NC", "none", "both"], help="class to generate (both = alternate)")
     add_param(p, "temperature", type=float, default=1.0, help="softmax temperature (>0)")
-    add_param(p, "top_k", type=int, default=0, help="sample among the k most likely codes; 0 = all")
-    add_param(p, "seed", type=int, default=0, help="random seed (same seed, same slices)")
-    add_param(p, "batch_size", type=int, default=16, help="slices sampled together")
+    add_param(p, "top_k", type=intlike, default=0, help="sample among the k most likely codes; 0 = all")
+    add_param(p, "seed", type=intlike, default=0, help="random seed (same seed, same slices)")
+    add_param(p, "batch_size", type=intlike, default=16, help="slices sampled together")
     add_param(p, "out", default="samples", help="output folder for PNGs and grid.png")
     return p
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brainvq.cliutil import add_param, run_main, setup_logging, str2bool
+from brainvq.cliutil import add_param, intlike, run_main, setup_logging, str2bool
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brainvq train-pixelcnn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_param(p, "vqvae_run_id", default="latest", help="train_vqvae run ID, or latest")
-    add_param(p, "epochs", type=int, default=40, help="training epochs")
-    add_param(p, "batch_size", type=int, default=32, help="code grids per step")
+    add_param(p, "epochs", type=intlike, default=40, help="training epochs")
+    add_param(p, "batch_size", type=intlike, default=32, help="code grids per step")
     add_param(p, "lr", type=float, default=3e-3, help="peak Adam learning rate (cosine schedule)")
-    add_param(p, "num_layers", type=int, default=12, help="gated layers")
-    add_param(p, "hidden_channels", type=int, default=64, help="channels of each stack")
+    add_param(p, "num_layers", type=intlike, default=12, help="gated layers")
+    add_param(p, "hidden_channels", type=intlike, default=32, help="channels of each stack")
     add_param(p, "conditional", type=str2bool, default=True, help="condition on AD/NC (with a null label)")
-    add_param(p, "seed", type=int, default=0, help="random seed")
+    add_param(p, "seed", type=intlike, default=0, help="random seed")
     add_param(p, "max_minutes", type=float, default=6.0, help="wall-clock budget; 0 = none")
     add_param(p, "resume", type=str2bool, default=False, help="continue from this configuration's last checkpoint")
     add_param(p, "device", default="auto", help="auto, cpu, cuda or mps")

@@ -11,27 +11,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brainvq.cliutil import add_param, image_size, run_main, setup_logging, str2bool
+from brainvq.cliutil import add_param, intlike, image_size, run_main, setup_logging, str2bool
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brainvq train-vqvae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_param(p, "data_dir", default="", help="ADNI-layout root with train/ and test/; empty = the bundled demo set")
-    add_param(p, "epochs", type=int, default=30, help="training epochs")
-    add_param(p, "batch_size", type=int, default=8, help="images per optimiser step")
+    add_param(p, "epochs", type=intlike, default=30, help="training epochs")
+    add_param(p, "batch_size", type=intlike, default=8, help="images per optimiser step")
     add_param(p, "lr", type=float, default=3e-3, help="peak Adam learning rate (cosine schedule)")
-    add_param(p, "latent_dim", type=int, default=32, help="size of each code vector")
-    add_param(p, "num_embeddings", type=int, default=64, help="codebook size K")
-    add_param(p, "downsample", type=int, default=4, choices=[2, 4, 8], help="image-to-code-grid factor")
-    add_param(p, "hidden_channels", type=int, default=48, help="encoder/decoder width")
-    add_param(p, "num_res_layers", type=int, default=2, help="residual layers in each of encoder and decoder")
+    add_param(p, "latent_dim", type=intlike, default=32, help="size of each code vector")
+    add_param(p, "num_embeddings", type=intlike, default=64, help="codebook size K")
+    add_param(p, "downsample", type=intlike, default=4, choices=[2, 4, 8], help="image-to-code-grid factor")
+    add_param(p, "hidden_channels", type=intlike, default=48, help="encoder/decoder width")
+    add_param(p, "num_res_layers", type=intlike, default=2, help="residual layers in each of encoder and decoder")
     add_param(p, "beta", type=float, default=0.25, help="commitment loss weight")
     add_param(p, "ema", type=str2bool, default=True, help="EMA codebook updates with dead-code restart")
     add_param(p, "ssim_weight", type=float, default=0.5, help="weight of the (1-SSIM) loss term beside MSE")
     add_param(p, "val_fraction", type=float, default=0.1, help="share of training subjects held out for validation")
-    add_param(p, "seed", type=int, default=0, help="random seed (runs are deterministic on CPU)")
+    add_param(p, "seed", type=intlike, default=0, help="random seed (runs are deterministic on CPU)")
     add_param(p, "max_minutes", type=float, default=8.0, help="wall-clock training budget in minutes; 0 = none. Stops cleanly, then tests")
-    add_param(p, "max_train_images", type=int, default=0, help="cap on training slices; 0 = all")
+    add_param(p, "max_train_images", type=intlike, default=0, help="cap on training slices; 0 = all")
     add_param(p, "image_size", type=image_size, default=(240, 256), help="HxW every slice is padded/cropped to")
     add_param(p, "skip_bad", type=str2bool, default=False, help="skip unreadable PNGs instead of failing")
     add_param(p, "resume", type=str2bool, default=False, help="continue from this configuration's last checkpoint")

@@ -12,7 +12,11 @@ def tiny(conditional: bool = True, shape=(8, 8), layers: int = 3, k: int = 3, ke
     torch.manual_seed(0)
     cfg = PixelCNNConfig(num_embeddings=k, num_layers=layers, hidden_channels=8, conditional=conditional,
                          kernel_size=kernel_size, code_shape=shape)
-    return GatedPixelCNN(cfg).eval()
+    m = GatedPixelCNN(cfg).eval()
+    with torch.no_grad():  # the position biases start at zero; randomise them so every test exercises them
+        m.row_bias.normal_(0, 0.5)
+        m.col_bias.normal_(0, 0.5)
+    return m
 
 
 def test_config_validation_and_json_roundtrip():
@@ -79,7 +83,7 @@ def test_row_and_step_modules_match_full_forward(conditional):
         pad = torch.full((b,), cfg.num_embeddings)
         for i in range(h):
             above = codes[:, i - 1] if i else pad[:, None].expand(b, w)
-            vrow, vc = row(above, vcache, labels, torch.tensor([float(i > 0)]))
+            vrow, vc = row(above, vcache, labels, torch.tensor([i]))
             if i:
                 vcache = vc
             hcache, prev = torch.zeros(cfg.hcache_shape(b)), pad

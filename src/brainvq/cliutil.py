@@ -27,6 +27,17 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
+def intlike(value: str) -> int:
+    """An integer that also accepts MLflow's float spelling (``17.0``) but not ``17.5``."""
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if not f.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
+    return int(f)
+
+
 def image_size(value: str) -> tuple[int, int]:
     """Parse ``240x256`` (H x W) or a single ``64`` (square)."""
     try:

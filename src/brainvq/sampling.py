@@ -20,8 +20,8 @@ def torch_step_fns(prior):
     row, step = prior.row_module().eval(), prior.step_module().eval()
     device = next(prior.parameters()).device
 
-    def row_fn(codes_row, vcache, labels, keep):
-        t = [torch.from_numpy(a).to(device) for a in (codes_row, vcache, labels, keep)]
+    def row_fn(codes_row, vcache, labels, row_index):
+        t = [torch.from_numpy(a).to(device) for a in (codes_row, vcache, labels, row_index)]
         vrow, vc = row(*t)
         return vrow.cpu().numpy(), vc.cpu().numpy()
 

@@ -33,7 +33,7 @@ class PixelCNNOutput(NamedTuple):
 class PixelCNNConfig:
     num_embeddings: int = 64
     num_layers: int = 12
-    hidden_channels: int = 64
+    hidden_channels: int = 32
     conditional: bool = True
     num_classes: int = 2  # labels 0 = NC, 1 = AD; label num_classes is the null (unconditional) label
     kernel_size: int = 3
@@ -97,6 +97,12 @@ class GatedPixelCNN(nn.Module):
         self.h_skip = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in range(n))
         # One learned bias per class and layer for the vertical (2C) and horizontal (2C) gate pre-activations.
         self.label_embedding = nn.Embedding(config.num_classes + 1, n * 4 * c) if config.conditional else None
+        # Where a code sits matters (background at the borders, ventricles in the middle) and the stacks only see
+        # ~num_layers codes back, so every layer's horizontal gate also gets a learned row + column bias: a factorised
+        # position embedding. Position is not data, so causality is untouched.
+        gh, gw = config.code_shape
+        self.row_bias = nn.Parameter(torch.zeros(gh, n * 2 * c))
+        self.col_bias = nn.Parameter(torch.zeros(gw, n * 2 * c))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, config.num_embeddings, 1))
 
     def label_biases(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
@@ -112,12 +118,13 @@ class GatedPixelCNN(nn.Module):
         c, ctx = self.config.hidden_channels, self.config.context
         cond = self.label_biases(labels, b)  # (B,L,4C) | None
         x = self.embedding(codes).permute(0, 3, 1, 2)  # (B,C,h,w)
+        pos = (self.row_bias[:h, None] + self.col_bias[None, :w]).view(h, w, self.config.num_layers, 2 * c)  # (h,w,L,2C)
         v, hs, skip = x, x, None
         for i in range(self.config.num_layers):
             v_pre = self.v_convs[i](F.pad(v, (ctx, ctx, ctx, 0)))  # (B,2C,h,w): output row r sees input rows r-ctx..r
             h_pre = self.h_convs[i](F.pad(hs, (ctx, 0)))[..., :w]  # (B,2C,h,w); layer 0's narrower kernel leaves one extra column
             # Shift down one row: (i, j) gets vertical context from rows < i only (no blind spot).
-            h_pre = h_pre + F.pad(self.v_to_h[i](v_pre), (0, 0, 1, 0))[:, :, :h]
+            h_pre = h_pre + F.pad(self.v_to_h[i](v_pre), (0, 0, 1, 0))[:, :, :h] + pos[:, :, i].permute(2, 0, 1)
             if cond is not None:
                 v_pre = v_pre + cond[:, i, : 2 * c, None, None]
                 h_pre = h_pre + cond[:, i, 2 * c :, None, None]
@@ -151,12 +158,13 @@ def _padded_embedding(model: GatedPixelCNN) -> torch.Tensor:
 class PixelCNNRowStep(nn.Module):
     """Advance the vertical stack by one finished row; emit every layer's vertical + label term for the next row.
 
-    ``forward(codes_row (B,w) int64, vcache (B,L,w,k//2,C), labels (B,) int64, keep (1,) float)``
+    ``forward(codes_row (B,w) int64, vcache (B,L,w,k//2,C), labels (B,) int64, row (1,) int64)``
     ``-> (vrow (w,B,L,2C), vcache (B,L,w,k//2,C))``.
 
     ``vrow[j, :, l]`` is everything the horizontal gate pre-activation of layer ``l`` at ``(row, j)`` needs from
-    rows above and from the label (plus the horizontal conv bias). For the first row pass ``keep = 0`` (the row
-    above is zero padding in the full model) and discard the returned cache. Channels-last with the vertical conv
+    rows above, from the label and from the position (plus the horizontal conv bias); ``row`` is the index of the
+    row about to be sampled, ``codes_row`` the finished row above it. For row 0 the row above is zero padding in the
+    full model: its vertical term is dropped and the returned cache discarded. Channels-last with the vertical conv
     as one im2col matmul: onnxruntime runs that ~2x faster than Conv on a one-row image plus an Einsum.
     """
 
@@ -172,13 +180,17 @@ class PixelCNNRowStep(nn.Module):
         self.register_buffer("vh_w", _frozen(torch.stack([m.weight[:, :, 0, 0] for m in model.v_to_h])))  # (L,2C,2C)
         self.register_buffer("vh_b", _frozen(torch.stack([m.bias for m in model.v_to_h])))  # (L,2C)
         self.register_buffer("h_b", _frozen(torch.stack([m.bias for m in model.h_convs])))  # (L,2C)
+        self.register_buffer("row_bias", _frozen(model.row_bias))  # (h,L*2C)
+        self.register_buffer("col_bias", _frozen(model.col_bias))  # (w,L*2C)
         self.conditional = model.label_embedding is not None
         if self.conditional:
             self.register_buffer("label_w", _frozen(model.label_embedding.weight))  # (classes+1, L*4C)
 
-    def forward(self, codes_row: torch.Tensor, vcache: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor):
+    def forward(self, codes_row: torch.Tensor, vcache: torch.Tensor, labels: torch.Tensor, row: torch.Tensor):
         b, w = codes_row.shape
         n, ctx, c = self.num_layers, self.ctx, self.c
+        keep = (row > 0).to(vcache.dtype)  # (1,)
+        pos = (F.embedding(row, self.row_bias) + self.col_bias[:w]).view(w, n, 2 * c)  # (w,L,2C)
         cond = F.embedding(labels, self.label_w).view(b, n, 4 * c) if self.conditional else None  # (B,L,4C)
         v = F.embedding(codes_row, self.emb).unsqueeze(2)  # (B,w,1,C)
         rows, caches = [], []
@@ -188,7 +200,7 @@ class PixelCNNRowStep(nn.Module):
             padded = F.pad(win.flatten(2), (0, 0, ctx, ctx))  # (B,w+2ctx,(ctx+1)C)
             cols = torch.cat([padded[:, t : t + w] for t in range(self.k)], 2)  # (B,w,k(ctx+1)C)
             v_pre = F.linear(cols, self.v_w[i], self.v_b[i])  # (B,w,2C)
-            h_term = F.linear(v_pre, self.vh_w[i], self.vh_b[i]) * keep + self.h_b[i]  # (B,w,2C)
+            h_term = F.linear(v_pre, self.vh_w[i], self.vh_b[i]) * keep + self.h_b[i] + pos[None, :, i]  # (B,w,2C)
             if cond is not None:
                 v_pre = v_pre + cond[:, i, None, : 2 * c]
                 h_term = h_term + cond[:, i, None, 2 * c :]

@@ -1,0 +1,97 @@
+"""Prior stage end to end: codes, `mlflow run . -e train_pixelcnn` on tiny data, sampling, and its bad inputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from brainvq.cli import main as cli
+from brainvq.errors import ModelFileError
+from brainvq.prior_stage import encode_dataset, load_codes, save_codes
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--image_size", "32x32", "--epochs", "2", "--batch_size", "4", "--hidden_channels", "16", "--latent_dim", "8",
+        "--num_embeddings", "16", "--val_fraction", "0.34", "--max_minutes", "0"]
+
+
+@pytest.fixture
+def vqvae_run(tiny_adni, capsys):
+    assert cli(["train-vqvae", "--data_dir", str(tiny_adni), *TINY]) == 0
+    out = capsys.readouterr().out
+    return out.split("run ")[1].split(":")[0]
+
+
+def _prior_runs(client, stage="train_pixelcnn"):
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exps, f"tags.`brainvq.stage` = '{stage}'")
+
+
+def test_train_pixelcnn_entry_point_then_sampling(vqvae_run, tmp_path, capsys):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train_pixelcnn", "--env-manager", "local",
+         "-P", f"vqvae_run_id={vqvae_run}", "-P", "epochs=2", "-P", "num_layers=3", "-P", "hidden_channels=16",
+         "-P", "batch_size=4", "-P", "max_minutes=0"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    (run,) = _prior_runs(client)
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    for key in ("prior/train_nll_bits", "prior/val_nll_bits", "prior/test_nll_bits", "prior/uniform_bits", "prior/unigram_bits"):
+        assert key in m, key
+    assert m["prior/uniform_bits"] == pytest.approx(4.0)  # log2(16)
+    assert run.data.params["vqvae_run_id"] == vqvae_run
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"samples.png", "loss_curve.png", "checkpoint", "model"} <= names
+    # the codes were encoded once, by an encode_codes run, and logged as artifacts
+    (codes_run,) = _prior_runs(client, "encode_codes")
+    assert {a.path for a in client.list_artifacts(codes_run.info.run_id, "codes")} == {
+        "codes/train.npz", "codes/val.npz", "codes/test.npz"}
+
+    # torch sampling is reproducible for a seed and differs across seeds
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        assert cli(["sample", "--prior_run_id", run.info.run_id, "--n", "3", "--seed", str(seed), "--out", str(tmp_path / name)]) == 0
+    a, b, c = (sorted((tmp_path / n).glob("sample_*.png")) for n in "abc")
+    assert len(a) == 3 and (tmp_path / "a" / "grid.png").exists()
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert [p.read_bytes() for p in a] != [p.read_bytes() for p in c]
+
+    # a prior run is not a VQ-VAE run: one-line error, exit 2
+    capsys.readouterr()
+    assert cli(["train-pixelcnn", "--vqvae_run_id", run.info.run_id, "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train_pixelcnn run, expected a train_vqvae run" in err[0]
+
+
+def test_unknown_run_id_is_a_one_line_error(capsys):
+    assert cli(["train-pixelcnn", "--vqvae_run_id", "0123456789abcdef0123456789abcdef"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown MLflow run id" in err[0]
+    assert cli(["sample", "--prior_run_id", "nope"]) == 2
+
+
+def test_codes_round_trip_and_codebook_mismatch(tmp_path, tiny_adni):
+    from brainvq.data import load_adni
+    from brainvq.models.vqvae import VQVAE, VQVAEConfig
+
+    splits = load_adni(tiny_adni, image_size=(32, 32), val_fraction=0.34, seed=0)
+    model = VQVAE(VQVAEConfig(latent_dim=8, num_embeddings=16, hidden_channels=16, res_channels=8, image_size=(32, 32))).eval()
+    codes = encode_dataset(model, splits.test, batch_size=3, progress=False)
+    assert codes.shape == (len(splits.test), 8, 8) and codes.dtype == np.int64
+    path = save_codes(tmp_path / "test.npz", codes, splits.test.labels, list(splits.test.subjects), 16)
+    loaded, subjects = load_codes(path, 16)
+    assert np.array_equal(loaded.codes, codes) and np.array_equal(loaded.labels, splits.test.labels)
+    assert subjects == list(splits.test.subjects)
+    x, _ = splits.test.batch(np.arange(2))
+    with torch.no_grad():
+        assert torch.allclose(model.decode_indices(torch.from_numpy(codes[:2])), model(x).recon, atol=1e-6)
+    with pytest.raises(ModelFileError, match="codebook of 16 entries, expected 32"):
+        load_codes(path, 32)
