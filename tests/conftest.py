@@ -55,6 +55,15 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     yield
 
 
+def logged_models(run):
+    """MLflow 3 logs models as LoggedModel entities linked to their source run, not as run artifacts."""
+    import mlflow
+
+    return mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list"
+    )
+
+
 def postgres_available(host: str = "127.0.0.1", port: int = 5432) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):

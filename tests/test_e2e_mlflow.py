@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, logged_models
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,9 @@ def test_train_vqvae_entry_point_logs_metrics_artifacts_and_model(tiny_adni):
     p = run.data.params
     assert p["epochs"] == "2" and p["image_size"] == "32x32" and p["num_embeddings"] == "16"
     names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"reconstructions.png", "loss_curve.png", "config.json", "checkpoint", "model"} <= names
+    assert {"reconstructions.png", "loss_curve.png", "config.json", "checkpoint"} <= names
+    (model,) = logged_models(run)
+    assert model.name == "model" and model.status.name == "READY"
     ckpts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoint")}
     assert "checkpoint/vqvae.pt" in ckpts
 
@@ -60,7 +62,7 @@ def test_bad_data_dir_fails_run_with_one_line_error(tmp_path):
     (run,) = runs("train_vqvae")
     assert run.info.status == "FAILED"
     assert str(missing) in run.data.tags["brainvq.error"]
-    assert not [a for a in MlflowClient().list_artifacts(run.info.run_id) if a.path == "model"]
+    assert not logged_models(run)  # nothing half-registered
 
 
 def test_bad_parameter_value_names_the_parameter(tiny_adni):

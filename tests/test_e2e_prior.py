@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from brainvq.cli import main as cli
 from brainvq.errors import ModelFileError
 from brainvq.prior_stage import encode_dataset, load_codes, save_codes
-from conftest import REPO
+from conftest import REPO, logged_models
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,9 @@ def test_train_pixelcnn_entry_point_then_sampling(vqvae_run, tmp_path, capsys):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient()
-    (run,) = _prior_runs(client)
+    found = _prior_runs(client)
+    assert len(found) == 1
+    (run,) = found
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     for key in ("prior/train_nll_bits", "prior/val_nll_bits", "prior/test_nll_bits", "prior/uniform_bits", "prior/unigram_bits"):
@@ -50,7 +52,8 @@ def test_train_pixelcnn_entry_point_then_sampling(vqvae_run, tmp_path, capsys):
     assert m["prior/uniform_bits"] == pytest.approx(4.0)  # log2(16)
     assert run.data.params["vqvae_run_id"] == vqvae_run
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"samples.png", "loss_curve.png", "checkpoint", "model"} <= names
+    assert {"samples.png", "loss_curve.png", "checkpoint"} <= names
+    assert len(logged_models(run)) == 1
     # the codes were encoded once, by an encode_codes run, and logged as artifacts
     (codes_run,) = _prior_runs(client, "encode_codes")
     assert {a.path for a in client.list_artifacts(codes_run.info.run_id, "codes")} == {
@@ -67,13 +70,13 @@ def test_train_pixelcnn_entry_point_then_sampling(vqvae_run, tmp_path, capsys):
     # a prior run is not a VQ-VAE run: one-line error, exit 2
     capsys.readouterr()
     assert cli(["train-pixelcnn", "--vqvae_run_id", run.info.run_id, "--epochs", "1"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainvq")]
     assert len(err) == 1 and "train_pixelcnn run, expected a train_vqvae run" in err[0]
 
 
 def test_unknown_run_id_is_a_one_line_error(capsys):
     assert cli(["train-pixelcnn", "--vqvae_run_id", "0123456789abcdef0123456789abcdef"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainvq")]
     assert len(err) == 1 and "unknown MLflow run id" in err[0]
     assert cli(["sample", "--prior_run_id", "nope"]) == 2
 

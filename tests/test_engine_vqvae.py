@@ -1,6 +1,6 @@
 """VQ-VAE training loop on tiny 32×32 data: learning, checkpoint round-trip, resume, time budget, NaN guard."""
 
-import json
+import argparse
 
 import numpy as np
 import pytest
@@ -106,7 +106,7 @@ def test_tampered_and_truncated_checkpoints_give_one_line_errors(splits, tmp_pat
     with pytest.raises(ModelFileError, match="does not match"):
         load_model(tmp_path / "tampered.pt")
     # a pickle of an arbitrary object is refused by weights_only loading
-    torch.save({"config": {}, "model": {}, "evil": json}, tmp_path / "pickle.pt")
+    torch.save({"config": {}, "model": {}, "evil": argparse.Namespace(x=1)}, tmp_path / "pickle.pt")
     with pytest.raises(ModelFileError):
         load_checkpoint(tmp_path / "pickle.pt")
 

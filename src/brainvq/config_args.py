@@ -47,6 +47,9 @@ def apply_study_best(args: argparse.Namespace, study_name: str, storage: str) ->
         raise ConfigError(f"from_study: no study named {study_name!r} in {storage}") from None
     except ValueError as exc:
         raise ConfigError(f"from_study: study {study_name!r} has no finished trial ({exc})") from None
+    except RuntimeError:
+        raise ConfigError(f"from_study: study {study_name!r} is multi-objective; pick a trial from its "
+                          "pareto_front.json and pass its parameters explicitly") from None
     params = {k: v for k, v in best.params.items() if hasattr(args, k)}
     for k, v in params.items():
         setattr(args, k, v)

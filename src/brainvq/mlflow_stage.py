@@ -25,6 +25,9 @@ def stage_run(stage: str, params: Mapping[str, object], tags: Mapping[str, str] 
     attach = os.environ.get("MLFLOW_RUN_ID") if not nested else None
     if attach and mlflow.active_run() is None:
         run = mlflow.start_run(run_id=attach)
+        # start_run() with no run_id would attach to MLFLOW_RUN_ID again: nested stages (encode_codes inside
+        # train_pixelcnn) must get runs of their own.
+        os.environ.pop("MLFLOW_RUN_ID", None)
     else:
         run = mlflow.start_run(nested=nested or mlflow.active_run() is not None, run_name=run_name or stage)
     try:
@@ -83,8 +86,10 @@ def log_vqvae_model(result, files: Mapping[str, "os.PathLike"], stopped_early: b
     example = np.zeros((1, 1, h, w), dtype=np.float32)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
+    # MLflow 3's default 'pt2' format stores a torch.export graph (no pickled classes), traced from the example.
     mlflow.pytorch.log_model(
-        model, name="model", signature=infer_signature(example, out), pip_requirements=torch_requirements(),
+        model, name="model", signature=infer_signature(example, out), input_example=example,
+        pip_requirements=torch_requirements(),
     )
 
 
@@ -112,6 +117,7 @@ def log_prior_run(result, vqvae, train_config, vqvae_run_id: str, seed: int = 0)
     from mlflow.models import infer_signature
 
     from brainvq.prior_report import save_prior_report
+    from brainvq.serving import PriorLogits
 
     with tempfile.TemporaryDirectory() as tmp:
         files = save_prior_report(result, vqvae, train_config, vqvae_run_id, tmp, seed=seed)
@@ -125,5 +131,6 @@ def log_prior_run(result, vqvae, train_config, vqvae_run_id: str, seed: int = 0)
     labels = np.full((1,), prior.config.num_classes, dtype=np.int64)
     with torch.no_grad():
         logits = prior(torch.from_numpy(codes), torch.from_numpy(labels)).logits.numpy()
-    mlflow.pytorch.log_model(prior, name="model", signature=infer_signature({"codes": codes, "labels": labels}, logits),
+    mlflow.pytorch.log_model(PriorLogits(prior), name="model", input_example=(codes, labels),
+                             signature=infer_signature({"codes": codes, "labels": labels}, logits),
                              pip_requirements=torch_requirements())

@@ -15,3 +15,14 @@ class Reconstructor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vqvae(x).recon
+
+
+class PriorLogits(nn.Module):
+    """``(codes (B,h,w) int64, labels (B,) int64)`` -> prior logits ``(B,K,h,w)``."""
+
+    def __init__(self, prior: nn.Module) -> None:
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.prior(codes, labels).logits
