@@ -1,0 +1,69 @@
+"""Decoding slices: any PNG to an 8-bit grey ``(H, W)`` array fitted to ``image_size`` by centred pad/crop."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from brainvq.errors import DataError
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes for 16-bit PNGs (newer PIL reads them as "I")
+COLOUR_MODES = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+
+
+def fit(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centred zero-pad and/or crop ``a`` (h, w) to ``size`` (H, W); never resamples, so anatomy is never stretched."""
+    out = np.zeros(size, dtype=a.dtype)
+    (h, w), (th, tw) = a.shape, size
+    ch, cw = min(h, th), min(w, tw)
+    sy, sx = (h - ch) // 2, (w - cw) // 2  # crop offsets in the source
+    dy, dx = (th - ch) // 2, (tw - cw) // 2  # pad offsets in the target
+    out[dy : dy + ch, dx : dx + cw] = a[sy : sy + ch, sx : sx + cw]
+    return out
+
+
+def to_grey_uint8(im: Image.Image) -> tuple[np.ndarray, str]:
+    """A loaded PIL image as uint8 ``(h, w)`` and its kind: ``grey``, ``rgb`` (converted) or ``16bit`` (scaled)."""
+    if im.mode in SIXTEEN_BIT_MODES:
+        a = np.asarray(im, dtype=np.float64) / 65535.0  # [0, 1] by the 16-bit range, whatever the image's max
+        return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8), "16bit"
+    if im.mode in COLOUR_MODES:
+        return np.asarray(im.convert("L"), dtype=np.uint8), "rgb"  # ITU-R 601 luma
+    if im.mode == "F":
+        return (np.clip(np.asarray(im, dtype=np.float64), 0, 1) * 255 + 0.5).astype(np.uint8), "grey"
+    return np.asarray(im.convert("L"), dtype=np.uint8), "grey"  # L, LA (alpha dropped), P, 1
+
+
+def decode(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """Read one image as uint8 grey ``size`` (H, W); returns ``(array, kind)`` (see :func:`to_grey_uint8`).
+
+    Raises :class:`DataError` naming the file for a zero-byte, truncated, corrupt or non-image file.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"empty (zero-byte) image file: {path}")
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not later in a worker
+            a, kind = to_grey_uint8(im)
+    except DataError:
+        raise
+    except UnidentifiedImageError:
+        raise DataError(f"not an image file: {path}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        reason = (str(exc).splitlines() or ["unreadable"])[0][:80]
+        raise DataError(f"corrupt or unreadable image file: {path} ({reason})") from None
+    if a.ndim != 2:
+        raise DataError(f"unexpected image shape {a.shape} in {path}")
+    return fit(a, size), kind
+
+
+def warn_conversions(kinds: dict[str, int], where: str | os.PathLike) -> None:
+    """One warning per load for colour inputs, with their count (16-bit input is expected and only scaled)."""
+    if kinds.get("rgb"):
+        warnings.warn(f"{kinds['rgb']} colour (RGB/RGBA) images under {where} were converted to grey",
+                      UserWarning, stacklevel=3)

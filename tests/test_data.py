@@ -1,0 +1,192 @@
+"""ADNI folder reader: layouts, labels, subject split, image conversions, cache, bad inputs."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import brainvq.data.adni as adni
+from brainvq.data import cap_by_subject, load_adni, scan_split, split_by_subject, subject_of
+from brainvq.data.images import fit
+from brainvq.errors import DataError
+
+
+def _write(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+    return path
+
+
+def test_layout_labels_and_subjects(tiny_adni):
+    samples = scan_split(tiny_adni, "train")
+    assert {s.label for s in samples} == {0, 1}
+    assert all(("/AD/" in s.path) == (s.label == 1) for s in samples)
+    assert [s.path for s in samples] == sorted(s.path for s in samples)
+    assert samples == scan_split(tiny_adni, "train")  # deterministic order
+    assert len({s.subject for s in samples}) == 6 and samples[0].subject == "trainAD000"
+    assert subject_of("x/123_S_4567_042.png") == "123_S_4567" and subject_of("a/b.png") == "b"
+
+
+def test_flat_layout_is_unlabelled(tmp_path):
+    for split in ("train", "test"):
+        for s in range(2):
+            for k in range(3):
+                _write(tmp_path / split / f"s{s}_{k}.png", np.full((16, 16), 100, np.uint8))
+    splits = load_adni(tmp_path, image_size=(16, 16), val_fraction=0.5, seed=0)
+    assert (splits.train.labels == -1).all() and (splits.test.labels == -1).all()
+    assert len(splits.train) == len(splits.val) == 3 and set(splits.train.subjects).isdisjoint(splits.val.subjects)
+
+
+def test_subject_split_has_no_leakage_and_is_deterministic(tiny_adni):
+    a = load_adni(tiny_adni, image_size=(32, 32), val_fraction=0.34, seed=1)
+    b = load_adni(tiny_adni, image_size=(32, 32), val_fraction=0.34, seed=1)
+    assert set(a.train.subjects).isdisjoint(a.val.subjects) and len(a.val) > 0
+    assert a.val.paths == b.val.paths and a.train.paths == b.train.paths
+    assert set(a.val.labels.tolist()) == {0, 1}  # stratified: both classes held out
+    assert len(a.train) + len(a.val) == 24
+
+    subjects = [f"s{i // 5}" for i in range(200)]  # 40 subjects, 5 slices each
+    seeds = {tuple(split_by_subject(subjects, 0.25, seed)[1]) for seed in range(4)}
+    assert len(seeds) > 1  # the seed matters
+    tr, va = split_by_subject(subjects, 0.25, 0)
+    assert len(va) == 50 and {subjects[i] for i in tr}.isdisjoint({subjects[i] for i in va})
+    tr, va = split_by_subject(["a", "a", "b", "b", "c", "c"], 0.0, 0)
+    assert len(va) == 0 and tr.tolist() == list(range(6))
+    for bad in (1.0, -0.1):
+        with pytest.raises(DataError, match="val_fraction"):
+            split_by_subject(["a"], bad, 0)
+
+
+def test_images_are_float_in_unit_range_and_batched(tiny_adni):
+    s = load_adni(tiny_adni, image_size=(32, 32), val_fraction=0.34)
+    assert s.train.images.dtype == np.uint8 and s.train.images.shape == (len(s.train), 32, 32)
+    assert s.train.labels.dtype == np.int64
+    x, y = s.train.batch([0, 2, 1])  # (3,1,32,32)
+    assert x.shape == (3, 1, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.dtype == torch.int64 and y.tolist() == s.train.labels[[0, 2, 1]].tolist()
+    item, label = s.train[1]
+    assert item.shape == (1, 32, 32) and item.dtype == torch.float32 and label == s.train.labels[1]
+    assert torch.equal(item, x[2]) and torch.equal(s.train[[0, 2, 1]][0], x)  # index lists take the batch path
+    assert np.array_equal(s.train.images[2], (x[1, 0] * 255).round().numpy().astype(np.uint8))
+    sub = s.train.subset([3, 1])
+    assert sub.paths == [s.train.paths[3], s.train.paths[1]] and torch.equal(sub.batch([0, 1])[0], s.train.batch([3, 1])[0])
+    assert isinstance(s.test.images, np.memmap)
+
+
+def test_pad_and_crop_are_centred_never_stretched(tmp_path):
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    padded = fit(a, (5, 6))
+    assert padded.shape == (5, 6) and np.array_equal(padded[1:4, 1:5], a) and padded.sum() == a.sum()
+    big = np.arange(36, dtype=np.uint8).reshape(6, 6)
+    assert np.array_equal(fit(big, (2, 4)), big[2:4, 1:5])
+    # through the loader: a 20x40 slice in a 32x32 frame is padded vertically and cropped horizontally
+    img = np.zeros((20, 40), np.uint8)
+    img[:, 4:36] = 200
+    for split in ("train", "test"):
+        _write(tmp_path / split / "NC" / "s_0.png", img)
+    x = load_adni(tmp_path, image_size=(32, 32), val_fraction=0.0).train.images[0]
+    assert (x[6:26] == 200).all() and (x[:6] == 0).all() and (x[26:] == 0).all()
+
+
+def test_rgb_converted_with_one_warning_and_16bit_scaled(tmp_path):
+    for split in ("train", "test"):
+        d = tmp_path / split / "NC"
+        for k in range(3):
+            _write(d / f"rgb_{k}.png", np.full((8, 8, 3), 200, np.uint8))
+        _write(d / "deep_0.png", np.full((8, 8), 65535 // 2, np.uint16))
+        _write(d / "deep_1.png", np.full((8, 8), 65535, np.uint16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = load_adni(tmp_path, image_size=(8, 8), val_fraction=0.0)
+    colour = [str(w.message) for w in caught if "colour" in str(w.message)]
+    assert len(colour) == 1 and colour[0].startswith("6 colour")  # one per load with the count, not one per file
+    mean = {os.path.basename(p): float(s.train[i][0].mean()) for i, p in enumerate(s.train.paths)}
+    assert abs(mean["deep_0.png"] - 0.5) < 0.01 and mean["deep_1.png"] == 1.0
+    assert abs(mean["rgb_0.png"] - 200 / 255) < 0.01
+
+
+@pytest.mark.parametrize("bad", ["zero", "corrupt", "text"])
+def test_bad_files_fail_with_one_line_error_naming_the_path(tiny_adni, bad):
+    path = tiny_adni / "train" / "AD" / "broken_000.png"
+    if bad == "zero":
+        path.write_bytes(b"")
+    elif bad == "corrupt":
+        good = next((tiny_adni / "train" / "NC").glob("*.png")).read_bytes()
+        path.write_bytes(good[: len(good) // 2])
+    else:
+        path.write_text("this is not a PNG")
+    for _ in range(2):  # the second time the failure comes from the cache's record of bad files
+        with pytest.raises(DataError) as err:
+            load_adni(tiny_adni, image_size=(32, 32))
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_skip_bad_skips_and_counts(tiny_adni, caplog):
+    (tiny_adni / "train" / "AD" / "zero_000.png").write_bytes(b"")
+    (tiny_adni / "train" / "NC" / "text_000.png").write_text("not a PNG")
+    (tiny_adni / "test" / "NC" / "cut_000.png").write_bytes(next((tiny_adni / "test" / "NC").glob("*.png")).read_bytes()[:60])
+    s = load_adni(tiny_adni, image_size=(32, 32), skip_bad=True)
+    assert s.skipped == 3 and len(s.train) + len(s.val) == 24 and len(s.test) == 8
+    assert not any("zero_" in p or "text_" in p or "cut_" in p for p in s.train.paths + s.val.paths + s.test.paths)
+    assert "skipped 3" in caplog.text
+    assert load_adni(tiny_adni, image_size=(32, 32), skip_bad=True).skipped == 3  # same count from the cache
+
+
+def test_missing_root_split_and_pngs(tmp_path):
+    cases = []
+    with pytest.raises(DataError) as err:
+        load_adni(tmp_path / "nope")
+    cases.append((err, tmp_path / "nope"))
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError) as err:
+        load_adni(tmp_path)  # train has no PNGs
+    cases.append((err, tmp_path / "train"))
+    _write(tmp_path / "train" / "NC" / "a_0.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError) as err:
+        load_adni(tmp_path)  # no test folder
+    cases.append((err, tmp_path / "test"))
+    for err, path in cases:
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert "does not exist" in str(cases[0][0].value) and "no PNG" in str(cases[1][0].value)
+    assert "missing split folder" in str(cases[2][0].value)
+
+
+def test_decoded_slices_are_cached_and_reused(tiny_adni, tmp_path, monkeypatch):
+    cache = tmp_path / "c"
+    first = load_adni(tiny_adni, image_size=(32, 32), cache_dir=cache)
+    files = sorted(cache.glob("*.npy"))
+    assert len(files) == 2  # train and test
+    stamp = [f.stat().st_mtime_ns for f in files]
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("the warm cache must not decode PNGs")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(adni, "decode", no_decode)
+        again = load_adni(tiny_adni, image_size=(32, 32), cache_dir=cache)
+    assert [f.stat().st_mtime_ns for f in files] == stamp and sorted(cache.glob("*.npy")) == files
+    assert isinstance(again.test.images, np.memmap) and np.array_equal(again.test.images, first.test.images)
+    assert not list(cache.glob("*.tmp"))  # atomic writes leave no temp files
+    # touching a file changes the key: the cache is rebuilt, never stale
+    os.utime(next((tiny_adni / "test" / "AD").glob("*.png")), ns=(1, 1))
+    load_adni(tiny_adni, image_size=(32, 32), cache_dir=cache)
+    assert len(list(cache.glob("*.npy"))) == 3
+    # BRAINVQ_CACHE is the default location (conftest points it into tmp_path)
+    load_adni(tiny_adni, image_size=(16, 16))
+    assert len(list((tmp_path / "cache" / "slices").glob("*.npy"))) == 2
+
+
+def test_max_train_images_keeps_whole_subjects_first(tiny_adni):
+    full = load_adni(tiny_adni, image_size=(32, 32), val_fraction=0.0)
+    s = load_adni(tiny_adni, image_size=(32, 32), val_fraction=0.0, max_train_images=8)
+    assert len(s.train) == 8 and len(set(s.train.subjects)) == 2  # 4 slices per tiny subject
+    assert set(s.train.paths) <= set(full.train.paths)
+    assert s.train.paths == load_adni(tiny_adni, image_size=(32, 32), val_fraction=0.0, max_train_images=8).train.paths
+    idx = cap_by_subject(["a"] * 4 + ["b"] * 4 + ["c"] * 4, 6, seed=0)
+    assert len(idx) == 6 and len(set(idx.tolist())) == 6
+    assert cap_by_subject(["x"] * 10, 3, seed=1).tolist() == cap_by_subject(["x"] * 10, 3, seed=1).tolist()
