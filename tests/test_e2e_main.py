@@ -1,0 +1,49 @@
+"""`mlflow run . --env-manager local` (entry point `main`) on tiny data: one parent run, a child per step, reuse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, write_tiny_adni
+
+pytestmark = pytest.mark.slow
+STEPS = ["train_vqvae", "encode_codes", "train_pixelcnn", "export_onnx", "sample", "evaluate_samples"]
+
+
+def run_main(data_dir, *extra):
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", "main-e2e",
+           "-P", f"data_dir={data_dir}", "-P", "image_size=48x64", "-P", "vqvae_epochs=1", "-P", "prior_epochs=1",
+           "-P", "n_samples=8", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def test_main_pipeline_runs_every_step_as_child_runs_and_reuses_them(tmp_path):
+    data = write_tiny_adni(tmp_path / "adni", size=(48, 64), subjects_per_class=3, slices=4, test_subjects=2)
+    proc = run_main(data)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("main-e2e")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("brainvq.stage") == "main"]
+    assert parent.info.status == "FINISHED"
+    stages = {r.data.tags.get("brainvq.stage"): r for r in runs}
+    for step in STEPS:
+        assert step in stages and stages[step].info.status == "FINISHED", step
+    for step in ("train_vqvae", "train_pixelcnn", "export_onnx", "sample", "evaluate_samples"):
+        assert stages[step].data.tags.get("mlflow.parentRunId") == parent.info.run_id, step
+    for key in ("test/ssim", "prior/test_nll_bits", "prior/unigram_bits", "gen/c2st_accuracy", "gen/msssim_diversity"):
+        assert key in parent.data.metrics, key
+    onnx = {a.path for a in client.list_artifacts(stages["export_onnx"].info.run_id, "onnx")}
+    assert {"onnx/decoder.onnx", "onnx/prior.onnx"} <= onnx
+
+    # a second run with the same parameters reuses every FINISHED step instead of training again
+    again = run_main(data)
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = client.search_runs([exp.experiment_id])
+    assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_vqvae"]) == 1
+    assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_pixelcnn"]) == 1
+    assert "reusing FINISHED run" in again.stderr
