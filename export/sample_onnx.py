@@ -11,6 +11,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from brainvq.cliutil import add_param, run_main
@@ -43,6 +44,14 @@ def main(argv=None) -> None:
                        method=args.method)
     print(f"wrote {len(r['paths']) - 1} samples and grid.png to {args.out} in {r['total_s']:.2f} s "
           f"(load {r['load_s']:.2f} s, sample {r['sample_s']:.2f} s, decode {r['decode_s']:.2f} s)")
+    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run -e sample`: record the stage (mlflow is torch-free)
+        import mlflow
+
+        with mlflow.start_run():
+            mlflow.set_tags({"brainvq.stage": "sample", "brainvq.model_dir": args.model_dir})
+            mlflow.log_metrics({"sample/seconds_total": r["total_s"], "sample/seconds_sampling": r["sample_s"],
+                                "sample/seconds_per_image": r["total_s"] / max(1, args.n)})
+            mlflow.log_artifacts(args.out, "samples")
 
 
 def sample(argv=None) -> int:
