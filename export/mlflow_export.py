@@ -44,6 +44,10 @@ def export_runs(vqvae_run_id: str, pixelcnn_run_id: str, opset: int = 17, out_di
             raise ConfigError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
         out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="brainvq_onnx_"))
         try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a read-only mount: say which parameter, not a traceback
+            raise ConfigError(f"out_dir: cannot create {out} ({exc.strerror or exc})") from None
+        try:
             files = export_models(vqvae, prior, out, opset=opset,
                                   meta={"vqvae_run_id": vq_id, "pixelcnn_run_id": px_id})
         except (RuntimeError, ValueError, TypeError, onnx.checker.ValidationError) as exc:

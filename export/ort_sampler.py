@@ -43,8 +43,9 @@ def physical_cores() -> int:
 def resolve_model_dir(spec: str) -> Path:
     """``latest`` (newest FINISHED export_onnx run), a folder, ``runs:/<id>/onnx`` or ``models:/<name>@<alias>`` (``models:/<name>/<version>``) -> local folder.
 
-    A registered model (``decoder_model``/``prior_model``) stands for the export run that logged it: its ``onnx/``
-    artifacts are fetched, so decoder and prior always come as the pair they were exported as.
+    A registered model version stands for the export run that created it: that run's ``onnx/`` artifacts are fetched,
+    so decoder and prior always come as the pair they were exported as. ``brainvq-sampler`` versions (see
+    ``brainvq.registry``) are that folder; a version registered from ``decoder_model``/``prior_model`` works too.
     """
     if spec in ("", "latest"):
         from brainvq.runs import resolve_run  # torch-free; imports mlflow lazily
@@ -60,6 +61,9 @@ def resolve_model_dir(spec: str) -> Path:
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise RunError(f"{spec} needs mlflow installed; or pass a local folder with the .onnx files") from None
+    from brainvq.tracking_store import check_tracking_store
+
+    check_tracking_store()  # one line in seconds when the server is down, not minutes of MLflow retries
     try:
         if spec.startswith("models:/"):
             ref = spec[len("models:/"):].strip("/")
@@ -226,13 +230,9 @@ def save_pngs(images: np.ndarray, out_dir) -> list[Path]:
     """``sample_000.png``… and ``grid.png`` (near-square tiling) from ``(n,1,H,W)`` images in [0,1]."""
     from PIL import Image
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out_dir)
     pixels = (np.clip(images[:, 0], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)  # (n,H,W)
     paths = []
-    for i, img in enumerate(pixels):
-        paths.append(out / f"sample_{i:03d}.png")
-        Image.fromarray(img, mode="L").save(paths[-1])
     n, h, w = pixels.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
@@ -240,8 +240,26 @@ def save_pngs(images: np.ndarray, out_dir) -> list[Path]:
     for i, img in enumerate(pixels):
         r, c = divmod(i, cols)
         grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
-    Image.fromarray(grid, mode="L").save(out / "grid.png")
+    try:
+        for i, img in enumerate(pixels):
+            paths.append(out / f"sample_{i:03d}.png")
+            Image.fromarray(img, mode="L").save(paths[-1])
+        Image.fromarray(grid, mode="L").save(out / "grid.png")
+    except OSError as exc:  # disk full, folder removed while sampling
+        raise ConfigError(f"out: cannot write samples to {out} ({exc.strerror or exc})") from None
     return paths + [out / "grid.png"]
+
+
+def writable_folder(path) -> Path:
+    """Create ``path`` if needed and check it takes files; a one-line ``ConfigError`` naming ``out`` otherwise."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise ConfigError(f"out: cannot write samples to {out} ({exc.strerror or exc})") from None
+    return out
 
 
 def sample_to_pngs(model_dir: str, out: str, n: int = 16, batch_size: int = 16, label: str = "none",
@@ -249,6 +267,7 @@ def sample_to_pngs(model_dir: str, out: str, n: int = 16, batch_size: int = 16, 
                    method: str = "fast", threads: int | None = None) -> dict:
     """What ``brainvq sample-onnx`` does; returns timings and paths."""
     t0 = time.perf_counter()
+    writable_folder(out)  # before sampling: a bad --out should not cost a sampling run
     sampler = OnnxSampler(resolve_model_dir(model_dir), provider, threads)
     print(sampler.provider_line, flush=True)
     t1 = time.perf_counter()

@@ -3,6 +3,7 @@
 Examples:
     brainvq sample-onnx --model_dir onnx/ --n 16 --label AD --out samples/
     python export/sample_onnx.py --model_dir runs:/<export run id>/onnx --provider cpu --seed 1
+    brainvq sample-onnx --model_dir models:/brainvq-sampler@champion --n 16      # the registry's champion
 
 --provider auto uses CUDA when it really runs and says so in one line, else CPU (with the reason);
 --provider cuda fails with a one-line error (exit 2) when CUDA cannot run, instead of silently using the CPU.
@@ -21,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brainvq sample-onnx", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_param(p, "model_dir", default="latest",
-              help="folder with the .onnx files, runs:/<id>/onnx, models:/<name>@<alias>, or latest (newest export_onnx run)")
+              help="folder with the .onnx files, runs:/<id>/onnx, models:/brainvq-sampler@champion (or /<version>), "
+                   "or latest (newest export_onnx run)")
     add_param(p, "n", type=int, default=16, help="number of samples")
     add_param(p, "batch_size", type=int, default=16, help="samples generated together")
     add_param(p, "label", default="none", choices=["AD", "NC", "none"], help="class to sample")

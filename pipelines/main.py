@@ -23,9 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_param(p, "vqvae_epochs", type=intlike, default=30, help="epochs of train_vqvae (the time budget usually ends first)")
     add_param(p, "prior_epochs", type=intlike, default=40, help="epochs of train_pixelcnn")
     add_param(p, "vqvae_max_minutes", type=float, default=8.0, help="time budget of train_vqvae")
-    add_param(p, "prior_max_minutes", type=float, default=5.0, help="time budget of train_pixelcnn")
-    add_param(p, "n_samples", type=intlike, default=32, help="slices generated for evaluation")
+    add_param(p, "prior_max_minutes", type=float, default=7.0, help="time budget of train_pixelcnn")
+    add_param(p, "n_samples", type=intlike, default=64, help="slices generated for evaluation")
     add_param(p, "seed", type=intlike, default=0, help="seed for every step")
+    add_param(p, "register", type=str2bool, default=True,
+              help="register the runs as brainvq-vqvae/-prior/-sampler versions; move `champion` only when better")
     return p
 
 
@@ -62,6 +64,13 @@ def main(argv=None) -> None:
                 "gen/msssim_diversity", "real/msssim_diversity", "gen/label_agreement")
         mlflow.log_metrics({k: summary[k] for k in keys if k in summary})
         print(" ".join(f"{k}={summary[k]:.4f}" for k in keys if k in summary))
+        if args.register:  # last, once every step is FINISHED (see brainvq.registry)
+            from brainvq.registry import register_pipeline
+
+            export_run_id = exp.info.run_id if "export_onnx" in steps else None
+            for reg in register_pipeline(vq.info.run_id, prior.info.run_id, export_run_id):
+                mlflow.set_tag(f"brainvq.registered.{reg.name}", reg.version)
+                print(reg.line())
 
 
 if __name__ == "__main__":

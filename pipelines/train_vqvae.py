@@ -4,6 +4,7 @@ Examples:
     mlflow run . -e train_vqvae --env-manager local                      # demo set
     mlflow run . -e train_vqvae --env-manager local -P data_dir=/data/ADNI -P max_minutes=8
     brainvq train-vqvae --data_dir /data/ADNI --epochs 40 --resume true
+    torchrun --standalone --nproc_per_node 2 -m brainvq.pipelines.train_vqvae --data_dir /data/ADNI   # DDP
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging()
     from brainvq.config_args import apply_study_best, vqvae_configs_from_args
+    from brainvq.engine import distributed
     from brainvq.engine.mlflow_tracker import MlflowTracker
-    from brainvq.mlflow_stage import log_vqvae_model, stage_run
+    from brainvq.engine.tracking import NullTracker
+    from brainvq.mlflow_stage import link_resumed_run, log_vqvae_model, stage_run
     from brainvq.vqvae_stage import checkpoint_dir_for, run_train_vqvae
 
     if args.from_study:
@@ -55,14 +58,29 @@ def main(argv=None) -> None:
     params = {k: v for k, v in vars(args).items() if k not in {"storage"} or args.from_study}
     params["image_size"] = "x".join(map(str, model_cfg.image_size))
     ckpt_dir = checkpoint_dir_for(params)
-    with stage_run("train_vqvae", params) as run:
-        result, files = run_train_vqvae(
+
+    def train(tracker, extra=None):
+        return run_train_vqvae(
             model_cfg, train_cfg, data_dir=args.data_dir, val_fraction=args.val_fraction,
             max_train_images=args.max_train_images, skip_bad=args.skip_bad, resume=args.resume,
-            checkpoint_dir=ckpt_dir, tracker=MlflowTracker(run.info.run_id),
+            checkpoint_dir=ckpt_dir, extra_checkpoint=extra, tracker=tracker,
         )
-        log_vqvae_model(result, files, stopped_early=result.stopped_early)
-        print(f"run {run.info.run_id}: test/ssim={result.test_metrics.get('test/ssim', float('nan')):.4f}")
+
+    distributed.init_from_env(args.device)  # no-op unless launched by torchrun with several processes
+    try:
+        if not distributed.is_main():
+            # Other torchrun ranks train in lock-step with rank 0 but never touch MLflow: one run per job.
+            train(NullTracker())
+            return
+        with stage_run("train_vqvae", params, tags=distributed.run_tags()) as run:
+            if args.resume:
+                link_resumed_run(ckpt_dir / "last.pt", "vqvae")
+            # The run ID goes into every checkpoint, so a resumed run can name the run it continues.
+            result, files = train(MlflowTracker(run.info.run_id), {"mlflow_run_id": run.info.run_id})
+            log_vqvae_model(result, files, stopped_early=result.stopped_early)
+            print(f"run {run.info.run_id}: test/ssim={result.test_metrics.get('test/ssim', float('nan')):.4f}")
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

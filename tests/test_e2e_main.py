@@ -39,6 +39,11 @@ def test_main_pipeline_runs_every_step_as_child_runs_and_reuses_them(tmp_path):
         assert key in parent.data.metrics, key
     onnx = {a.path for a in client.list_artifacts(stages["export_onnx"].info.run_id, "onnx")}
     assert {"onnx/decoder.onnx", "onnx/prior.onnx"} <= onnx
+    # register=true (the default): each model's first version is its champion
+    for name, step in (("brainvq-vqvae", "train_vqvae"), ("brainvq-prior", "train_pixelcnn"),
+                       ("brainvq-sampler", "export_onnx")):
+        assert client.get_model_version_by_alias(name, "champion").run_id == stages[step].info.run_id, name
+        assert parent.data.tags[f"brainvq.registered.{name}"] == "1"
 
     # a second run with the same parameters reuses every FINISHED step instead of training again
     again = run_main(data)
@@ -47,3 +52,4 @@ def test_main_pipeline_runs_every_step_as_child_runs_and_reuses_them(tmp_path):
     assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_vqvae"]) == 1
     assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_pixelcnn"]) == 1
     assert "reusing FINISHED run" in again.stderr
+    assert len(client.search_model_versions("name = 'brainvq-vqvae'")) == 1  # the same run keeps its version

@@ -98,3 +98,14 @@ def test_codes_round_trip_and_codebook_mismatch(tmp_path, tiny_adni):
         assert torch.allclose(model.decode_indices(torch.from_numpy(codes[:2])), model(x).recon, atol=1e-6)
     with pytest.raises(ModelFileError, match="codebook of 16 entries, expected 32"):
         load_codes(path, 32)
+
+
+def test_run_params_logged_by_mlflow_run_read_back_as_empty():
+    from brainvq.prior_stage import run_param
+
+    # `mlflow run` logs `-P data_dir=` (the default) as the two characters '' after shell quoting.
+    assert run_param({"data_dir": "''"}, "data_dir", str, "") == ""
+    assert run_param({}, "seed", int, 0) == 0
+    assert run_param({"seed": "7", "val_fraction": "0.2"}, "seed", int, 0) == 7
+    assert run_param({"val_fraction": "0.2"}, "val_fraction", float, 0.1) == 0.2
+    assert run_param({"data_dir": "/data/ADNI"}, "data_dir", str, "") == "/data/ADNI"

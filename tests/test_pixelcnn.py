@@ -19,6 +19,20 @@ def tiny(conditional: bool = True, shape=(8, 8), layers: int = 3, k: int = 3, ke
     return m
 
 
+
+def test_position_tables_are_per_label_when_conditional():
+    m = tiny(True, shape=(6, 7), k=5)
+    assert m.row_bias.shape[0] == m.config.num_classes + 1 and tiny(False).row_bias.shape[0] == 1
+    codes = torch.randint(0, 5, (3, 6, 7))
+    labels = torch.tensor([0, 1, 2])
+    before = m(codes, labels).logits
+    with torch.no_grad():
+        m.row_bias[1, 3] += 1.0  # AD's table, row 3 only
+    after = m(codes, labels).logits
+    torch.testing.assert_close(after[[0, 2]], before[[0, 2]])  # NC and null untouched
+    assert not torch.allclose(after[1, :, 3], before[1, :, 3])
+    torch.testing.assert_close(after[1, :, :3], before[1, :, :3])  # rows above don't see row 3's bias
+
 def test_config_validation_and_json_roundtrip():
     cfg = PixelCNNConfig(code_shape=[6, 7])
     assert cfg.code_shape == (6, 7)

@@ -31,7 +31,22 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a power cut right after ``os.replace`` can otherwise lose it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms that cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
@@ -43,6 +58,9 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_locati
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, random bytes
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        if "WeightsUnpickler error:" in str(exc):  # torch's refusal of a foreign pickle names the culprit further down
+            culprit = str(exc).split("WeightsUnpickler error:", 1)[1].split(" was not an allowed global")[0]
+            reason = f"weights_only=True refused it: {' '.join(culprit.split())[:120]}"
         raise ModelFileError(f"checkpoint {path} is corrupt or not a brainvq checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise ModelFileError(f"checkpoint {path} is not a brainvq checkpoint (missing 'config'/'model')")

@@ -22,6 +22,7 @@ COMMANDS = {
     "sample-onnx": ("brainvq.export.sample_onnx", "sample with onnxruntime (no PyTorch needed)"),
     "tune": ("brainvq.tuning.tune", "Optuna sweep over the VQ-VAE or the prior, tracked in MLflow"),
     "pipeline": ("brainvq.pipelines.main", "run the whole chain (what `mlflow run .` runs)"),
+    "register": ("brainvq.registry", "register finished runs as model versions; move `champion` when better"),
 }
 
 

@@ -77,12 +77,15 @@ def run_main(fn: Callable[[Sequence[str] | None], object], argv: Sequence[str] |
     """
     import os
 
+    from brainvq.tracking_store import apply_http_defaults, scrub
+
+    apply_http_defaults()  # a CLI user wants a dead tracking server reported in seconds, not after minutes of retries
     try:
         fn(argv)
     except BrainVQError as exc:
         if os.environ.get("BRAINVQ_DEBUG"):
             traceback.print_exc()
-        msg = " ".join(str(exc).split())  # always one line
+        msg = scrub(" ".join(str(exc).split()))  # always one line, never the tracking store's password
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

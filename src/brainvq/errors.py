@@ -25,3 +25,11 @@ class ModelFileError(BrainVQError):
 
 class TrainingDiverged(BrainVQError):
     """Loss became NaN/Inf; the last good checkpoint is kept."""
+
+
+class TrackingError(BrainVQError):
+    """The MLflow tracking store (server or database) is unreachable or refuses the connection."""
+
+
+class RegistryError(BrainVQError):
+    """A model could not be registered (nothing is left half-registered)."""

@@ -86,21 +86,32 @@ def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: floa
     return images, codes, labels
 
 
-def encode_all_splits(vqvae: VQVAE, vqvae_params: dict, out_dir: Path, batch_size: int = 32,
-                      progress: bool = True) -> dict[str, Path]:
-    """Encode train/val/test exactly as the VQ-VAE run split them (its ``data_dir``, ``val_fraction``, ``seed``,
-    ``max_train_images``) and write ``out_dir/{split}.npz``."""
+def run_param(params: dict, name: str, cast=str, default=None):
+    """A logged MLflow param cast back to its type; missing or empty gives ``default``.
+
+    ``mlflow run`` logs an empty-string parameter shell-quoted, as the two characters ``''``: that is empty too.
+    """
+    value = params.get(name)
+    return default if value in (None, "", "''", '""') else cast(value)
+
+
+def vqvae_run_splits(vqvae_params: dict):
+    """The train/val/test splits exactly as a VQ-VAE run made them, from its logged MLflow params."""
     from brainvq.cliutil import image_size as parse_size
     from brainvq.vqvae_stage import load_splits
 
     def p(name, cast, default):
-        value = vqvae_params.get(name)
-        return default if value in (None, "") else cast(value)
+        return run_param(vqvae_params, name, cast, default)
 
-    splits = load_splits(
-        vqvae_params.get("data_dir", ""), parse_size(p("image_size", str, "240x256")), p("val_fraction", float, 0.1),
-        p("seed", int, 0), p("max_train_images", int, 0), p("skip_bad", lambda v: v.lower() == "true", False),
-    )
+    return load_splits(p("data_dir", str, ""), parse_size(p("image_size", str, "240x256")), p("val_fraction", float, 0.1),
+                       p("seed", int, 0), p("max_train_images", int, 0), p("skip_bad", lambda v: v.lower() == "true", False))
+
+
+def encode_all_splits(vqvae: VQVAE, vqvae_params: dict, out_dir: Path, batch_size: int = 32,
+                      progress: bool = True) -> dict[str, Path]:
+    """Encode train/val/test exactly as the VQ-VAE run split them (its ``data_dir``, ``val_fraction``, ``seed``,
+    ``max_train_images``) and write ``out_dir/{split}.npz``."""
+    splits = vqvae_run_splits(vqvae_params)
     if tuple(splits.train.images.shape[1:]) != tuple(vqvae.config.image_size):
         raise ConfigError(f"data image size {splits.train.images.shape[1:]} != VQ-VAE image_size {vqvae.config.image_size}")
     files = {}
@@ -117,17 +128,10 @@ def evaluate_generation(prior, vqvae: VQVAE, vqvae_params: dict, n_samples: int,
                         seed: int, out_dir: Path, max_real: int = 400) -> dict[str, float]:
     """Generate ``n_samples`` slices and compare them with real test slices (``brainvq.evaluation``); writes
     ``generated.png`` beside the metrics."""
-    from brainvq.cliutil import image_size as parse_size
     from brainvq.evaluation import EvalConfig, evaluate_samples
     from brainvq.plots import save_grid, to_uint8
-    from brainvq.vqvae_stage import load_splits
 
-    def p(name, cast, default):
-        value = vqvae_params.get(name)
-        return default if value in (None, "") else cast(value)
-
-    splits = load_splits(vqvae_params.get("data_dir", ""), parse_size(p("image_size", str, "240x256")),
-                         p("val_fraction", float, 0.1), p("seed", int, 0), p("max_train_images", int, 0))
+    splits = vqvae_run_splits(vqvae_params)
     images, _, labels = generate(prior, vqvae, n_samples, "both", temperature, top_k, seed)
     rng = np.random.default_rng(seed)
     test_idx = np.sort(rng.permutation(len(splits.test))[:max_real])

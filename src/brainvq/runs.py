@@ -18,6 +18,9 @@ CHECKPOINT_ARTIFACT = {"train_vqvae": "checkpoint/vqvae.pt", "train_pixelcnn": "
 def _client():
     from mlflow.tracking import MlflowClient
 
+    from brainvq.tracking_store import check_tracking_store
+
+    check_tracking_store()  # one-line error in seconds instead of MLflow's minutes of retries
     return MlflowClient()
 
 
@@ -93,8 +96,14 @@ def load_stage_model(run_id: str, stage: str):
     """Model of a finished stage run: returns ``(model, ckpt, run)``."""
     from brainvq.checkpoint import load_model
 
+    from brainvq.errors import ModelFileError
+
     path, run = fetch_checkpoint(run_id, stage)
-    model, ckpt = load_model(path, kind={"train_vqvae": "vqvae", "train_pixelcnn": "pixelcnn"}[stage])
+    try:
+        model, ckpt = load_model(path, kind={"train_vqvae": "vqvae", "train_pixelcnn": "pixelcnn"}[stage])
+    except ModelFileError as exc:  # name the run's artifact, not the temporary download folder
+        where = f"runs:/{run.info.run_id}/{CHECKPOINT_ARTIFACT[stage]}"
+        raise ModelFileError(str(exc).replace(str(path), where)) from None
     return model, ckpt, run
 
 

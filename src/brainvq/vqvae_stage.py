@@ -80,12 +80,20 @@ def save_vqvae_report(result: FitResult, splits: ADNISplits, model_config: VQVAE
 def run_train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, *, data_dir: str | None, val_fraction: float,
                     max_train_images: int = 0, skip_bad: bool = False, resume: bool = False,
                     checkpoint_dir: str | Path | None = None, report_dir: str | Path | None = None,
-                    tracker: Tracker = NullTracker(), callbacks=()) -> tuple[FitResult, dict[str, Path]]:
-    """Load data, train, evaluate on test and write the report files."""
-    splits = load_splits(data_dir, model_config.image_size, val_fraction, train_config.seed, max_train_images, skip_bad)
+                    extra_checkpoint: dict | None = None, tracker: Tracker = NullTracker(),
+                    callbacks=()) -> tuple[FitResult, dict[str, Path]]:
+    """Load data, train, evaluate on test and write the report files (under torchrun: rank 0 only writes them, the
+    other ranks return no files)."""
+    from brainvq.engine import distributed
+
+    with distributed.local_main_first():  # one process per node builds the decoded-image cache (or the demo set)
+        splits = load_splits(data_dir, model_config.image_size, val_fraction, train_config.seed, max_train_images, skip_bad)
     tracker.log_metrics({"data/train_images": len(splits.train), "data/val_images": len(splits.val),
                          "data/test_images": len(splits.test), "data/skipped_files": splits.skipped})
     result = fit_vqvae(model_config, train_config, splits.train, splits.val, splits.test,
-                       checkpoint_dir=checkpoint_dir, resume=resume, tracker=tracker, callbacks=callbacks)
+                       checkpoint_dir=checkpoint_dir, resume=resume, extra_checkpoint=extra_checkpoint, tracker=tracker,
+                       callbacks=callbacks)
+    if not distributed.is_main():
+        return result, {}
     report_dir = Path(report_dir or tempfile.mkdtemp(prefix="brainvq-vqvae-"))
     return result, save_vqvae_report(result, splits, model_config, train_config, report_dir)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from brainvq.checkpoint import atomic_save, load_checkpoint
-from brainvq.errors import ConfigError, TrainingDiverged
+from brainvq.errors import ConfigError, ModelFileError, TrainingDiverged
 
 
 class Callback(Protocol):
@@ -41,9 +41,18 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def configure_threads(num_threads: int = 0) -> int:
-    """Use every core by default; more threads than cores only adds contention."""
+    """Use every core by default; more threads than cores only adds contention.
+
+    ``num_threads <= 0`` means: ``OMP_NUM_THREADS`` when set (torchrun sets 1 per process unless you set it),
+    otherwise the cores shared out among the processes on this node (``LOCAL_WORLD_SIZE``, 1 outside torchrun).
+    """
     if num_threads <= 0:
-        num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if env.isdigit() and int(env) > 0:
+            num_threads = int(env)
+        else:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            num_threads = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     torch.set_num_threads(max(1, num_threads))
     return torch.get_num_threads()
 
@@ -105,11 +114,23 @@ def restore_rng(state: dict) -> None:
 
 def save_training_checkpoint(path: Path, **payload) -> Path:
     """Atomically write a resumable checkpoint (plain tensors and builtins only, loadable with weights_only=True)."""
-    return atomic_save(payload, path)
+    saved = atomic_save(payload, path)
+    # A process killed inside atomic_save leaves its temp file behind (never a truncated ``last.pt``); once a newer
+    # checkpoint is in place such leftovers are garbage.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    return saved
 
 
 def load_training_checkpoint(path: Path, kind: str) -> dict | None:
-    return load_checkpoint(path, kind) if path.exists() else None
+    """The checkpoint to resume from, or None when there is none yet. A corrupt one is refused with a one-line
+    ``ModelFileError`` naming the file rather than silently restarting from scratch (which would overwrite it)."""
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path, kind)
+    except ModelFileError as exc:
+        raise ModelFileError(f"cannot resume: {exc}; delete it to start over, or run with resume=false") from None
 
 
 def batches(order: np.ndarray, batch_size: int, drop_last: bool = True) -> Iterable[np.ndarray]:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from brainvq.engine import distributed
 from brainvq.engine.common import (
-    Budget,
     batches,
     check_finite,
     configure_threads,
@@ -39,7 +39,9 @@ LN2 = math.log(2.0)
 @dataclass(frozen=True)
 class PriorTrainConfig:
     epochs: int = 20
-    batch_size: int = 32
+    # Small batches won at a fixed CPU budget: 8 grids/step reached 1.84 bits/code in 6 minutes where 32 grids/step
+    # (a quarter of the optimiser steps) was still at 4.37 and sampled noise (benchmarks/, issue 3 notes).
+    batch_size: int = 8
     lr: float = 3e-3
     seed: int = 0
     max_minutes: float = 0.0  # 0 = no time budget
@@ -92,18 +94,23 @@ def model_labels(labels: np.ndarray | torch.Tensor, config: PixelCNNConfig) -> t
 
 
 @torch.no_grad()
-def nll_bits(model: GatedPixelCNN, data: CodeSet, batch_size: int = 64, device="cpu") -> float:
-    """Mean negative log-likelihood in bits per code."""
+def nll_bits(model: GatedPixelCNN, data: CodeSet, batch_size: int = 64, device="cpu", shard: bool = False) -> float:
+    """Mean negative log-likelihood in bits per code. ``shard=True`` (every rank must call it) splits the data over
+    DDP ranks and sums over them."""
     model.eval()
     if len(data) == 0:
         return float("nan")
+    part = distributed.shard_slice(len(data)) if shard else slice(0, len(data))
     total, count = 0.0, 0
-    for s in range(0, len(data), batch_size):
-        codes = torch.as_tensor(data.codes[s : s + batch_size], device=device)
-        labels = model_labels(data.labels[s : s + batch_size], model.config).to(device)
+    for s in range(part.start, part.stop, batch_size):
+        e = min(s + batch_size, part.stop)
+        codes = torch.as_tensor(data.codes[s:e], device=device)
+        labels = model_labels(data.labels[s:e], model.config).to(device)
         logits = model(codes, labels).logits
         total += F.cross_entropy(logits, codes, reduction="sum").item()
         count += codes.numel()
+    if shard:
+        total, count = distributed.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / count / LN2
 
 
@@ -131,11 +138,14 @@ def fit_pixelcnn(
     callbacks: Iterable[Callable[[int, dict], None]] = (),
 ) -> PriorFitResult:
     """Train the prior by maximum likelihood; logs ``prior/train_nll_bits`` and ``prior/val_nll_bits`` per epoch and
-    ``prior/test_nll_bits`` at the end."""
+    ``prior/test_nll_bits`` at the end. Under torchrun: DDP over global batches of ``batch_size x world_size``,
+    metrics averaged over ranks, checkpoint and ``tracker`` on rank 0 only (see ``engine.distributed``)."""
     tc = train_config
-    seed_everything(tc.seed)
+    seed_everything(tc.seed)  # the same seed on every rank: identical init and label dropout
     configure_threads(tc.num_threads)
-    device = resolve_device(tc.device)
+    device = distributed.training_device(resolve_device(tc.device))
+    if not distributed.is_main():
+        tracker = NullTracker()
     model = GatedPixelCNN(model_config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
     gen = torch.Generator().manual_seed(tc.seed)
@@ -145,7 +155,8 @@ def fit_pixelcnn(
     history: list[dict[str, float]] = []
     start_epoch, spent = 0, 0.0
     if resume and ckpt_path is not None:
-        ckpt = load_training_checkpoint(ckpt_path, "pixelcnn")
+        # Rank 0 reads the checkpoint and hands it (or its error) to the others: other nodes need not share its disk.
+        ckpt = distributed.on_main(lambda: load_training_checkpoint(ckpt_path, "pixelcnn"))
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -156,9 +167,13 @@ def fit_pixelcnn(
             history = json.loads(ckpt.get("history", "[]"))
             spent = float(ckpt.get("elapsed_seconds", 0.0))
             log.info("resumed prior from %s at epoch %d", ckpt_path, start_epoch)
+            if int(ckpt.get("world_size", 1)) != distributed.world_size():
+                log.warning("checkpoint was written by %s process(es), resuming with %d: the global batch changes",
+                            ckpt.get("world_size", 1), distributed.world_size())
 
-    budget = Budget(tc.max_minutes, spent_before=spent)
-    bs = min(tc.batch_size, len(train))
+    net = distributed.wrap(model, device)  # DDP under torchrun, else the model itself
+    budget = distributed.make_budget(tc.max_minutes, spent_before=spent)
+    bs = distributed.global_batch_size(tc.batch_size, len(train))  # min(batch_size, len(train)) for one process
     steps_per_epoch = max(1, len(train) // bs)
     total_steps = tc.epochs * steps_per_epoch
     step = start_epoch * steps_per_epoch
@@ -171,26 +186,31 @@ def fit_pixelcnn(
         t0 = time.monotonic()
         loss_sum, n_batches = 0.0, 0
         bar = tqdm(list(batches(epoch_order(len(train), tc.seed, epoch), bs)), desc=f"prior epoch {epoch + 1}/{tc.epochs}",
-                   disable=not tc.progress, leave=False, unit="batch")
+                   disable=not tc.progress or not distributed.is_main(), leave=False, unit="batch")
         for idx in bar:
-            codes = torch.as_tensor(train.codes[idx], device=device)
+            # Label dropout is drawn for the whole global batch on every rank, then each rank keeps its chunk: the
+            # same draws as one process with the global batch.
             labels = model_labels(train.labels[idx], model_config)
             if model_config.conditional and tc.label_dropout > 0:
                 drop = torch.rand(len(labels), generator=gen) < tc.label_dropout
                 labels[drop] = model_config.num_classes
+            part = distributed.shard_slice(len(idx))
+            codes = torch.as_tensor(train.codes[idx[part]], device=device)
+            labels = labels[part]
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(tc.lr, max(step / total_steps, budget.fraction()))
-            logits = model(codes, labels.to(device)).logits
+            logits = net(codes, labels.to(device)).logits
             loss = F.cross_entropy(logits, codes)
-            check_finite(loss, epoch + 1, step, ckpt_path)
+            mean_loss = distributed.all_reduce_mean(loss.detach())  # global batch; NaN anywhere stops every rank
+            check_finite(mean_loss, epoch + 1, step, ckpt_path)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
             n_batches += 1
-            loss_sum += loss.item()
-            bar.set_postfix(bits=f"{loss.item() / LN2:.3f}")
+            loss_sum += mean_loss.item()
+            bar.set_postfix(bits=f"{mean_loss.item() / LN2:.3f}")
             if budget.exhausted():
                 stopped_early = True
                 break
@@ -201,25 +221,27 @@ def fit_pixelcnn(
             "prior/codes_per_second": n_batches * bs * train.codes[0].size / max(1e-9, time.monotonic() - t0),
         }
         if val is not None and len(val):
-            metrics["prior/val_nll_bits"] = nll_bits(model, val, device=device)
+            metrics["prior/val_nll_bits"] = nll_bits(model, val, device=device, shard=True)
         history.append({"epoch": epoch + 1, **metrics})
-        tracker.log_metrics(metrics, step=epoch + 1)
-        log.info("prior epoch %d/%d train %.4f val %s bits/code", epoch + 1, tc.epochs, metrics["prior/train_nll_bits"],
-                 f"{metrics.get('prior/val_nll_bits', float('nan')):.4f}")
-        if ckpt_path is not None:
+        # Checkpoint before logging (see fit_vqvae): a kill in between never leaves an epoch logged but not saved.
+        if ckpt_path is not None and distributed.is_main():
             save_training_checkpoint(
                 ckpt_path, kind="pixelcnn", config=model_config.to_dict(), model=model.state_dict(),
                 optimizer=opt.state_dict(), epoch=epoch + 1,
                 rng={"torch": torch.get_rng_state(), "gen": gen.get_state()}, history=json.dumps(history),
-                elapsed_seconds=budget.elapsed, train_config=json.dumps(asdict(tc)), **extra,
+                elapsed_seconds=budget.elapsed, train_config=json.dumps(asdict(tc)),
+                world_size=distributed.world_size(), **extra,
             )
+        tracker.log_metrics(metrics, step=epoch + 1)
+        log.info("prior epoch %d/%d train %.4f val %s bits/code", epoch + 1, tc.epochs, metrics["prior/train_nll_bits"],
+                 f"{metrics.get('prior/val_nll_bits', float('nan')):.4f}")
         run_callbacks(callbacks, epoch + 1, metrics)
         if stopped_early:
             break
 
     test_metrics: dict[str, float] = {}
     if test is not None and len(test):
-        test_metrics = {"prior/test_nll_bits": nll_bits(model, test, device=device),
+        test_metrics = {"prior/test_nll_bits": nll_bits(model, test, device=device, shard=True),
                         **baseline_bits(train, test, model_config.num_embeddings)}
         tracker.log_metrics(test_metrics, step=len(history))
-    return PriorFitResult(model.eval(), history, test_metrics, ckpt_path, stopped_early)
+    return PriorFitResult(distributed.unwrap(net).eval(), history, test_metrics, ckpt_path, stopped_early)

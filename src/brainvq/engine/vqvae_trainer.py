@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from brainvq.engine import distributed
 from brainvq.engine.common import (
-    Budget,
     batches,
     check_finite,
     configure_threads,
@@ -77,21 +77,29 @@ class FitResult(NamedTuple):
 
 
 @torch.no_grad()
-def evaluate_vqvae(model: VQVAE, data: SliceDataset, batch_size: int = 32, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Mean SSIM, PSNR, perplexity and codebook usage over a dataset (eval mode, no EMA updates)."""
+def evaluate_vqvae(model: VQVAE, data: SliceDataset, batch_size: int = 32, device: torch.device | str = "cpu",
+                   shard: bool = False) -> dict[str, float]:
+    """Mean SSIM, PSNR, perplexity and codebook usage over a dataset (eval mode, no EMA updates).
+
+    ``shard=True`` (every rank must call it) splits the data over DDP ranks and sums the statistics over them.
+    """
     model.eval()
     device = torch.device(device)
     if len(data) == 0:
         return {}
+    rows = distributed.shard(np.arange(len(data))) if shard else np.arange(len(data))
     s_ssim, s_psnr, counts = 0.0, 0.0, torch.zeros(model.config.num_embeddings, dtype=torch.float64)
-    for start in range(0, len(data), batch_size):
-        x, _ = data.batch(np.arange(start, min(start + batch_size, len(data))))
+    for start in range(0, len(rows), batch_size):
+        x, _ = data.batch(rows[start : start + batch_size])
         x = x.to(device)
         out = model(x)
         recon = out.recon.clamp(0, 1)
         s_ssim += ssim(recon, x).sum().item()
         s_psnr += psnr(recon, x).sum().item()
         counts += torch.bincount(out.indices.flatten().cpu(), minlength=counts.numel()).double()
+    if shard:
+        s_ssim, s_psnr = distributed.all_reduce_sum(torch.tensor([s_ssim, s_psnr], dtype=torch.float64)).tolist()
+        counts = distributed.all_reduce_sum(counts)
     p = counts / counts.sum()
     perplexity = torch.exp(-(p * torch.log(p + 1e-12)).sum()).item()
     return {
@@ -120,18 +128,26 @@ def fit_vqvae(
     *,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    extra_checkpoint: dict | None = None,
     tracker: Tracker = NullTracker(),
     callbacks: Iterable[Callable[[int, dict], None]] = (),
 ) -> FitResult:
-    """Train a VQ-VAE, checkpointing every epoch to ``checkpoint_dir/last.pt``.
+    """Train a VQ-VAE, checkpointing every epoch to ``checkpoint_dir/last.pt`` (plus ``extra_checkpoint`` entries).
 
     ``resume=True`` continues from that checkpoint (finished epochs are not repeated). Metrics go to ``tracker`` as
     ``train/*`` and ``val/*`` per epoch (step = epoch) and ``test/*`` at the end.
+
+    Inside a torchrun process group (``engine.distributed``) every rank trains ``batch_size`` images of each global
+    batch of ``batch_size x world_size`` under DistributedDataParallel; metrics are averaged over ranks, and only
+    rank 0 writes the checkpoint and logs to ``tracker``.
     """
     tc = train_config
-    seed_everything(tc.seed)
+    seed_everything(tc.seed)  # the same seed on every rank: identical init and identical quantiser restarts
     configure_threads(tc.num_threads)
-    device = resolve_device(tc.device)
+    device = distributed.training_device(resolve_device(tc.device))
+    extra = dict(extra_checkpoint or {})
+    if not distributed.is_main():
+        tracker = NullTracker()
     model = VQVAE(model_config).to(device)
     if tc.channels_last and device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
@@ -141,7 +157,8 @@ def fit_vqvae(
     history: list[dict[str, float]] = []
     start_epoch, spent = 0, 0.0
     if resume and ckpt_path is not None:
-        ckpt = load_training_checkpoint(ckpt_path, "vqvae")
+        # Rank 0 reads the checkpoint and hands it (or its error) to the others: other nodes need not share its disk.
+        ckpt = distributed.on_main(lambda: load_training_checkpoint(ckpt_path, "vqvae"))
         if ckpt is not None:
             if ckpt["config"] != model_config.to_dict():
                 log.warning("resuming with the checkpoint's model config %s", ckpt["config"])
@@ -155,9 +172,14 @@ def fit_vqvae(
             history = json.loads(ckpt.get("history", "[]"))
             spent = float(ckpt.get("elapsed_seconds", 0.0))
             log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+            if int(ckpt.get("world_size", 1)) != distributed.world_size():
+                log.warning("checkpoint was written by %s process(es), resuming with %d: the global batch changes",
+                            ckpt.get("world_size", 1), distributed.world_size())
 
-    budget = Budget(tc.max_minutes, spent_before=spent)
-    steps_per_epoch = max(1, len(train) // tc.batch_size) if len(train) >= tc.batch_size else 1
+    net = distributed.wrap(model, device)  # DDP under torchrun, else the model itself
+    budget = distributed.make_budget(tc.max_minutes, spent_before=spent)
+    global_bs = distributed.global_batch_size(tc.batch_size, len(train))
+    steps_per_epoch = max(1, len(train) // global_bs)
     total_steps = tc.epochs * steps_per_epoch
     step = start_epoch * steps_per_epoch
     stopped_early = False
@@ -171,57 +193,61 @@ def fit_vqvae(
         n_batches = 0
         order = epoch_order(len(train), tc.seed, epoch)
         bar = tqdm(
-            list(batches(order, min(tc.batch_size, len(train)))), desc=f"vqvae epoch {epoch + 1}/{tc.epochs}",
-            disable=not tc.progress, leave=False, unit="batch",
+            list(batches(order, global_bs)), desc=f"vqvae epoch {epoch + 1}/{tc.epochs}",
+            disable=not tc.progress or not distributed.is_main(), leave=False, unit="batch",
         )
         for idx in bar:
-            x, _ = train.batch(idx)
+            x, _ = train.batch(distributed.shard(idx))
             x = x.to(device)
             if tc.channels_last and device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
             progress = max(step / total_steps, budget.fraction())
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(tc.lr, progress)
-            loss, recon, out = _loss(model, x, tc.ssim_weight)
-            check_finite(loss, epoch + 1, step, ckpt_path)
+            loss, recon, out = _loss(net, x, tc.ssim_weight)
+            # Global-batch means (this rank's own values when not distributed); a NaN on any rank stops every rank.
+            stats = distributed.all_reduce_mean(torch.stack([loss.detach(), recon.detach(), out.vq_loss.detach()]))
+            check_finite(stats[0], epoch + 1, step, ckpt_path)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             n_batches += 1
-            sums["loss"] += loss.item()
-            sums["recon_loss"] += recon.item()
-            sums["vq_loss"] += out.vq_loss.item()
-            bar.set_postfix(loss=f"{loss.item():.4f}", ppl=f"{out.perplexity.item():.1f}")
+            for key, value in zip(("loss", "recon_loss", "vq_loss"), stats.tolist()):
+                sums[key] += value
+            bar.set_postfix(loss=f"{stats[0].item():.4f}", ppl=f"{out.perplexity.item():.1f}")
             if budget.exhausted():
                 stopped_early = True
                 break
         bar.close()
         seconds = time.monotonic() - t0
         metrics = {f"train/{k}": v / max(1, n_batches) for k, v in sums.items()}
-        metrics["train/images_per_second"] = n_batches * tc.batch_size / max(seconds, 1e-9)
+        metrics["train/images_per_second"] = n_batches * tc.batch_size * distributed.world_size() / max(seconds, 1e-9)
         metrics["train/lr"] = opt.param_groups[0]["lr"]
         if val is not None and len(val):
-            metrics.update({f"val/{k}": v for k, v in evaluate_vqvae(model, val, tc.eval_batch_size, device).items()})
+            metrics.update({f"val/{k}": v for k, v in evaluate_vqvae(model, val, tc.eval_batch_size, device, shard=True).items()})
         history.append({"epoch": epoch + 1, **metrics})
+        # Checkpoint before logging: a kill in between then loses nothing (a resumed run replays the checkpoint's
+        # history), whereas the other order would log an epoch the checkpoint does not hold, and it would run twice.
+        if ckpt_path is not None and distributed.is_main():
+            save_training_checkpoint(
+                ckpt_path, kind="vqvae", config=model_config.to_dict(), model=model.state_dict(),
+                optimizer=opt.state_dict(), epoch=epoch + 1, rng={"torch": torch.get_rng_state()},
+                history=json.dumps(history), elapsed_seconds=budget.elapsed, train_config=json.dumps(asdict(tc)),
+                world_size=distributed.world_size(), **extra,
+            )
         tracker.log_metrics(metrics, step=epoch + 1)
         log.info(
             "epoch %d/%d loss %.4f val/ssim %s (%.0f img/s)", epoch + 1, tc.epochs, metrics["train/loss"],
             f"{metrics.get('val/ssim', float('nan')):.4f}", metrics["train/images_per_second"],
         )
-        if ckpt_path is not None:
-            save_training_checkpoint(
-                ckpt_path, kind="vqvae", config=model_config.to_dict(), model=model.state_dict(),
-                optimizer=opt.state_dict(), epoch=epoch + 1, rng={"torch": torch.get_rng_state()},
-                history=json.dumps(history), elapsed_seconds=budget.elapsed, train_config=json.dumps(asdict(tc)),
-            )
         run_callbacks(callbacks, epoch + 1, metrics)
         if stopped_early:
             break
 
     test_metrics: dict[str, float] = {}
     if test is not None and len(test):
-        test_metrics = {f"test/{k}": v for k, v in evaluate_vqvae(model, test, tc.eval_batch_size, device).items()}
+        test_metrics = {f"test/{k}": v for k, v in evaluate_vqvae(model, test, tc.eval_batch_size, device, shard=True).items()}
         tracker.log_metrics(test_metrics, step=len(history))
-    model = model.to(memory_format=torch.contiguous_format).eval()
+    model = distributed.unwrap(net).to(memory_format=torch.contiguous_format).eval()
     return FitResult(model, history, test_metrics, ckpt_path, stopped_early)

@@ -99,10 +99,13 @@ class GatedPixelCNN(nn.Module):
         self.label_embedding = nn.Embedding(config.num_classes + 1, n * 4 * c) if config.conditional else None
         # Where a code sits matters (background at the borders, ventricles in the middle) and the stacks only see
         # ~num_layers codes back, so every layer's horizontal gate also gets a learned row + column bias: a factorised
-        # position embedding. Position is not data, so causality is untouched.
+        # position embedding. Position is not data, so causality is untouched. When conditional there is one table
+        # per label: AD differs from NC in *where* things are (larger ventricles, thinner cortex), which a
+        # position-free class bias can hardly express.
         gh, gw = config.code_shape
-        self.row_bias = nn.Parameter(torch.zeros(gh, n * 2 * c))
-        self.col_bias = nn.Parameter(torch.zeros(gw, n * 2 * c))
+        tables = config.num_classes + 1 if config.conditional else 1
+        self.row_bias = nn.Parameter(torch.zeros(tables, gh, n * 2 * c))
+        self.col_bias = nn.Parameter(torch.zeros(tables, gw, n * 2 * c))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, config.num_embeddings, 1))
 
     def label_biases(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
@@ -113,18 +116,25 @@ class GatedPixelCNN(nn.Module):
             raise ValueError("a conditional PixelCNN needs labels (use the null label for unconditional samples)")
         return self.label_embedding(labels).view(batch, self.config.num_layers, -1)
 
+    def position_tables(self, labels: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ``(B,h,L*2C)`` and column ``(B,w,L*2C)`` gate biases for each example's label."""
+        if self.label_embedding is None:
+            return self.row_bias.expand(batch, -1, -1), self.col_bias.expand(batch, -1, -1)
+        return self.row_bias[labels], self.col_bias[labels]
+
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> PixelCNNOutput:
         b, h, w = codes.shape
-        c, ctx = self.config.hidden_channels, self.config.context
+        c, ctx, n = self.config.hidden_channels, self.config.context, self.config.num_layers
         cond = self.label_biases(labels, b)  # (B,L,4C) | None
         x = self.embedding(codes).permute(0, 3, 1, 2)  # (B,C,h,w)
-        pos = (self.row_bias[:h, None] + self.col_bias[None, :w]).view(h, w, self.config.num_layers, 2 * c)  # (h,w,L,2C)
+        rows, cols = self.position_tables(labels, b)  # (B,h,L*2C), (B,w,L*2C)
+        pos = (rows[:, :h, None] + cols[:, None, :w]).view(b, h, w, n, 2 * c)  # (B,h,w,L,2C)
         v, hs, skip = x, x, None
         for i in range(self.config.num_layers):
             v_pre = self.v_convs[i](F.pad(v, (ctx, ctx, ctx, 0)))  # (B,2C,h,w): output row r sees input rows r-ctx..r
             h_pre = self.h_convs[i](F.pad(hs, (ctx, 0)))[..., :w]  # (B,2C,h,w); layer 0's narrower kernel leaves one extra column
             # Shift down one row: (i, j) gets vertical context from rows < i only (no blind spot).
-            h_pre = h_pre + F.pad(self.v_to_h[i](v_pre), (0, 0, 1, 0))[:, :, :h] + pos[:, :, i].permute(2, 0, 1)
+            h_pre = h_pre + F.pad(self.v_to_h[i](v_pre), (0, 0, 1, 0))[:, :, :h] + pos[:, :, :, i].permute(0, 3, 1, 2)
             if cond is not None:
                 v_pre = v_pre + cond[:, i, : 2 * c, None, None]
                 h_pre = h_pre + cond[:, i, 2 * c :, None, None]
@@ -180,8 +190,8 @@ class PixelCNNRowStep(nn.Module):
         self.register_buffer("vh_w", _frozen(torch.stack([m.weight[:, :, 0, 0] for m in model.v_to_h])))  # (L,2C,2C)
         self.register_buffer("vh_b", _frozen(torch.stack([m.bias for m in model.v_to_h])))  # (L,2C)
         self.register_buffer("h_b", _frozen(torch.stack([m.bias for m in model.h_convs])))  # (L,2C)
-        self.register_buffer("row_bias", _frozen(model.row_bias))  # (h,L*2C)
-        self.register_buffer("col_bias", _frozen(model.col_bias))  # (w,L*2C)
+        self.register_buffer("row_bias", _frozen(model.row_bias))  # (tables,h,L*2C)
+        self.register_buffer("col_bias", _frozen(model.col_bias))  # (tables,w,L*2C)
         self.conditional = model.label_embedding is not None
         if self.conditional:
             self.register_buffer("label_w", _frozen(model.label_embedding.weight))  # (classes+1, L*4C)
@@ -190,7 +200,10 @@ class PixelCNNRowStep(nn.Module):
         b, w = codes_row.shape
         n, ctx, c = self.num_layers, self.ctx, self.c
         keep = (row > 0).to(vcache.dtype)  # (1,)
-        pos = (F.embedding(row, self.row_bias) + self.col_bias[:w]).view(w, n, 2 * c)  # (w,L,2C)
+        # One position table per label when conditional (a single shared one otherwise).
+        table = labels if self.conditional else torch.zeros_like(labels)  # (B,)
+        row_term = self.row_bias[table].index_select(1, row)  # (B,1,L*2C)
+        pos = (row_term + self.col_bias[table][:, :w]).view(b, w, n, 2 * c)  # (B,w,L,2C)
         cond = F.embedding(labels, self.label_w).view(b, n, 4 * c) if self.conditional else None  # (B,L,4C)
         v = F.embedding(codes_row, self.emb).unsqueeze(2)  # (B,w,1,C)
         rows, caches = [], []
@@ -200,7 +213,7 @@ class PixelCNNRowStep(nn.Module):
             padded = F.pad(win.flatten(2), (0, 0, ctx, ctx))  # (B,w+2ctx,(ctx+1)C)
             cols = torch.cat([padded[:, t : t + w] for t in range(self.k)], 2)  # (B,w,k(ctx+1)C)
             v_pre = F.linear(cols, self.v_w[i], self.v_b[i])  # (B,w,2C)
-            h_term = F.linear(v_pre, self.vh_w[i], self.vh_b[i]) * keep + self.h_b[i] + pos[None, :, i]  # (B,w,2C)
+            h_term = F.linear(v_pre, self.vh_w[i], self.vh_b[i]) * keep + self.h_b[i] + pos[:, :, i]  # (B,w,2C)
             if cond is not None:
                 v_pre = v_pre + cond[:, i, None, : 2 * c]
                 h_term = h_term + cond[:, i, None, 2 * c :]

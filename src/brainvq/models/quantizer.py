@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -63,6 +64,30 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
         else:
             self.codebook = nn.Parameter(init)
+        # Set by the trainer under DistributedDataParallel (``engine.distributed.wrap``): EMA statistics are then
+        # summed over ranks, so every rank keeps the codebook a single process would compute from the global batch.
+        # A plain attribute, not state: the model itself never sets up a process group.
+        self.sync_ranks = False
+
+    def _cross_rank(self) -> bool:
+        return self.sync_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _all_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``flat`` rows in rank order (the single-process batch), for the data-dependent codebook
+        init and dead-code restarts, which pick random rows: with the same RNG state everywhere, every rank picks the
+        same vectors."""
+        if not self._cross_rank():
+            return flat
+        world = dist.get_world_size()
+        n = torch.tensor([flat.shape[0]], device=flat.device)
+        sizes = [torch.zeros_like(n) for _ in range(world)]
+        dist.all_gather(sizes, n)
+        most = int(max(s.item() for s in sizes))
+        padded = torch.zeros(most, flat.shape[1], dtype=flat.dtype, device=flat.device)  # all_gather needs equal shapes
+        padded[: flat.shape[0]] = flat
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
     def distances(self, flat: torch.Tensor) -> torch.Tensor:
         """Squared L2 distance ``(N, K)`` in the matmul form ‖x‖² − 2x·e + ‖e‖² (cdist exports badly, see PITFALLS)."""
@@ -84,6 +109,7 @@ class VectorQuantizer(nn.Module):
         cfg = self.config
         if not bool(self.initialised):
             # Seed the codebook from data: uniform init far from the encoder's range leaves codes dead.
+            flat = self._all_rows(flat)
             pick = torch.randint(0, flat.shape[0], (cfg.num_embeddings,), device=flat.device)
             self.codebook.copy_(flat[pick])
             self.ema_sum.copy_(flat[pick])
@@ -92,6 +118,10 @@ class VectorQuantizer(nn.Module):
             return
         counts = onehot.sum(0)  # (K,)
         sums = onehot.t() @ flat  # (K,D)
+        if self._cross_rank():
+            both = torch.cat([counts[:, None], sums], 1)  # one collective for both statistics
+            dist.all_reduce(both, op=dist.ReduceOp.SUM)
+            counts, sums = both[:, 0], both[:, 1:]
         self.ema_cluster_size.mul_(cfg.decay).add_(counts, alpha=1 - cfg.decay)
         self.ema_sum.mul_(cfg.decay).add_(sums, alpha=1 - cfg.decay)
         n = self.ema_cluster_size.sum()
@@ -106,6 +136,7 @@ class VectorQuantizer(nn.Module):
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
+        flat = self._all_rows(flat)  # ranks agree on n_dead (synced buffers), so all of them join this gather
         pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
         fresh = flat[pick]
         self.codebook[dead] = fresh

@@ -1,0 +1,277 @@
+"""Model registry: finished runs become versions of ``brainvq-vqvae``, ``brainvq-prior`` and ``brainvq-sampler``, and
+the ``champion`` alias moves only when a new version beats the current champion. MLflow's public client API only.
+
+=================  ===================================================  ==========================================
+registered model   a version is                                         ranked on (the first both versions carry)
+=================  ===================================================  ==========================================
+brainvq-vqvae      the ``train_vqvae`` run's logged PyTorch ``model``   ``test/ssim``, higher wins
+brainvq-prior      the ``train_pixelcnn`` run's logged ``model``        ``prior/test_nll_bits``, lower wins
+brainvq-sampler    the ``export_onnx`` run's ``onnx/`` folder: decoder,  ``gen/c2st_distance`` = abs(C2ST accuracy
+                   prior and the fast sampler's graphs, one pair         − 0.5), lower wins; else its prior's
+                                                                         ``prior/test_nll_bits``, lower wins
+=================  ===================================================  ==========================================
+
+The sampler is registered as the whole ``onnx/`` folder, not one ``mlflow.onnx`` model, because sampling needs the
+decoder and the prior *of the same export* (they carry one pair ID): ``brainvq sample-onnx --model_dir
+models:/brainvq-sampler@champion`` downloads exactly that set. The C2ST distance comes from the newest FINISHED
+``evaluate_samples`` run of the sampler's prior; it is comparable across codebooks, which NLL in bits is not.
+
+Every version carries its ranking metrics and source run IDs as tags. A run is registered only when it is FINISHED,
+at most once per registered model (registering it again reuses its version), and all runs of a pipeline are checked
+before the first version is created. A failed creation is rolled back and reported in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from brainvq.cliutil import add_param, run_main, setup_logging
+from brainvq.errors import BrainVQError, RegistryError, RunError
+
+log = logging.getLogger(__name__)
+CHAMPION = "champion"
+ONNX_FILES = ("decoder.onnx", "prior.onnx", "prior_row.onnx", "prior_step.onnx")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model: its name, the stage its versions come from and how two versions are ranked."""
+
+    name: str
+    stage: str
+    criteria: tuple[tuple[str, str], ...]  # (metric tag, "max" or "min"); the first that both versions carry decides
+    reported: tuple[str, ...]  # run metrics copied into version tags
+
+
+SPECS = {
+    "vqvae": ModelSpec("brainvq-vqvae", "train_vqvae", (("test/ssim", "max"),), ("test/ssim", "test/psnr")),
+    "prior": ModelSpec("brainvq-prior", "train_pixelcnn", (("prior/test_nll_bits", "min"),),
+                       ("prior/test_nll_bits", "prior/unigram_bits", "prior/uniform_bits")),
+    "sampler": ModelSpec("brainvq-sampler", "export_onnx",
+                         (("gen/c2st_distance", "min"), ("prior/test_nll_bits", "min")),
+                         ("prior/test_nll_bits", "gen/c2st_accuracy", "gen/c2st_distance")),
+}
+
+
+@dataclass
+class Plan:
+    """Everything needed to create one version, gathered (and checked) before anything is written."""
+
+    spec: ModelSpec
+    run_id: str
+    source: str
+    model_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Registration:
+    """The outcome for one registered model."""
+
+    name: str
+    version: str
+    run_id: str
+    champion: str
+    promoted: bool
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.name} version {self.version} (run {self.run_id}): {self.reason}"
+
+
+def _client():
+    from brainvq.runs import _client as checked_client
+
+    return checked_client()
+
+
+def _metric_tags(metrics: dict[str, float], keys) -> dict[str, str]:
+    return {k: repr(float(metrics[k])) for k in keys if k in metrics}
+
+
+def plan_run(kind: str, run_id: str) -> Plan:
+    """Check that ``run_id`` (or ``latest``) is a FINISHED run of the kind's stage with what a version needs."""
+    import mlflow
+
+    from brainvq.runs import find_stage_runs, resolve_run
+
+    spec = SPECS[kind]
+    run = resolve_run(run_id, spec.stage)  # RunError unless FINISHED and of the right stage
+    rid = run.info.run_id
+    tags = {"brainvq.source_run_id": rid, "brainvq.stage": spec.stage}
+    if kind == "sampler":
+        client = _client()
+        names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(rid, "onnx")}
+        missing = [f for f in ONNX_FILES if f not in names]
+        if missing:
+            raise RunError(f"export_onnx run {rid} lacks onnx/{', onnx/'.join(missing)}; export again")
+        # tags, not params: under `mlflow run -P pixelcnn_run_id=latest` the param says "latest", the tag the run ID
+        px_id = run.data.tags.get("brainvq.pixelcnn_run_id", "")
+        if not px_id:  # resolve_run("") would mean the newest prior, not this export's
+            raise RunError(f"export_onnx run {rid} does not record its prior (tag brainvq.pixelcnn_run_id)")
+        metrics = dict(resolve_run(px_id, "train_pixelcnn").data.metrics)
+        evaluated = find_stage_runs("evaluate_samples", tags={"brainvq.prior_run_id": px_id})
+        if evaluated and "gen/c2st_accuracy" in evaluated[0].data.metrics:
+            metrics["gen/c2st_accuracy"] = evaluated[0].data.metrics["gen/c2st_accuracy"]
+            metrics["gen/c2st_distance"] = abs(metrics["gen/c2st_accuracy"] - 0.5)
+        tags.update({"brainvq.vqvae_run_id": run.data.tags.get("brainvq.vqvae_run_id", ""),
+                     "brainvq.pixelcnn_run_id": px_id, "brainvq.pair_id": run.data.tags.get("brainvq.pair_id", "")})
+        plan = Plan(spec, rid, source=f"runs:/{rid}/onnx")
+    else:
+        metrics = dict(run.data.metrics)
+        if kind == "prior":
+            tags["brainvq.vqvae_run_id"] = run.data.tags.get("brainvq.vqvae_run_id", "")
+        models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                             filter_string=f"source_run_id = '{rid}' AND name = 'model'")
+        ready = [m for m in models if m.status.name == "READY"]
+        if not ready:
+            raise RunError(f"{spec.stage} run {rid} has no READY logged model 'model' to register")
+        plan = Plan(spec, rid, source=ready[0].model_uri, model_id=ready[0].model_id)
+    if not any(metric in metrics for metric, _ in spec.criteria):
+        wanted = " or ".join(m for m, _ in spec.criteria)
+        raise RunError(f"{spec.stage} run {rid} has no {wanted} metric to rank it by")
+    plan.tags = {**tags, **_metric_tags(metrics, spec.reported)}
+    return plan
+
+
+def _existing_version(client, name: str, run_id: str):
+    versions = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+                if v.status == "READY"]
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def _create_version(client, plan: Plan):
+    """Create the version with its tags in one call; on any failure remove what was created and raise."""
+    from mlflow.exceptions import MlflowException
+
+    name = plan.spec.name
+    created_model = False
+    try:  # create-or-accept rather than get-then-create: two pipelines may register the first version at once
+        client.create_registered_model(name, description=f"brainvq {plan.spec.stage} models (see brainvq.registry)")
+        created_model = True
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise RegistryError(f"cannot create registered model {name} ({_first_line(exc)})") from None
+    try:
+        mv = client.create_model_version(name, plan.source, run_id=plan.run_id, tags=plan.tags,
+                                         model_id=plan.model_id)
+        if mv.status != "READY":
+            raise RegistryError(f"version {mv.version} ended {mv.status} ({mv.status_message or 'no message'})")
+        return mv
+    except Exception as exc:
+        _roll_back(client, name, plan.run_id, created_model)
+        raise RegistryError(f"registering run {plan.run_id} as {name} failed ({_first_line(exc)}); "
+                            "nothing was registered") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _roll_back(client, name: str, run_id: str, drop_model: bool) -> None:
+    """Best effort: delete this run's versions (none existed before) and a registered model created just now."""
+    try:
+        for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            client.delete_model_version(name, v.version)
+        if drop_model and not client.search_model_versions(f"name = '{name}'"):
+            client.delete_registered_model(name)
+    except Exception:  # the store itself may be what failed; the error we raise says so
+        log.debug("roll-back of %s for run %s failed", name, run_id, exc_info=True)
+
+
+def compare(new: dict[str, str], champion: dict[str, str], criteria) -> tuple[bool | None, str]:
+    """Does ``new`` beat ``champion`` (version tags)? ``(None, why)`` when they share no ranking metric."""
+    for metric, direction in criteria:
+        if metric in new and metric in champion:
+            a, b = float(new[metric]), float(champion[metric])
+            better = a > b if direction == "max" else a < b
+            return better, f"{metric} {a:.4g} vs champion's {b:.4g}"
+    return None, f"no ranking metric ({', '.join(m for m, _ in criteria)}) on both versions"
+
+
+def _promote(client, plan: Plan, mv) -> Registration:
+    name, version = plan.spec.name, str(mv.version)  # stores differ: some return versions as int
+    current = client.get_registered_model(name).aliases.get(CHAMPION)
+    current = None if current is None else str(current)
+    if current == version:
+        return Registration(name, version, plan.run_id, version, False, f"already {CHAMPION}")
+    if current is None:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return Registration(name, version, plan.run_id, version, True, f"first version: now {CHAMPION}")
+    champion = client.get_model_version(name, current)
+    better, why = compare(plan.tags, champion.tags, plan.spec.criteria)  # plan.tags: what the new version carries
+    if better:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return Registration(name, version, plan.run_id, version, True, f"now {CHAMPION} ({why})")
+    return Registration(name, version, plan.run_id, current, False, f"{CHAMPION} stays version {current} ({why})")
+
+
+def register_planned(plan: Plan) -> Registration:
+    """Create (or reuse) the version of a checked plan and move ``champion`` if it wins."""
+    client = _client()
+    try:
+        mv = _existing_version(client, plan.spec.name, plan.run_id)
+        if mv is None:
+            mv = _create_version(client, plan)
+        else:  # a rerun of a cached pipeline: same version; refresh metrics that arrived later (C2ST)
+            for key, value in plan.tags.items():
+                if mv.tags.get(key) != value:
+                    client.set_model_version_tag(plan.spec.name, mv.version, key, value)
+    except BrainVQError:
+        raise
+    except Exception as exc:  # MlflowException, a dropped connection: one line, not a traceback
+        raise RegistryError(f"registering run {plan.run_id} as {plan.spec.name} failed ({_first_line(exc)})") from None
+    try:
+        return _promote(client, plan, mv)
+    except Exception as exc:  # the version is complete; only the alias could not be moved
+        raise RegistryError(f"{plan.spec.name} version {mv.version} is registered but the {CHAMPION} alias could not "
+                            f"be updated ({_first_line(exc)})") from None
+
+
+def register_run(kind: str, run_id: str) -> Registration:
+    """Register one FINISHED run (``kind``: vqvae, prior or sampler) and move ``champion`` if it wins."""
+    return register_planned(plan_run(kind, run_id))
+
+
+def register_pipeline(vqvae_run_id: str | None = None, pixelcnn_run_id: str | None = None,
+                      export_run_id: str | None = None) -> list[Registration]:
+    """Register a pipeline's runs; every run (and that they belong together) is checked before the first version is
+    created."""
+    plans = {kind: plan_run(kind, rid) for kind, rid in
+             (("vqvae", vqvae_run_id), ("prior", pixelcnn_run_id), ("sampler", export_run_id)) if rid}
+    vq, px, ex = (plans.get(k) for k in ("vqvae", "prior", "sampler"))
+    links = [(px, "brainvq.vqvae_run_id", vq, "prior run {} was trained on VQ-VAE run {}, not {}"),
+             (ex, "brainvq.pixelcnn_run_id", px, "export run {} exported prior run {}, not {}"),
+             (ex, "brainvq.vqvae_run_id", vq, "export run {} exported VQ-VAE run {}, not {}")]
+    for later, tag, earlier, message in links:
+        if later and earlier and later.tags.get(tag) != earlier.run_id:
+            raise RunError(message.format(later.run_id, later.tags.get(tag) or "?", earlier.run_id)
+                           + "; register the runs of one pipeline together")
+    return [register_planned(p) for p in plans.values()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="brainvq register", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_param(p, "vqvae_run_id", default="", help="train_vqvae run ID or latest; empty = skip")
+    add_param(p, "pixelcnn_run_id", default="", help="train_pixelcnn run ID or latest; empty = skip")
+    add_param(p, "export_run_id", default="", help="export_onnx run ID or latest; empty = skip")
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    from brainvq.errors import ConfigError
+
+    if not (args.vqvae_run_id or args.pixelcnn_run_id or args.export_run_id):
+        raise ConfigError("nothing to register: pass --vqvae_run_id, --pixelcnn_run_id and/or --export_run_id")
+    for reg in register_pipeline(args.vqvae_run_id, args.pixelcnn_run_id, args.export_run_id):
+        print(reg.line())
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="register"))

@@ -1,0 +1,146 @@
+"""Model registry on a real SQLite store: versions of brainvq-vqvae / -prior / -sampler from real tiny runs, the
+`champion` alias moving only for a better version, and the onnxruntime sampler reading `models:/` URIs torch-free."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from brainvq.errors import RunError
+from brainvq.registry import CHAMPION, SPECS, compare, register_pipeline, register_run
+from conftest import write_tiny_adni
+from tiny_chain import subprocess_env, tiny_store, train_lineage
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lineages(tmp_path_factory):
+    """Three real lineages (VQ-VAE → prior → export) that differ in seed and epochs, hence in their metrics."""
+    root = tmp_path_factory.mktemp("registry")
+    data = write_tiny_adni(root / "adni")
+    with tiny_store(root) as uri:
+        trained = [train_lineage(data, seed=s, epochs=e) for s, e in ((0, 1), (1, 2), (2, 1))]
+    return uri, root, trained
+
+
+@pytest.fixture
+def client(lineages, isolated_env, monkeypatch):
+    """Point this test at the module's store and start from an empty registry."""
+    uri, root, _ = lineages
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("BRAINVQ_CACHE", str(root / "cache"))
+    c = MlflowClient()
+    for model in c.search_registered_models():
+        c.delete_registered_model(model.name)
+    return c
+
+
+def _metric(client, run_id: str, key: str) -> float:
+    return client.get_run(run_id).data.metrics[key]
+
+
+def _champion(client, name: str):
+    return client.get_model_version_by_alias(name, CHAMPION)
+
+
+def _median_worst_best(items, score):
+    """Order for the test: the median first, then the worst (alias must stay), then the best (alias must move)."""
+    ranked = sorted(items, key=score)
+    assert len({score(i) for i in ranked}) == 3, "tiny runs tied; the ranking test needs distinct metrics"
+    return [ranked[1], ranked[0], ranked[2]]
+
+
+def test_pipeline_registrations_move_champion_only_when_better(client, lineages):
+    _, _, trained = lineages
+    order = _median_worst_best(trained, lambda lin: _metric(client, lin.vqvae, "test/ssim"))  # higher is better
+    seen = []
+    for step, lin in enumerate(order):
+        regs = {r.name: r for r in register_pipeline(lin.vqvae, lin.prior, lin.export)}
+        seen.append(lin)
+        assert set(regs) == {"brainvq-vqvae", "brainvq-prior", "brainvq-sampler"}
+        vq = regs["brainvq-vqvae"]
+        assert vq.promoted is [True, False, True][step], vq.line()
+        # every model's champion is the best version registered so far, by its own metric
+        best_vq = max(seen, key=lambda x: _metric(client, x.vqvae, "test/ssim"))
+        best_px = min(seen, key=lambda x: _metric(client, x.prior, "prior/test_nll_bits"))
+        assert _champion(client, "brainvq-vqvae").run_id == best_vq.vqvae
+        assert _champion(client, "brainvq-prior").run_id == best_px.prior
+        assert _champion(client, "brainvq-sampler").run_id == best_px.export  # no C2ST here: follows the prior's NLL
+
+    # versions carry their ranking metrics and source runs as tags
+    v = client.get_model_version("brainvq-vqvae", "1")
+    assert float(v.tags["test/ssim"]) == pytest.approx(_metric(client, order[0].vqvae, "test/ssim"))
+    assert v.tags["brainvq.source_run_id"] == order[0].vqvae and v.run_id == order[0].vqvae
+    s = client.get_model_version("brainvq-sampler", "2")
+    assert s.tags["brainvq.pixelcnn_run_id"] == order[1].prior and s.tags["brainvq.pair_id"]
+    assert float(s.tags["prior/test_nll_bits"]) == pytest.approx(_metric(client, order[1].prior, "prior/test_nll_bits"))
+
+    # registering the same runs again (a rerun of a cached pipeline) reuses their versions
+    again = {r.name: r for r in register_pipeline(order[1].vqvae, order[1].prior, order[1].export)}
+    assert again["brainvq-vqvae"].version == "2" and not again["brainvq-vqvae"].promoted
+    assert len(client.search_model_versions("name = 'brainvq-vqvae'")) == 3
+
+
+def test_prior_and_sampler_champion_follow_lowest_nll(client, lineages):
+    _, _, trained = lineages
+    order = _median_worst_best(trained, lambda lin: -_metric(client, lin.prior, "prior/test_nll_bits"))
+    expected_promoted = [True, False, True]
+    for step, lin in enumerate(order):
+        prior = register_run("prior", lin.prior)
+        sampler = register_run("sampler", lin.export)
+        assert prior.promoted is expected_promoted[step] and sampler.promoted is expected_promoted[step], prior.line()
+    assert _champion(client, "brainvq-prior").run_id == order[2].prior
+    assert _champion(client, "brainvq-sampler").run_id == order[2].export
+    again = register_run("prior", order[1].prior)  # the worst one again: its own version, and no move
+    assert again.version == "2" and "stays version 3" in again.reason
+
+
+def test_sampler_samples_from_the_champion_without_torch(client, lineages, tmp_path):
+    uri, root, trained = lineages
+    for lin in trained[:2]:
+        register_run("sampler", lin.export)
+    champion = _champion(client, "brainvq-sampler")
+    from brainvq.export.ort_sampler import OnnxSampler, resolve_model_dir
+
+    meta = OnnxSampler(resolve_model_dir(f"models:/brainvq-sampler@{CHAMPION}"), "cpu").meta
+    assert meta["brainvq.pixelcnn_run_id"] == champion.tags["brainvq.pixelcnn_run_id"]
+    # the real CLI, through MLflow's registry, in a process that must never import torch
+    code = ("import sys; from brainvq.export.sample_onnx import sample; "
+            "rc = sample(sys.argv[1:]); assert 'torch' not in sys.modules, 'sampler imported torch'; sys.exit(rc)")
+    for i, spec in enumerate([f"models:/brainvq-sampler@{CHAMPION}", "models:/brainvq-sampler/1"]):
+        out = tmp_path / f"s{i}"
+        r = subprocess.run([sys.executable, "-c", code, "--model_dir", spec, "--n", "2", "--provider", "cpu",
+                            "--out", str(out)], capture_output=True, text=True, timeout=120,
+                           env=subprocess_env(uri, root / "cache"))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert sorted(p.name for p in out.iterdir()) == ["grid.png", "sample_000.png", "sample_001.png"]
+
+
+def test_unfinished_or_mismatched_runs_are_refused_before_anything_is_registered(client, lineages):
+    from brainvq.cli import main as cli
+
+    _, root, trained = lineages
+    assert cli(["train-vqvae", "--data_dir", str(root / "missing")]) == 2  # a FAILED train_vqvae run
+    failed = client.search_runs([r.info.experiment_id for r in [client.get_run(trained[0].vqvae)]],
+                                "attributes.status = 'FAILED'")[0]
+    with pytest.raises(RunError, match="status FAILED, expected FINISHED"):
+        register_run("vqvae", failed.info.run_id)
+    with pytest.raises(RunError, match="expected a export_onnx run"):  # the bad run comes last in the pipeline
+        register_pipeline(trained[0].vqvae, trained[0].prior, failed.info.run_id)
+    with pytest.raises(RunError, match="expected a train_pixelcnn run"):
+        register_run("prior", trained[0].vqvae)
+    with pytest.raises(RunError, match="was trained on VQ-VAE run"):  # a prior from another lineage
+        register_pipeline(trained[0].vqvae, trained[1].prior)
+    assert client.search_registered_models() == []  # checked first, so not even the VQ-VAE was registered
+
+
+def test_sampler_ranking_prefers_c2st_when_both_versions_have_it():
+    criteria = SPECS["sampler"].criteria
+    new = {"gen/c2st_distance": "0.05", "prior/test_nll_bits": "3.0"}
+    assert compare(new, {"gen/c2st_distance": "0.2", "prior/test_nll_bits": "2.0"}, criteria)[0] is True
+    assert compare(new, {"prior/test_nll_bits": "2.0"}, criteria)[0] is False  # champion lacks C2ST: NLL decides
+    assert compare({}, {"prior/test_nll_bits": "2.0"}, criteria)[0] is None
