@@ -9,6 +9,7 @@ cache goes to a temporary folder, so "cold" really decodes every PNG.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,12 +41,12 @@ def serve(train: SliceDataset, batch_size: int, epochs: int) -> tuple[int, float
     return served, time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default="")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=3, help="passes over train when timing the warm cache")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     root = resolve_root(args.data_dir)
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
@@ -65,4 +66,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from brainvq.cliutil import run_main
+
+    sys.exit(run_main(main, prog="benchmarks/loader.py"))

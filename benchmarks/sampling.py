@@ -39,8 +39,11 @@ def models(args):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_param(p, "pixelcnn_run_id", default="", help="train_pixelcnn run (empty: random default-size models)")
-    add_param(p, "num_layers", type=int, default=12, help="prior layers when random")
-    add_param(p, "hidden_channels", type=int, default=64, help="prior channels when random")
+    from brainvq.models.pixelcnn import PixelCNNConfig
+
+    default = PixelCNNConfig()  # the shipped default prior unless told otherwise
+    add_param(p, "num_layers", type=int, default=default.num_layers, help="prior layers when random")
+    add_param(p, "hidden_channels", type=int, default=default.hidden_channels, help="prior channels when random")
     add_param(p, "n", type=int, default=16, help="slices to sample")
     add_param(p, "naive_steps", type=int, default=12, help="full prior passes timed for the naive estimate")
     add_param(p, "provider", default="cpu", help="auto, cuda or cpu")
@@ -106,4 +109,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from brainvq.cliutil import run_main
+
+    sys.exit(run_main(main, prog="benchmarks/sampling.py"))

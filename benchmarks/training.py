@@ -9,6 +9,7 @@ NCHW variant with torchmetrics' 11×11 SSIM convolution as the loss term, and th
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -39,11 +40,11 @@ def images_per_second(channels_last: bool, fast_ssim: bool, batch_size: int, ste
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch_size", type=int, default=8)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     threads = configure_threads(0)
     print(f"torch {torch.__version__}, {threads} threads, default VQVAEConfig at 240x256, batch {args.batch_size}")
     shipped = images_per_second(True, True, args.batch_size, args.steps)
@@ -54,4 +55,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from brainvq.cliutil import run_main
+
+    sys.exit(run_main(main, prog="benchmarks/training.py"))

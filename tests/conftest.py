@@ -75,3 +75,19 @@ def postgres_available(host: str = "127.0.0.1", port: int = 5432) -> bool:
 requires_postgres = pytest.mark.skipif(
     not postgres_available(), reason="PostgreSQL is not reachable on 127.0.0.1:5432 (distributed tests need it)"
 )
+
+
+POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3
+
+
+def postgres_admin(sql: str) -> None:
+    """Run one statement as the postgres superuser on the ``test`` database (CREATE/DROP DATABASE for a test)."""
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
+    conn.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()

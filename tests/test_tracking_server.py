@@ -16,25 +16,12 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import requires_postgres, write_tiny_adni
+from conftest import POSTGRES_URL, postgres_admin, requires_postgres, write_tiny_adni
 from tiny_chain import TINY_VQVAE, subprocess_env
 
 pytestmark = [requires_postgres, pytest.mark.postgres, pytest.mark.slow]
 
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3
 STARTUP_TIMEOUT_S = 180  # a fresh database runs MLflow's schema migrations first (~15 s here, more under load)
-
-
-def _admin(sql: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
-    conn.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 def _free_port() -> int:
@@ -62,9 +49,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log_path) -> None:
 def tracking_server(tmp_path):
     """`mlflow server` on a fresh PostgreSQL database; yields (url, artifact folder); stopped and dropped after."""
     db = f"brainvq_test_srv_{uuid.uuid4().hex[:12]}"
-    _admin(f"CREATE DATABASE {db}")
+    postgres_admin(f"CREATE DATABASE {db}")
     port, artifacts, log_path = _free_port(), tmp_path / "artifacts", tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{PG}/{db}",
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{POSTGRES_URL}/{db}",
            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]  # the default 4 workers is 4 copies of MLflow on a 2-core machine
     with open(log_path, "w") as log:
@@ -84,7 +71,7 @@ def tracking_server(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-        _admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        postgres_admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 def test_train_vqvae_logs_to_a_postgres_backed_tracking_server(tracking_server, tmp_path, monkeypatch):

@@ -12,24 +12,11 @@ import uuid
 
 import pytest
 
-from conftest import requires_postgres
+from conftest import POSTGRES_URL, postgres_admin, requires_postgres
 
 pytestmark = [requires_postgres, pytest.mark.postgres, pytest.mark.slow]
 
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 defaults to psycopg 3
 TINY = ["--image_size", "32x32", "--max_train_images", "16", "--val_fraction", "0.34", "--device", "cpu"]
-
-
-def _admin(sql: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
-    conn.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -41,8 +28,8 @@ def pg(monkeypatch):
     suffix = uuid.uuid4().hex[:12]
     dbs = [f"brainvq_test_opt_{suffix}", f"brainvq_test_mlf_{suffix}"]
     for db in dbs:
-        _admin(f"CREATE DATABASE {db}")
-    urls = [f"{PG}/{db}" for db in dbs]
+        postgres_admin(f"CREATE DATABASE {db}")
+    urls = [f"{POSTGRES_URL}/{db}" for db in dbs]
     try:
         # Create both schemas once here: N workers creating them at the same moment would race.
         optuna.storages.RDBStorage(urls[0]).engine.dispose()
@@ -51,7 +38,7 @@ def pg(monkeypatch):
         yield urls[0], urls[1]
     finally:
         for db in dbs:
-            _admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            postgres_admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 def _worker(tiny_adni, storage: str, study: str, *extra: str) -> subprocess.Popen:
