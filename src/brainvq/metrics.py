@@ -43,7 +43,8 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image multi-scale SSIM ``(B,)`` (Wang et al. 2003), images in [0,1] and at least 161 px a side."""
+    """Per-image multi-scale SSIM ``(B,)`` (Wang et al. 2003), images in [0,1] and at least 176 px a side
+    (torchmetrics checks ``side // 16 > 10`` for 5 scales and an 11-px window)."""
     return multiscale_structural_similarity_index_measure(
         pred.float(), target.float(), data_range=1.0, reduction="none", normalize="relu"
     )
