@@ -36,7 +36,8 @@ def main(argv=None) -> None:
     from brainvq.config_args import prior_configs_from_args
     from brainvq.engine import distributed
     from brainvq.engine.pixelcnn_trainer import fit_pixelcnn
-    from brainvq.mlflow_stage import link_resumed_run, log_prior_run, prior_codes, stage_run
+    from brainvq.errors import RunError
+    from brainvq.mlflow_stage import link_resumed_run, log_prior_run, logged_codes, prior_codes, stage_run
     from brainvq.runs import load_stage_model
     from brainvq.vqvae_stage import checkpoint_dir_for
 
@@ -50,13 +51,19 @@ def main(argv=None) -> None:
 
         # Rank 0 resolves the run (e.g. "latest") once for every rank; its errors stop every rank with the same line.
         vq_id = distributed.on_main(resolve_vqvae)
-        if not distributed.is_main():
-            _train_other_rank(args, vq_id)
-            return
-        vqvae = loaded["vqvae"]
+        vqvae = loaded["vqvae"] if distributed.is_main() else load_stage_model(vq_id, "train_vqvae")[0]
         model_cfg, train_cfg = prior_configs_from_args(args, vqvae.config)
         params = {**vars(args), "vqvae_run_id": vq_id}
         ckpt_dir = checkpoint_dir_for(params, ".brainvq/checkpoints/prior")
+        if not distributed.is_main():
+            # Other torchrun ranks train in lock-step with rank 0 on the codes it logged, but never touch MLflow.
+            distributed.on_main(lambda: None, share=False)  # waits for rank 0's codes (or fails with its error)
+            splits = logged_codes(vq_id, vqvae.config.num_embeddings)
+            if splits is None:
+                raise RunError(f"rank {distributed.rank()}: no encode_codes run found for VQ-VAE run {vq_id}")
+            fit_pixelcnn(model_cfg, train_cfg, splits["train"], splits["val"], splits["test"],
+                         checkpoint_dir=ckpt_dir, resume=args.resume)
+            return
         with stage_run("train_pixelcnn", params, tags={"brainvq.vqvae_run_id": vq_id, **distributed.run_tags()}) as run:
             # Encodes the codes (a nested run) if the VQ-VAE run has none yet; the other ranks download them after.
             splits = distributed.on_main(lambda: prior_codes(vq_id, vqvae.config.num_embeddings), share=False)
@@ -75,29 +82,6 @@ def main(argv=None) -> None:
                   f"(unigram {m.get('prior/unigram_bits', float('nan')):.4f}, uniform {m.get('prior/uniform_bits', float('nan')):.4f})")
     finally:
         distributed.teardown()
-
-
-def _train_other_rank(args, vq_id: str) -> None:
-    """A torchrun rank other than 0: same VQ-VAE run and codes as rank 0, trains in lock-step, logs nothing (rank 0
-    owns the one MLflow run, and encodes the codes first when that VQ-VAE run has none yet)."""
-    from brainvq.config_args import prior_configs_from_args
-    from brainvq.engine import distributed
-    from brainvq.engine.pixelcnn_trainer import fit_pixelcnn
-    from brainvq.errors import RunError
-    from brainvq.prior_stage import SPLITS, load_codes
-    from brainvq.runs import download_codes, load_stage_model
-    from brainvq.vqvae_stage import checkpoint_dir_for
-
-    vqvae, _, _ = load_stage_model(vq_id, "train_vqvae")
-    model_cfg, train_cfg = prior_configs_from_args(args, vqvae.config)
-    distributed.on_main(lambda: None, share=False)  # waits for rank 0's codes (or fails with rank 0's error)
-    folder = download_codes(vq_id)
-    if folder is None:
-        raise RunError(f"rank {distributed.rank()}: no encode_codes run found for VQ-VAE run {vq_id}")
-    splits = {name: load_codes(folder / f"{name}.npz", vqvae.config.num_embeddings)[0] for name in SPLITS}
-    params = {**vars(args), "vqvae_run_id": vq_id}
-    fit_pixelcnn(model_cfg, train_cfg, splits["train"], splits["val"], splits["test"],
-                 checkpoint_dir=checkpoint_dir_for(params, ".brainvq/checkpoints/prior"), resume=args.resume)
 
 
 if __name__ == "__main__":

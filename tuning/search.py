@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from brainvq.errors import ConfigError, TrainingDiverged
+from brainvq.tracking_store import normalise_postgres_uri
 
 log = logging.getLogger(__name__)
 
@@ -412,16 +413,6 @@ def safe_url(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
-def pg_driver(url: str) -> str:
-    """SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; brainvq ships psycopg2, so name it unless psycopg
-    is installed."""
-    import importlib.util
-
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        return "postgresql+psycopg2://" + url[len("postgresql://"):]
-    return url
-
-
 class _StaleTrial:
     """Heartbeat-stale trial (its worker died): close its MLflow child run as FAILED, then retry it."""
 
@@ -451,7 +442,7 @@ def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 0, 
     if not url.split(":", 1)[0].split("+")[0] in {"sqlite", "postgresql", "mysql", "oracle", "mssql"}:
         raise ConfigError(f"storage must be an SQLAlchemy URL such as sqlite:///optuna.db or "
                           f"postgresql://user@host/db, got {safe_url(url)!r}")
-    url = pg_driver(url)
+    url = normalise_postgres_uri(url)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval > 0:
         kwargs = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period or 2 * heartbeat_interval,

@@ -138,19 +138,27 @@ def log_vqvae_model(result, files: Mapping[str, "os.PathLike"], stopped_early: b
     )
 
 
-def prior_codes(vqvae_run_id: str, num_embeddings: int) -> dict:
-    """Code grids of a VQ-VAE run's splits, encoding them (a nested encode_codes run) when none are logged yet."""
+def logged_codes(vqvae_run_id: str, num_embeddings: int) -> dict | None:
+    """The code grids of a VQ-VAE run's splits as its encode_codes run logged them; None when none is logged yet."""
     from brainvq.prior_stage import SPLITS, load_codes
     from brainvq.runs import download_codes
 
     folder = download_codes(vqvae_run_id)
     if folder is None:
+        return None
+    return {name: load_codes(folder / f"{name}.npz", num_embeddings)[0] for name in SPLITS}
+
+
+def prior_codes(vqvae_run_id: str, num_embeddings: int) -> dict:
+    """Code grids of a VQ-VAE run's splits, encoding them (a nested encode_codes run) when none are logged yet."""
+    codes = logged_codes(vqvae_run_id, num_embeddings)
+    if codes is None:
         from brainvq.pipelines.encode_codes import encode_codes
 
         log.info("no codes logged for VQ-VAE run %s yet: encoding them now", vqvae_run_id)
         encode_codes(vqvae_run_id)
-        folder = download_codes(vqvae_run_id)
-    return {name: load_codes(folder / f"{name}.npz", num_embeddings)[0] for name in SPLITS}
+        codes = logged_codes(vqvae_run_id, num_embeddings)
+    return codes
 
 
 def log_prior_run(result, vqvae, train_config, vqvae_run_id: str, seed: int = 0) -> None:

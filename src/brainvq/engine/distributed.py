@@ -192,19 +192,20 @@ def global_batch_size(batch_size: int, n: int) -> int:
     return min(batch_size * world, n)
 
 
-def shard(batch: np.ndarray) -> np.ndarray:
-    """This rank's contiguous chunk of a global batch; chunks in rank order concatenate back to ``batch``."""
-    if not is_distributed():
-        return batch
-    return np.array_split(batch, world_size())[rank()]
-
-
 def shard_slice(n: int) -> slice:
-    """:func:`shard` as a slice of ``range(n)``."""
+    """This rank's contiguous part of ``range(n)``, split as ``np.array_split`` does (sizes differ by at most one);
+    the parts in rank order cover ``range(n)``."""
     if not is_distributed():
         return slice(0, n)
-    bounds = np.cumsum([0] + [len(c) for c in np.array_split(np.arange(n), world_size())])
-    return slice(int(bounds[rank()]), int(bounds[rank() + 1]))
+    base, extra = divmod(n, world_size())
+    r = rank()
+    start = r * base + min(r, extra)
+    return slice(start, start + base + (r < extra))
+
+
+def shard(batch: np.ndarray) -> np.ndarray:
+    """This rank's contiguous chunk of a global batch; chunks in rank order concatenate back to ``batch``."""
+    return batch[shard_slice(len(batch))]
 
 
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
