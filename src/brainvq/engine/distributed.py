@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
@@ -67,9 +68,17 @@ def init_from_env(device: str = "auto", timeout_minutes: float = 30.0) -> bool:
 
 
 def teardown() -> None:
-    """Leave the process group :func:`init_from_env` joined (safe to call when it joined none)."""
+    """Leave the process group :func:`init_from_env` joined (safe to call when it joined none).
+
+    Meant for a ``finally:`` block. On the way out of a successful run every rank first waits for the others: a rank
+    that destroys its gloo group while rank 0 is still logging can abort (``terminate called without an active
+    exception``, SIGABRT), which fails the whole torchrun job. While an exception propagates there is no wait: a peer
+    may be blocked in another collective, and torchrun stops the job anyway.
+    """
     global _owned
     if _owned and dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
     _owned = False
 
