@@ -5,7 +5,8 @@ generated slices are measured with small models trained on the spot:
 
 * ``gen/c2st_accuracy``: a classifier two-sample test (Lopez-Paz & Oquab 2017, https://arxiv.org/abs/1610.06545).
   A :class:`SmallCNN` learns to tell real from generated slices on one half of each set and is scored on the other
-  half; 0.5 means it cannot tell them apart, 1.0 means the samples are trivially recognisable.
+  half, then the halves swap (two-fold cross-fitting); 0.5 means it cannot tell them apart, 1.0 means the samples
+  are trivially recognisable.
   ``gen/c2st_pvalue`` is the one-sided binomial p-value of that accuracy against chance.
 * ``gen/msssim_diversity`` / ``real/msssim_diversity``: mean MS-SSIM over random pairs within a set. Mode collapse
   shows as a generated figure well above the real one (near-identical samples score ~1).
@@ -237,8 +238,12 @@ def c2st_accuracy(real: np.ndarray, fake: np.ndarray, config: EvalConfig = EvalC
     """Classifier two-sample test (https://arxiv.org/abs/1610.06545): held-out real-vs-fake accuracy; 0.5 = alike.
 
     Both sets are cut to the same size (seeded subsample of the larger) so chance is exactly 0.5, and each is split in
-    halves: train on one, test on the other. Returns ``accuracy``, ``n_train``, ``n_test`` and ``pvalue``, the
-    one-sided binomial p-value of the test accuracy against 0.5 (small = the sets are distinguishable).
+    halves. Two-fold cross-fitting: a classifier trained on the first halves is scored on the second and one trained
+    on the second halves is scored on the first, so every image is scored once, by a classifier that never saw it.
+    That halves the variance of a one-split estimate at the same number of samples (one split of 64+64 swung by
+    ~0.1 between seeds). Returns ``accuracy``, ``n_train`` (per fold), ``n_test`` (both folds) and ``pvalue``, the
+    one-sided binomial p-value of the test accuracy against 0.5 (small = the sets are distinguishable; the two folds
+    share data, so read it as approximate).
     """
     from scipy.stats import binomtest
 
@@ -251,18 +256,21 @@ def c2st_accuracy(real: np.ndarray, fake: np.ndarray, config: EvalConfig = EvalC
     rng = np.random.default_rng([config.seed, 2017])
     r_idx, f_idx = rng.permutation(len(r))[:n], rng.permutation(len(f))[:n]
     half = n // 2
+    correct, n_test = 0, 0
     with _threads(config.num_threads):
         r, f = _resize(r[r_idx], config.image_size), _resize(f[f_idx], config.image_size)  # (n,1,h,w) each
-        x_tr = torch.cat([r[:half], f[:half]])
-        y_tr = torch.cat([torch.ones(half), torch.zeros(half)])
-        x_te = torch.cat([r[half:], f[half:]])
-        y_te = torch.cat([torch.ones(n - half), torch.zeros(n - half)]).long()
-        model = _train_classifier(x_tr, y_tr, config, desc="C2ST classifier")
-        correct = int((_predict(model, x_te) == y_te).sum())
-    n_test = len(y_te)
+        folds = [(slice(0, half), slice(half, n)), (slice(half, n), slice(0, half))]
+        for k, (tr, te) in enumerate(folds):
+            x_tr = torch.cat([r[tr], f[tr]])
+            y_tr = torch.cat([torch.ones(len(r[tr])), torch.zeros(len(f[tr]))])
+            x_te = torch.cat([r[te], f[te]])
+            y_te = torch.cat([torch.ones(len(r[te])), torch.zeros(len(f[te]))]).long()
+            model = _train_classifier(x_tr, y_tr, config, desc=f"C2ST classifier {k + 1}/2")
+            correct += int((_predict(model, x_te) == y_te).sum())
+            n_test += len(y_te)
     return {
         "accuracy": correct / n_test,
-        "n_train": len(y_tr),
+        "n_train": 2 * half,
         "n_test": n_test,
         "pvalue": float(binomtest(correct, n_test, 0.5, alternative="greater").pvalue),
     }

@@ -6,7 +6,8 @@ Fast generation with explicit activation caches as in Ramachandran et al. 2017, 
 Autoregressive Models", https://arxiv.org/abs/1704.06001: once per row the vertical stack advances one row
 (:class:`PixelCNNRowStep`), once per code the horizontal stack advances one position (:class:`PixelCNNStep`).
 
-Causality is built from kernel shapes and shifts, not from masks (nothing is edited in place, so it traces to ONNX):
+Causality is built from kernel shapes and shifts, not from masks (nothing is edited in place, so it traces to ONNX);
+the parameters are ``Conv2d`` weights, applied as matmuls over windows of shifted copies (see ``forward``):
 
 * vertical conv, kernel ``(k//2+1, k)`` padded on top: its output at row ``i`` sees input rows ``i-k//2 .. i``;
   it reaches the horizontal stack shifted down one row, so position ``(i, j)`` sees only rows ``< i``;
@@ -123,28 +124,43 @@ class GatedPixelCNN(nn.Module):
         return self.row_bias[labels], self.col_bias[labels]
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> PixelCNNOutput:
+        # Channels-last throughout, every conv as one matmul over a window of shifted copies (im2col): on CPU that
+        # trains ~1.7x faster than Conv2d on NCHW tensors (the convolutions are tiny: 2x3 and 1x2 kernels, 32
+        # channels), and the position tables are broadcast per layer instead of materialised as a (B,h,w,L,2C) tensor.
+        # The parameters stay Conv2d weights, read in the layouts the cached step modules below use.
         b, h, w = codes.shape
-        c, ctx, n = self.config.hidden_channels, self.config.context, self.config.num_layers
+        c, ctx, n, k = self.config.hidden_channels, self.config.context, self.config.num_layers, self.config.kernel_size
         cond = self.label_biases(labels, b)  # (B,L,4C) | None
-        x = self.embedding(codes).permute(0, 3, 1, 2)  # (B,C,h,w)
+        x = self.embedding(codes)  # (B,h,w,C)
         rows, cols = self.position_tables(labels, b)  # (B,h,L*2C), (B,w,L*2C)
-        pos = (rows[:, :h, None] + cols[:, None, :w]).view(b, h, w, n, 2 * c)  # (B,h,w,L,2C)
-        v, hs, skip = x, x, None
-        for i in range(self.config.num_layers):
-            v_pre = self.v_convs[i](F.pad(v, (ctx, ctx, ctx, 0)))  # (B,2C,h,w): output row r sees input rows r-ctx..r
-            h_pre = self.h_convs[i](F.pad(hs, (ctx, 0)))[..., :w]  # (B,2C,h,w); layer 0's narrower kernel leaves one extra column
+        v, hs, gates = x, x, []
+        for i in range(n):
+            v_conv, h_conv, layer = self.v_convs[i], self.h_convs[i], slice(i * 2 * c, (i + 1) * 2 * c)
+            vp = F.pad(v, (0, 0, ctx, ctx, ctx, 0))  # (B,h+ctx,w+2ctx,C): output row r sees input rows r-ctx..r
+            win = torch.cat([vp[:, r : r + h, t : t + w] for t in range(k) for r in range(ctx + 1)], -1)  # (B,h,w,k(ctx+1)C)
+            v_pre = F.linear(win, v_conv.weight.permute(0, 3, 2, 1).reshape(2 * c, -1), v_conv.bias)  # (B,h,w,2C)
+            hp = F.pad(hs, (0, 0, ctx, 0))  # (B,h,w+ctx,C); layer 0's kernel is one column narrower: mask 'A'
+            taps = h_conv.weight.shape[-1]
+            hwin = torch.cat([hp[:, :, t : t + w] for t in range(taps)], -1)  # (B,h,w,taps*C): columns j-ctx..j(-1)
+            h_pre = F.linear(hwin, h_conv.weight[:, :, 0].permute(0, 2, 1).reshape(2 * c, -1), h_conv.bias)  # (B,h,w,2C)
+            v_h = F.linear(v_pre, self.v_to_h[i].weight[:, :, 0, 0], self.v_to_h[i].bias)  # (B,h,w,2C)
             # Shift down one row: (i, j) gets vertical context from rows < i only (no blind spot).
-            h_pre = h_pre + F.pad(self.v_to_h[i](v_pre), (0, 0, 1, 0))[:, :, :h] + pos[:, :, :, i].permute(0, 3, 1, 2)
+            h_pre = h_pre + F.pad(v_h, (0, 0, 0, 0, 1, 0))[:, :h] + rows[:, :h, None, layer] + cols[:, None, :w, layer]
             if cond is not None:
-                v_pre = v_pre + cond[:, i, : 2 * c, None, None]
-                h_pre = h_pre + cond[:, i, 2 * c :, None, None]
-            g = gate(h_pre)  # (B,C,h,w)
-            skip = self.h_skip[i](g) if skip is None else skip + self.h_skip[i](g)
-            if i < self.config.num_layers - 1:
-                v = gate(v_pre)
-                res = self.h_res[i](g)
+                v_pre = v_pre + cond[:, i, None, None, : 2 * c]
+                h_pre = h_pre + cond[:, i, None, None, 2 * c :]
+            g = gate(h_pre, -1)  # (B,h,w,C)
+            gates.append(g)
+            if i < n - 1:
+                v = gate(v_pre, -1)
+                res = F.linear(g, self.h_res[i].weight[:, :, 0, 0], self.h_res[i].bias)
                 hs = res if i == 0 else hs + res  # no residual into layer 0's output: it would leak x[i, j]
-        return PixelCNNOutput(self.head(skip))
+        # Every layer's 1x1 skip conv as one matmul over the concatenated gates.
+        skip_w = torch.cat([m.weight[:, :, 0, 0] for m in self.h_skip], 1)  # (C,L*C)
+        skip = F.linear(torch.cat(gates, -1), skip_w, sum(m.bias for m in self.h_skip))  # (B,h,w,C)
+        o1, o2 = self.head[1], self.head[3]
+        out = F.linear(F.relu(F.linear(F.relu(skip), o1.weight[:, :, 0, 0], o1.bias)), o2.weight[:, :, 0, 0], o2.bias)
+        return PixelCNNOutput(out.permute(0, 3, 1, 2))  # (B,K,h,w)
 
     def row_module(self) -> "PixelCNNRowStep":
         """Per-row step module (snapshot of the current weights)."""
