@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_param(p, "vqvae_run_id", default="latest", help="train_vqvae run ID, or latest")
     add_param(p, "epochs", type=intlike, default=40, help="training epochs")
     add_param(p, "batch_size", type=intlike, default=4, help="code grids per step")
-    add_param(p, "lr", type=float, default=3e-3, help="peak Adam learning rate (cosine schedule)")
+    add_param(p, "lr", type=float, default=1e-2, help="peak Adam learning rate (cosine schedule)")
     add_param(p, "num_layers", type=intlike, default=12, help="gated layers")
     add_param(p, "hidden_channels", type=intlike, default=32, help="channels of each stack")
     add_param(p, "conditional", type=str2bool, default=True, help="condition on AD/NC (with a null label)")
