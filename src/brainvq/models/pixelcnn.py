@@ -83,6 +83,28 @@ def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.tanh(x.narrow(dim, 0, half)) * torch.sigmoid(x.narrow(dim, half, half))
 
 
+def vertical_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """Vertical conv weight ``(2C,C,rows,taps)`` as a matmul weight ``(2C, taps*rows*C)`` over windows laid out
+    ``[t*rows*C + r*C + c]``: the one layout the training forward and :class:`PixelCNNRowStep` both use."""
+    return conv.weight.permute(0, 3, 2, 1).reshape(conv.weight.shape[0], -1)
+
+
+def horizontal_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """Horizontal conv weight ``(2C,C,1,taps)`` as a matmul weight ``(2C, taps*C)`` over windows laid out
+    ``[t*C + c]`` (leftmost column first), shared by the training forward and :class:`PixelCNNStep`."""
+    return conv.weight[:, :, 0].permute(0, 2, 1).reshape(conv.weight.shape[0], -1)
+
+
+def pointwise_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 conv weight ``(out,in,1,1)`` as a matmul weight ``(out,in)``."""
+    return conv.weight[:, :, 0, 0]
+
+
+def skip_weight(model: "GatedPixelCNN") -> tuple[torch.Tensor, torch.Tensor]:
+    """Every layer's 1x1 skip conv as one matmul over the concatenated gates: weight ``(C,L*C)``, bias ``(C,)``."""
+    return torch.cat([pointwise_weight(m) for m in model.h_skip], 1), sum(m.bias for m in model.h_skip)
+
+
 class GatedPixelCNN(nn.Module):
     """Gated PixelCNN over ``(B,h,w)`` code grids; ``forward`` returns :class:`PixelCNNOutput`."""
 
@@ -138,12 +160,12 @@ class GatedPixelCNN(nn.Module):
             v_conv, h_conv, layer = self.v_convs[i], self.h_convs[i], slice(i * 2 * c, (i + 1) * 2 * c)
             vp = F.pad(v, (0, 0, ctx, ctx, ctx, 0))  # (B,h+ctx,w+2ctx,C): output row r sees input rows r-ctx..r
             win = torch.cat([vp[:, r : r + h, t : t + w] for t in range(k) for r in range(ctx + 1)], -1)  # (B,h,w,k(ctx+1)C)
-            v_pre = F.linear(win, v_conv.weight.permute(0, 3, 2, 1).reshape(2 * c, -1), v_conv.bias)  # (B,h,w,2C)
+            v_pre = F.linear(win, vertical_weight(v_conv), v_conv.bias)  # (B,h,w,2C)
             hp = F.pad(hs, (0, 0, ctx, 0))  # (B,h,w+ctx,C); layer 0's kernel is one column narrower: mask 'A'
             taps = h_conv.weight.shape[-1]
             hwin = torch.cat([hp[:, :, t : t + w] for t in range(taps)], -1)  # (B,h,w,taps*C): columns j-ctx..j(-1)
-            h_pre = F.linear(hwin, h_conv.weight[:, :, 0].permute(0, 2, 1).reshape(2 * c, -1), h_conv.bias)  # (B,h,w,2C)
-            v_h = F.linear(v_pre, self.v_to_h[i].weight[:, :, 0, 0], self.v_to_h[i].bias)  # (B,h,w,2C)
+            h_pre = F.linear(hwin, horizontal_weight(h_conv), h_conv.bias)  # (B,h,w,2C)
+            v_h = F.linear(v_pre, pointwise_weight(self.v_to_h[i]), self.v_to_h[i].bias)  # (B,h,w,2C)
             # Shift down one row: (i, j) gets vertical context from rows < i only (no blind spot).
             h_pre = h_pre + F.pad(v_h, (0, 0, 0, 0, 1, 0))[:, :h] + rows[:, :h, None, layer] + cols[:, None, :w, layer]
             if cond is not None:
@@ -153,13 +175,11 @@ class GatedPixelCNN(nn.Module):
             gates.append(g)
             if i < n - 1:
                 v = gate(v_pre, -1)
-                res = F.linear(g, self.h_res[i].weight[:, :, 0, 0], self.h_res[i].bias)
+                res = F.linear(g, pointwise_weight(self.h_res[i]), self.h_res[i].bias)
                 hs = res if i == 0 else hs + res  # no residual into layer 0's output: it would leak x[i, j]
-        # Every layer's 1x1 skip conv as one matmul over the concatenated gates.
-        skip_w = torch.cat([m.weight[:, :, 0, 0] for m in self.h_skip], 1)  # (C,L*C)
-        skip = F.linear(torch.cat(gates, -1), skip_w, sum(m.bias for m in self.h_skip))  # (B,h,w,C)
+        skip = F.linear(torch.cat(gates, -1), *skip_weight(self))  # (B,h,w,C)
         o1, o2 = self.head[1], self.head[3]
-        out = F.linear(F.relu(F.linear(F.relu(skip), o1.weight[:, :, 0, 0], o1.bias)), o2.weight[:, :, 0, 0], o2.bias)
+        out = F.linear(F.relu(F.linear(F.relu(skip), pointwise_weight(o1), o1.bias)), pointwise_weight(o2), o2.bias)
         return PixelCNNOutput(out.permute(0, 3, 1, 2))  # (B,K,h,w)
 
     def row_module(self) -> "PixelCNNRowStep":
@@ -199,11 +219,9 @@ class PixelCNNRowStep(nn.Module):
         cfg = model.config
         self.num_layers, self.ctx, self.c, self.k = cfg.num_layers, cfg.context, cfg.hidden_channels, cfg.kernel_size
         self.register_buffer("emb", _padded_embedding(model))
-        # Conv weight (2C,C,rows,taps) -> matmul weight (2C, taps*rows*C) over columns laid out [t*rows*C + r*C + c].
-        self.register_buffer("v_w", _frozen(torch.stack([m.weight.permute(0, 3, 2, 1).reshape(2 * self.c, -1)
-                                                         for m in model.v_convs])))  # (L,2C,k*(ctx+1)*C)
+        self.register_buffer("v_w", _frozen(torch.stack([vertical_weight(m) for m in model.v_convs])))  # (L,2C,k*(ctx+1)*C)
         self.register_buffer("v_b", _frozen(torch.stack([m.bias for m in model.v_convs])))  # (L,2C)
-        self.register_buffer("vh_w", _frozen(torch.stack([m.weight[:, :, 0, 0] for m in model.v_to_h])))  # (L,2C,2C)
+        self.register_buffer("vh_w", _frozen(torch.stack([pointwise_weight(m) for m in model.v_to_h])))  # (L,2C,2C)
         self.register_buffer("vh_b", _frozen(torch.stack([m.bias for m in model.v_to_h])))  # (L,2C)
         self.register_buffer("h_b", _frozen(torch.stack([m.bias for m in model.h_convs])))  # (L,2C)
         self.register_buffer("row_bias", _frozen(model.row_bias))  # (tables,h,L*2C)
@@ -255,19 +273,19 @@ class PixelCNNStep(nn.Module):
         cfg = model.config
         self.num_layers, self.ctx, self.c = cfg.num_layers, cfg.context, cfg.hidden_channels
         self.register_buffer("emb", _padded_embedding(model))
-        # Conv weight (2C,C,1,t) -> matmul weight (2C, t*C) over a window flattened as [t*C + c].
         for i, m in enumerate(model.h_convs):
-            self.register_buffer(f"h_w{i}", _frozen(m.weight[:, :, 0, :].permute(0, 2, 1).reshape(2 * self.c, -1)))
-        self.register_buffer("res_w", _frozen(torch.stack([m.weight[:, :, 0, 0] for m in model.h_res]))
+            self.register_buffer(f"h_w{i}", _frozen(horizontal_weight(m)))
+        self.register_buffer("res_w", _frozen(torch.stack([pointwise_weight(m) for m in model.h_res]))
                              if model.h_res else torch.zeros(0))  # (L-1,C,C)
         self.register_buffer("res_b", _frozen(torch.stack([m.bias for m in model.h_res])) if model.h_res
                              else torch.zeros(0))  # (L-1,C)
         # All skip 1x1 convs as one matmul over the concatenated gates: fewer graph nodes per step.
-        self.register_buffer("skip_w", _frozen(torch.cat([m.weight[:, :, 0, 0] for m in model.h_skip], 1)))  # (C,L*C)
-        self.register_buffer("skip_b", _frozen(sum(m.bias for m in model.h_skip)))  # (C,)
-        self.register_buffer("o1_w", _frozen(model.head[1].weight[:, :, 0, 0]))
+        skip_w, skip_b = skip_weight(model)
+        self.register_buffer("skip_w", _frozen(skip_w))  # (C,L*C)
+        self.register_buffer("skip_b", _frozen(skip_b))  # (C,)
+        self.register_buffer("o1_w", _frozen(pointwise_weight(model.head[1])))
         self.register_buffer("o1_b", _frozen(model.head[1].bias))
-        self.register_buffer("o2_w", _frozen(model.head[3].weight[:, :, 0, 0]))
+        self.register_buffer("o2_w", _frozen(pointwise_weight(model.head[3])))
         self.register_buffer("o2_b", _frozen(model.head[3].bias))
 
     def forward(self, prev_code: torch.Tensor, hcache: torch.Tensor, vrow_j: torch.Tensor):
