@@ -19,7 +19,7 @@ FILES = {"decoder": "decoder.onnx", "prior": "prior.onnx", "prior_row": "prior_r
 # Keys every file carries (strings). Shapes of caches come from the graphs' own input shapes.
 KEYS = ("brainvq.version", "brainvq.graph", "brainvq.pair_id", "brainvq.vqvae_run_id", "brainvq.pixelcnn_run_id",
         "brainvq.num_embeddings", "brainvq.code_shape", "brainvq.image_size", "brainvq.labels", "brainvq.conditional",
-        "brainvq.num_layers", "brainvq.hidden_channels", "brainvq.kernel_size")
+        "brainvq.num_layers", "brainvq.hidden_channels", "brainvq.kernel_size", "brainvq.dilation_cycle")
 
 
 def pair_id(parts: list[str]) -> str:
@@ -29,7 +29,7 @@ def pair_id(parts: list[str]) -> str:
 
 def build_metadata(graph: str, pid: str, version: str, vqvae_run_id: str, pixelcnn_run_id: str, num_embeddings: int,
                    code_shape: tuple[int, int], image_size: tuple[int, int], conditional: bool, num_layers: int,
-                   hidden_channels: int, kernel_size: int) -> dict[str, str]:
+                   hidden_channels: int, kernel_size: int, dilation_cycle: tuple[int, ...] = (1,)) -> dict[str, str]:
     """The ``metadata_props`` of one exported file."""
     return {
         "brainvq.version": version, "brainvq.graph": graph, "brainvq.pair_id": pid,
@@ -38,6 +38,7 @@ def build_metadata(graph: str, pid: str, version: str, vqvae_run_id: str, pixelc
         "brainvq.image_size": f"{image_size[0]}x{image_size[1]}", "brainvq.labels": json.dumps(LABELS),
         "brainvq.conditional": str(bool(conditional)).lower(), "brainvq.num_layers": str(num_layers),
         "brainvq.hidden_channels": str(hidden_channels), "brainvq.kernel_size": str(kernel_size),
+        "brainvq.dilation_cycle": ",".join(map(str, dilation_cycle)),
     }
 
 

@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_param(p, "lr", type=float, default=1e-2, help="peak Adam learning rate (cosine schedule)")
     add_param(p, "num_layers", type=intlike, default=12, help="gated layers")
     add_param(p, "hidden_channels", type=intlike, default=32, help="channels of each stack")
+    add_param(p, "dilation_cycle", default="1,2,4,8,16",
+              help="dilation of layers 1, 2, 3, ... repeating (layer 0 is never dilated); 1 = plain gated PixelCNN")
     add_param(p, "conditional", type=str2bool, default=True, help="condition on AD/NC (with a null label)")
     add_param(p, "seed", type=intlike, default=0, help="random seed")
     add_param(p, "max_minutes", type=float, default=7.0, help="wall-clock budget; 0 = none")

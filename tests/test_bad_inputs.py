@@ -72,6 +72,9 @@ CASES = [
     # parameters
     Case("epochs_negative", _train("data", "--epochs", "-1"), "epochs must be >= 1"),
     Case("n_zero", _sample("onnx", "--n", "0"), "n and batch_size must be >= 1"),
+    Case("dilation_cycle_not_integers", lambda ctx: ["train-pixelcnn", "--vqvae_run_id", ctx["vqvae"],
+                                                     "--dilation_cycle", "1,two"],
+         "dilation_cycle must be comma-separated integers such as 1,2,4, got '1,two'"),
     Case("opset_out_of_range", lambda ctx: ["export-onnx", "--pixelcnn_run_id", ctx["prior"], "--opset", "5"],
          "opset must be in", starts_run=True),
     Case("out_unwritable", lambda ctx: ["sample-onnx", "--model_dir", str(ctx["onnx"]), "--provider", "cpu",

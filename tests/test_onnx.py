@@ -31,8 +31,9 @@ def tiny_models(seed: int = 0, k: int = K, conditional: bool = True):
     with torch.no_grad():  # seed the codebook from the encoder's own latents (as the EMA init does) so an image uses several codes
         flat = vq.encode(brain_like()).permute(0, 2, 3, 1).reshape(-1, 4)
         vq.quantizer.codebook.copy_(flat[torch.linspace(0, len(flat) - 1, k).long()])
+    # dilated layers (1, 2, 1): the exported step graphs read every other cached row/column there
     prior = GatedPixelCNN(PixelCNNConfig(num_embeddings=k, num_layers=3, hidden_channels=8, conditional=conditional,
-                                         code_shape=CODES)).eval()
+                                         code_shape=CODES, dilation_cycle=(1, 2))).eval()
     with torch.no_grad():  # position biases start at zero: randomise them so parity covers them
         prior.row_bias.normal_(0, 0.5)
         prior.col_bias.normal_(0, 0.5)
@@ -65,6 +66,7 @@ def test_files_check_and_carry_metadata(exported):
         meta = {p.key: p.value for p in model.metadata_props}
         assert meta["brainvq.num_embeddings"] == str(K) and meta["brainvq.code_shape"] == "6x7"
         assert meta["brainvq.image_size"] == "24x28" and meta["brainvq.conditional"] == "true"
+        assert meta["brainvq.dilation_cycle"] == "1,2"
         assert json.loads(meta["brainvq.labels"]) == {"NC": 0, "AD": 1, "none": 2}
         assert meta["brainvq.vqvae_run_id"] == "vq1" and meta["brainvq.pixelcnn_run_id"] == "px1"
         assert meta["brainvq.version"]

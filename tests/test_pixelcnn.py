@@ -8,10 +8,11 @@ import torch
 from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 
 
-def tiny(conditional: bool = True, shape=(8, 8), layers: int = 3, k: int = 3, kernel_size: int = 3) -> GatedPixelCNN:
+def tiny(conditional: bool = True, shape=(8, 8), layers: int = 3, k: int = 3, kernel_size: int = 3,
+         dilation_cycle=(1,)) -> GatedPixelCNN:
     torch.manual_seed(0)
     cfg = PixelCNNConfig(num_embeddings=k, num_layers=layers, hidden_channels=8, conditional=conditional,
-                         kernel_size=kernel_size, code_shape=shape)
+                         kernel_size=kernel_size, code_shape=shape, dilation_cycle=dilation_cycle)
     m = GatedPixelCNN(cfg).eval()
     with torch.no_grad():  # the position biases start at zero; randomise them so every test exercises them
         m.row_bias.normal_(0, 0.5)
@@ -34,10 +35,12 @@ def test_position_tables_are_per_label_when_conditional():
     torch.testing.assert_close(after[1, :, :3], before[1, :, :3])  # rows above don't see row 3's bias
 
 def test_config_validation_and_json_roundtrip():
-    cfg = PixelCNNConfig(code_shape=[6, 7])
-    assert cfg.code_shape == (6, 7)
+    cfg = PixelCNNConfig(code_shape=[6, 7], dilation_cycle=[1, 2])
+    assert cfg.code_shape == (6, 7) and cfg.dilation_cycle == (1, 2)
     assert PixelCNNConfig(**cfg.to_dict()) == cfg
-    for bad in ({"num_embeddings": 1}, {"num_layers": 0}, {"kernel_size": 4}, {"code_shape": (0, 3)}):
+    assert cfg.dilations[:4] == (1, 2, 1, 2) and PixelCNNConfig(dilation_cycle=(2, 3)).dilations[:3] == (1, 3, 2) and cfg.cache_len == 2
+    for bad in ({"num_embeddings": 1}, {"num_layers": 0}, {"kernel_size": 4}, {"code_shape": (0, 3)},
+                {"dilation_cycle": ()}, {"dilation_cycle": (1, 0)}, {"dilation_cycle": (1.5,)}):
         with pytest.raises(ValueError):
             PixelCNNConfig(**bad)
 
@@ -53,11 +56,11 @@ def test_forward_shape_and_labels(conditional):
 
 
 @pytest.mark.parametrize("conditional", [True, False])
-@pytest.mark.parametrize("kernel_size", [3, 5])
-def test_causality_no_blind_spot(conditional, kernel_size):
+@pytest.mark.parametrize("kernel_size, dilation_cycle", [(3, (1,)), (5, (1,)), (3, (2, 1, 3))])
+def test_causality_no_blind_spot(conditional, kernel_size, dilation_cycle):
     """d logits(p) / d embedding(q) is exactly 0 for q >= p in raster order, non-zero for earlier q (incl. up-right)."""
     h, w = 8, 8
-    m = tiny(conditional, shape=(h, w), layers=4, kernel_size=kernel_size)
+    m = tiny(conditional, shape=(h, w), layers=4, kernel_size=kernel_size, dilation_cycle=dilation_cycle)
     # Batch element p asks about output position p: one backward pass covers every position (samples don't mix).
     codes = torch.randint(0, 3, (1, h, w)).expand(h * w, h, w)
     labels = torch.ones(h * w, dtype=torch.int64)
@@ -84,8 +87,9 @@ def test_causality_no_blind_spot(conditional, kernel_size):
 
 
 @pytest.mark.parametrize("conditional", [True, False])
-def test_row_and_step_modules_match_full_forward(conditional):
-    m = tiny(conditional, shape=(6, 7), k=5)
+@pytest.mark.parametrize("dilation_cycle", [(1,), (2, 1, 3)])
+def test_row_and_step_modules_match_full_forward(conditional, dilation_cycle):
+    m = tiny(conditional, shape=(6, 7), k=5, layers=4, dilation_cycle=dilation_cycle)
     cfg = m.config
     b, (h, w) = 3, cfg.code_shape
     codes = torch.randint(0, 5, (b, h, w))

@@ -57,6 +57,16 @@ def apply_study_best(args: argparse.Namespace, study_name: str, storage: str) ->
     return params
 
 
+def int_tuple(name: str, value) -> tuple[int, ...]:
+    """A comma-separated integer list such as ``1,2,4`` (MLproject parameters are strings; logged as given)."""
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    try:
+        return tuple(int(p) for p in str(value).replace(" ", "").split(","))
+    except ValueError:
+        raise ConfigError(f"bad parameter: {name} must be comma-separated integers such as 1,2,4, got {value!r}") from None
+
+
 def prior_configs_from_args(args: argparse.Namespace, vqvae_config):
     """``(PixelCNNConfig, PriorTrainConfig)`` from ``train_pixelcnn`` arguments and the VQ-VAE it models."""
     from brainvq.engine.pixelcnn_trainer import PriorTrainConfig
@@ -65,6 +75,7 @@ def prior_configs_from_args(args: argparse.Namespace, vqvae_config):
     model = _build(
         PixelCNNConfig, num_embeddings=vqvae_config.num_embeddings, num_layers=args.num_layers,
         hidden_channels=args.hidden_channels, conditional=args.conditional, code_shape=tuple(vqvae_config.code_shape),
+        dilation_cycle=int_tuple("dilation_cycle", args.dilation_cycle),
     )
     train = _build(PriorTrainConfig, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    max_minutes=args.max_minutes, device=args.device)

@@ -9,7 +9,8 @@ Autoregressive Models", https://arxiv.org/abs/1704.06001: once per row the verti
 Causality is built from kernel shapes and shifts, not from masks (nothing is edited in place, so it traces to ONNX);
 the parameters are ``Conv2d`` weights, applied as matmuls over windows of shifted copies (see ``forward``):
 
-* vertical conv, kernel ``(k//2+1, k)`` padded on top: its output at row ``i`` sees input rows ``i-k//2 .. i``;
+* vertical conv, kernel ``(k//2+1, k)`` padded on top: its output at row ``i`` sees input rows ``i-k//2 .. i``
+  (``i-d*k//2 .. i`` in steps of ``d`` when the layer is dilated by ``d``, and so on for the columns below);
   it reaches the horizontal stack shifted down one row, so position ``(i, j)`` sees only rows ``< i``;
 * horizontal conv, kernel ``(1, k//2+1)`` padded on the left (mask 'B', sees columns ``j-k//2 .. j``); the first
   layer uses ``(1, k//2)`` shifted one more column (mask 'A', columns ``j-k//2 .. j-1``) and has no residual
@@ -39,6 +40,12 @@ class PixelCNNConfig:
     num_classes: int = 2  # labels 0 = NC, 1 = AD; label num_classes is the null (unconditional) label
     kernel_size: int = 3
     code_shape: tuple[int, int] = (60, 64)  # (h, w)
+    # Layer i > 0 dilates both stacks by dilation_cycle[i % len]; (1,) is the plain gated PixelCNN. A cycle such as
+    # (1, 2, 4, 8, 16) widens what a code sees (rows above, codes to its left: ~12 -> ~60 codes over 12 layers) at
+    # the same cost per layer, as WaveNet does (van den Oord et al. 2016, https://arxiv.org/abs/1609.03499).
+    # train_pixelcnn defaults to that cycle; the field defaults to (1,) so checkpoints written before it existed
+    # (whose config lacks the key) still rebuild the model they were trained as.
+    dilation_cycle: tuple[int, ...] = (1,)
 
     def __post_init__(self) -> None:
         if self.num_embeddings < 2:
@@ -52,6 +59,10 @@ class PixelCNNConfig:
         object.__setattr__(self, "code_shape", shape)  # JSON round-trips tuples as lists
         if len(shape) != 2 or min(shape) <= 0:
             raise ValueError(f"code_shape must be two positive sizes (h, w), got {self.code_shape}")
+        cycle = (self.dilation_cycle,) if isinstance(self.dilation_cycle, int) else tuple(self.dilation_cycle)
+        if not cycle or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in cycle):
+            raise ValueError(f"dilation_cycle must be one or more ints >= 1, got {self.dilation_cycle!r}")
+        object.__setattr__(self, "dilation_cycle", cycle)
         object.__setattr__(self, "conditional", bool(self.conditional))
 
     @property
@@ -60,20 +71,32 @@ class PixelCNNConfig:
 
     @property
     def context(self) -> int:
-        """Columns (and rows) of history each layer looks back: ``kernel_size // 2``."""
+        """Kernel taps before the centre: ``kernel_size // 2`` (rows above, columns left), before dilation."""
         return self.kernel_size // 2
 
+    @property
+    def dilations(self) -> tuple[int, ...]:
+        """Dilation of each layer. Layer 0 is never dilated: its mask-'A' kernel is the only path from the code just
+        to the left, so dilating it would leave that neighbour unseen (a blind spot)."""
+        return tuple(1 if i == 0 else self.dilation_cycle[i % len(self.dilation_cycle)] for i in range(self.num_layers))
+
+    @property
+    def cache_len(self) -> int:
+        """Rows (vertical) and columns (horizontal) of history the sampling caches keep: ``context x max dilation``."""
+        return self.context * max(self.dilation_cycle)
+
     def hcache_shape(self, batch: int) -> tuple[int, int, int, int]:
-        """Horizontal (per-position) cache: ``(B, L, k//2, C)``."""
-        return batch, self.num_layers, self.context, self.hidden_channels
+        """Horizontal (per-position) cache: ``(B, L, cache_len, C)``."""
+        return batch, self.num_layers, self.cache_len, self.hidden_channels
 
     def vcache_shape(self, batch: int) -> tuple[int, int, int, int, int]:
-        """Vertical (per-row) cache: ``(B, L, w, k//2, C)``."""
-        return batch, self.num_layers, self.code_shape[1], self.context, self.hidden_channels
+        """Vertical (per-row) cache: ``(B, L, w, cache_len, C)``."""
+        return batch, self.num_layers, self.code_shape[1], self.cache_len, self.hidden_channels
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["code_shape"] = list(self.code_shape)
+        d["dilation_cycle"] = list(self.dilation_cycle)
         return d
 
 
@@ -156,14 +179,16 @@ class GatedPixelCNN(nn.Module):
         x = self.embedding(codes)  # (B,h,w,C)
         rows, cols = self.position_tables(labels, b)  # (B,h,L*2C), (B,w,L*2C)
         v, hs, gates = x, x, []
-        for i in range(n):
+        for i, d in enumerate(self.config.dilations):
             v_conv, h_conv, layer = self.v_convs[i], self.h_convs[i], slice(i * 2 * c, (i + 1) * 2 * c)
-            vp = F.pad(v, (0, 0, ctx, ctx, ctx, 0))  # (B,h+ctx,w+2ctx,C): output row r sees input rows r-ctx..r
-            win = torch.cat([vp[:, r : r + h, t : t + w] for t in range(k) for r in range(ctx + 1)], -1)  # (B,h,w,k(ctx+1)C)
+            e = ctx * d  # reach of this layer's kernel
+            vp = F.pad(v, (0, 0, e, e, e, 0))  # (B,h+e,w+2e,C): output row r sees input rows r-e..r, step d
+            win = torch.cat([vp[:, r * d : r * d + h, t * d : t * d + w] for t in range(k) for r in range(ctx + 1)],
+                            -1)  # (B,h,w,k(ctx+1)C)
             v_pre = F.linear(win, vertical_weight(v_conv), v_conv.bias)  # (B,h,w,2C)
-            hp = F.pad(hs, (0, 0, ctx, 0))  # (B,h,w+ctx,C); layer 0's kernel is one column narrower: mask 'A'
+            hp = F.pad(hs, (0, 0, e, 0))  # (B,h,w+e,C); layer 0's kernel is one tap narrower: mask 'A'
             taps = h_conv.weight.shape[-1]
-            hwin = torch.cat([hp[:, :, t : t + w] for t in range(taps)], -1)  # (B,h,w,taps*C): columns j-ctx..j(-1)
+            hwin = torch.cat([hp[:, :, t * d : t * d + w] for t in range(taps)], -1)  # (B,h,w,taps*C): j-e..j(-d)
             h_pre = F.linear(hwin, horizontal_weight(h_conv), h_conv.bias)  # (B,h,w,2C)
             v_h = F.linear(v_pre, pointwise_weight(self.v_to_h[i]), self.v_to_h[i].bias)  # (B,h,w,2C)
             # Shift down one row: (i, j) gets vertical context from rows < i only (no blind spot).
@@ -204,8 +229,9 @@ def _padded_embedding(model: GatedPixelCNN) -> torch.Tensor:
 class PixelCNNRowStep(nn.Module):
     """Advance the vertical stack by one finished row; emit every layer's vertical + label term for the next row.
 
-    ``forward(codes_row (B,w) int64, vcache (B,L,w,k//2,C), labels (B,) int64, row (1,) int64)``
-    ``-> (vrow (w,B,L,2C), vcache (B,L,w,k//2,C))``.
+    ``forward(codes_row (B,w) int64, vcache (B,L,w,cache_len,C), labels (B,) int64, row (1,) int64)``
+    ``-> (vrow (w,B,L,2C), vcache (B,L,w,cache_len,C))``; ``vcache`` holds every layer's input rows above, of which a
+    dilated layer reads every d-th.
 
     ``vrow[j, :, l]`` is everything the horizontal gate pre-activation of layer ``l`` at ``(row, j)`` needs from
     rows above, from the label and from the position (plus the horizontal conv bias); ``row`` is the index of the
@@ -218,6 +244,7 @@ class PixelCNNRowStep(nn.Module):
         super().__init__()
         cfg = model.config
         self.num_layers, self.ctx, self.c, self.k = cfg.num_layers, cfg.context, cfg.hidden_channels, cfg.kernel_size
+        self.dilations, self.cache_len = cfg.dilations, cfg.cache_len
         self.register_buffer("emb", _padded_embedding(model))
         self.register_buffer("v_w", _frozen(torch.stack([vertical_weight(m) for m in model.v_convs])))  # (L,2C,k*(ctx+1)*C)
         self.register_buffer("v_b", _frozen(torch.stack([m.bias for m in model.v_convs])))  # (L,2C)
@@ -241,11 +268,12 @@ class PixelCNNRowStep(nn.Module):
         cond = F.embedding(labels, self.label_w).view(b, n, 4 * c) if self.conditional else None  # (B,L,4C)
         v = F.embedding(codes_row, self.emb).unsqueeze(2)  # (B,w,1,C)
         rows, caches = [], []
-        for i in range(n):
-            win = torch.cat([vcache[:, i], v], 2)  # (B,w,ctx+1,C): the rows the vertical kernel covers
-            caches.append(win[:, :, 1:])
-            padded = F.pad(win.flatten(2), (0, 0, ctx, ctx))  # (B,w+2ctx,(ctx+1)C)
-            cols = torch.cat([padded[:, t : t + w] for t in range(self.k)], 2)  # (B,w,k(ctx+1)C)
+        for i, d in enumerate(self.dilations):
+            hist = torch.cat([vcache[:, i], v], 2)  # (B,w,cache_len+1,C): rows i-cache_len..i
+            caches.append(hist[:, :, 1:])
+            win = hist[:, :, self.cache_len - ctx * d :: d]  # (B,w,ctx+1,C): the rows the vertical kernel covers
+            padded = F.pad(win.flatten(2), (0, 0, ctx * d, ctx * d))  # (B,w+2e,(ctx+1)C)
+            cols = torch.cat([padded[:, t * d : t * d + w] for t in range(self.k)], 2)  # (B,w,k(ctx+1)C)
             v_pre = F.linear(cols, self.v_w[i], self.v_b[i])  # (B,w,2C)
             h_term = F.linear(v_pre, self.vh_w[i], self.vh_b[i]) * keep + self.h_b[i] + pos[:, :, i]  # (B,w,2C)
             if cond is not None:
@@ -255,13 +283,13 @@ class PixelCNNRowStep(nn.Module):
             if i < n - 1:
                 v = gate(v_pre, -1).unsqueeze(2)  # (B,w,1,C)
         vrow = torch.stack(rows, 2).permute(1, 0, 2, 3).contiguous()  # (w,B,L,2C): vrow[j] is contiguous
-        return vrow, torch.stack(caches, 1)  # (B,L,w,ctx,C)
+        return vrow, torch.stack(caches, 1)  # (B,L,w,cache_len,C)
 
 
 class PixelCNNStep(nn.Module):
     """Advance the horizontal stack by one position and return the logits there.
 
-    ``forward(prev_code (B,) int64, hcache (B,L,k//2,C), vrow_j (B,L,2C)) -> (logits (B,K), hcache)``.
+    ``forward(prev_code (B,) int64, hcache (B,L,cache_len,C), vrow_j (B,L,2C)) -> (logits (B,K), hcache)``.
 
     ``prev_code`` is the code just drawn to the left (index K, "padding", at the start of a row, where ``hcache``
     must be zeros). Every conv is a matmul over a ``k//2+1``-wide window of cached activations, so one step costs
@@ -272,6 +300,7 @@ class PixelCNNStep(nn.Module):
         super().__init__()
         cfg = model.config
         self.num_layers, self.ctx, self.c = cfg.num_layers, cfg.context, cfg.hidden_channels
+        self.dilations, self.cache_len = cfg.dilations, cfg.cache_len
         self.register_buffer("emb", _padded_embedding(model))
         for i, m in enumerate(model.h_convs):
             self.register_buffer(f"h_w{i}", _frozen(horizontal_weight(m)))
@@ -290,18 +319,22 @@ class PixelCNNStep(nn.Module):
 
     def forward(self, prev_code: torch.Tensor, hcache: torch.Tensor, vrow_j: torch.Tensor):
         x = F.embedding(prev_code, self.emb)  # (B,C)
-        win = torch.cat([hcache[:, 0], x.unsqueeze(1)], 1)[:, 1:]  # (B,ctx,C): codes j-ctx..j-1 (mask 'A')
-        caches = [win]
+        n, ctx, d = self.cache_len, self.ctx, self.dilations[0]
+        hist = torch.cat([hcache[:, 0], x.unsqueeze(1)], 1)[:, 1:]  # (B,cache_len,C): codes j-cache_len..j-1
+        caches = [hist]
+        win = hist[:, n - ctx * d :: d]  # (B,ctx,C): codes j-ctx*d..j-d (mask 'A')
         g = gate(F.linear(win.flatten(1), self.h_w0) + vrow_j[:, 0])  # (B,C)
         gates = [g]
         hs = F.linear(g, self.res_w[0], self.res_b[0]) if self.num_layers > 1 else g  # (B,C)
         for i in range(1, self.num_layers):
-            win = torch.cat([hcache[:, i], hs.unsqueeze(1)], 1)  # (B,ctx+1,C): columns j-ctx..j (mask 'B')
-            caches.append(win[:, 1:])
+            d = self.dilations[i]
+            hist = torch.cat([hcache[:, i], hs.unsqueeze(1)], 1)  # (B,cache_len+1,C): columns j-cache_len..j
+            caches.append(hist[:, 1:])
+            win = hist[:, n - ctx * d :: d]  # (B,ctx+1,C): columns j-ctx*d..j (mask 'B')
             g = gate(F.linear(win.flatten(1), getattr(self, f"h_w{i}")) + vrow_j[:, i])
             gates.append(g)
             if i < self.num_layers - 1:
                 hs = hs + F.linear(g, self.res_w[i], self.res_b[i])
         skip = F.linear(torch.cat(gates, 1), self.skip_w, self.skip_b)  # (B,C)
         out = F.linear(F.relu(F.linear(F.relu(skip), self.o1_w, self.o1_b)), self.o2_w, self.o2_b)  # (B,K)
-        return out, torch.stack(caches, 1)  # (B,K), (B,L,ctx,C)
+        return out, torch.stack(caches, 1)  # (B,K), (B,L,cache_len,C)
