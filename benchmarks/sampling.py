@@ -32,8 +32,11 @@ def models(args):
 
     torch.manual_seed(0)
     vq = VQVAE(VQVAEConfig())
+    from brainvq.config_args import int_tuple
+
     return vq, GatedPixelCNN(PixelCNNConfig(num_layers=args.num_layers, hidden_channels=args.hidden_channels,
-                                            code_shape=vq.config.code_shape))
+                                            code_shape=vq.config.code_shape,
+                                            dilation_cycle=int_tuple("dilation_cycle", args.dilation_cycle)))
 
 
 def main(argv=None) -> None:
@@ -44,6 +47,7 @@ def main(argv=None) -> None:
     default = PixelCNNConfig()  # the shipped default prior unless told otherwise
     add_param(p, "num_layers", type=int, default=default.num_layers, help="prior layers when random")
     add_param(p, "hidden_channels", type=int, default=default.hidden_channels, help="prior channels when random")
+    add_param(p, "dilation_cycle", default="1,2,4,8,16", help="prior dilation cycle when random (train_pixelcnn's default)")
     add_param(p, "n", type=int, default=16, help="slices to sample")
     add_param(p, "naive_steps", type=int, default=12, help="full prior passes timed for the naive estimate")
     add_param(p, "provider", default="cpu", help="auto, cuda or cpu")
@@ -60,7 +64,8 @@ def main(argv=None) -> None:
     export_models(vqvae, prior, out)
     s = OnnxSampler(out, args.provider)
     print(s.provider_line)
-    print(f"prior: {cfg.num_layers} layers x {cfg.hidden_channels} channels, K={cfg.num_embeddings}, codes {h}x{w}, "
+    print(f"prior: {cfg.num_layers} layers x {cfg.hidden_channels} channels, dilation cycle {cfg.dilation_cycle}, "
+          f"K={cfg.num_embeddings}, codes {h}x{w}, "
           f"batch {args.n}; torch {torch.__version__} with {torch.get_num_threads()} threads")
     labels = np.full(args.n, cfg.null_label, dtype=np.int64)
 
