@@ -47,7 +47,10 @@ def main(argv=None) -> None:
     default = PixelCNNConfig()  # the shipped default prior unless told otherwise
     add_param(p, "num_layers", type=int, default=default.num_layers, help="prior layers when random")
     add_param(p, "hidden_channels", type=int, default=default.hidden_channels, help="prior channels when random")
-    add_param(p, "dilation_cycle", default="1,2,4,8,16", help="prior dilation cycle when random (train_pixelcnn's default)")
+    from brainvq.pipelines.train_pixelcnn import build_parser as train_parser
+
+    add_param(p, "dilation_cycle", default=train_parser().get_default("dilation_cycle"),
+              help="prior dilation cycle when random (train_pixelcnn's default)")
     add_param(p, "n", type=int, default=16, help="slices to sample")
     add_param(p, "naive_steps", type=int, default=12, help="full prior passes timed for the naive estimate")
     add_param(p, "provider", default="cpu", help="auto, cuda or cpu")

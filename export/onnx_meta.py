@@ -29,7 +29,7 @@ def pair_id(parts: list[str]) -> str:
 
 def build_metadata(graph: str, pid: str, version: str, vqvae_run_id: str, pixelcnn_run_id: str, num_embeddings: int,
                    code_shape: tuple[int, int], image_size: tuple[int, int], conditional: bool, num_layers: int,
-                   hidden_channels: int, kernel_size: int, dilation_cycle: tuple[int, ...] = (1,)) -> dict[str, str]:
+                   hidden_channels: int, kernel_size: int, dilation_cycle: tuple[int, ...]) -> dict[str, str]:
     """The ``metadata_props`` of one exported file."""
     return {
         "brainvq.version": version, "brainvq.graph": graph, "brainvq.pair_id": pid,

@@ -59,8 +59,6 @@ def apply_study_best(args: argparse.Namespace, study_name: str, storage: str) ->
 
 def int_tuple(name: str, value) -> tuple[int, ...]:
     """A comma-separated integer list such as ``1,2,4`` (MLproject parameters are strings; logged as given)."""
-    if isinstance(value, (tuple, list)):
-        return tuple(value)
     try:
         return tuple(int(p) for p in str(value).replace(" ", "").split(","))
     except ValueError:

@@ -319,10 +319,10 @@ class PixelCNNStep(nn.Module):
 
     def forward(self, prev_code: torch.Tensor, hcache: torch.Tensor, vrow_j: torch.Tensor):
         x = F.embedding(prev_code, self.emb)  # (B,C)
-        n, ctx, d = self.cache_len, self.ctx, self.dilations[0]
+        n, ctx = self.cache_len, self.ctx
         hist = torch.cat([hcache[:, 0], x.unsqueeze(1)], 1)[:, 1:]  # (B,cache_len,C): codes j-cache_len..j-1
         caches = [hist]
-        win = hist[:, n - ctx * d :: d]  # (B,ctx,C): codes j-ctx*d..j-d (mask 'A')
+        win = hist[:, n - ctx :]  # (B,ctx,C): codes j-ctx..j-1 (mask 'A'; layer 0 is never dilated)
         g = gate(F.linear(win.flatten(1), self.h_w0) + vrow_j[:, 0])  # (B,C)
         gates = [g]
         hs = F.linear(g, self.res_w[0], self.res_b[0]) if self.num_layers > 1 else g  # (B,C)
