@@ -15,6 +15,19 @@ import sys
 from brainvq.cliutil import add_param, intlike, run_main, setup_logging, str2bool
 
 
+# The figures the parent run carries: validation ones chose (registry, defaults), test ones report.
+SUMMARY = (
+    "val/ssim", "test/ssim", "test/ssim_brain", "test/psnr", "test/psnr_brain",
+    "prior/val_nll_bits", "prior/test_nll_bits", "prior/test_nll_bits_uncond", "prior/position_unigram_bits",
+    "prior/unigram_bits",
+    "val/c2st_accuracy", "val/c2st_accuracy_ci95", "gen/c2st_accuracy", "gen/c2st_accuracy_ci95",
+    "gen/c2st_recon_ceiling", "gen/c2st_null", "gen/c2st_power_blur10", "gen/c2st_power_blur05",
+    "gen/c2st_power_noise", "gen/fd", "real/fd", "gen/precision", "real/precision", "gen/recall", "real/recall",
+    "gen/tstr_accuracy", "real/trtr_accuracy", "gen/label_agreement", "real/label_classifier_accuracy",
+    "gen/msssim_diversity", "real/msssim_diversity",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brainvq pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_param(p, "data_dir", default="", help="ADNI-layout root; empty = generate and use the demo set")
@@ -22,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_param(p, "image_size", default="240x256", help="HxW slices are padded/cropped to")
     add_param(p, "vqvae_epochs", type=intlike, default=30, help="epochs of train_vqvae (the time budget usually ends first)")
     add_param(p, "prior_epochs", type=intlike, default=40, help="epochs of train_pixelcnn")
-    add_param(p, "vqvae_max_minutes", type=float, default=8.0, help="time budget of train_vqvae")
-    add_param(p, "prior_max_minutes", type=float, default=7.0, help="time budget of train_pixelcnn")
-    add_param(p, "n_samples", type=intlike, default=64, help="slices generated for evaluation")
+    add_param(p, "vqvae_max_minutes", type=float, default=7.0, help="time budget of train_vqvae")
+    add_param(p, "prior_max_minutes", type=float, default=6.5, help="time budget of train_pixelcnn")
+    add_param(p, "n_samples", type=intlike, default=256,
+              help="slices generated for evaluation, compared with as many real held-out slices")
     add_param(p, "seed", type=intlike, default=0, help="seed for every step")
     add_param(p, "register", type=str2bool, default=True,
               help="register the runs as brainvq-vqvae/-prior/-sampler versions; move `champion` only when better")
@@ -56,14 +70,12 @@ def main(argv=None) -> None:
                 run_step("sample", {"model_dir": f"runs:/{exp.info.run_id}/onnx", "n": 16, "seed": args.seed,
                                     "out": os.path.abspath("outputs/samples")}, pid, True)
         ev = run_step("evaluate_samples", {"prior_run_id": prior.info.run_id, "n_samples": args.n_samples,
-                                           "seed": args.seed}, pid, force)
+                                           "seed": args.seed, "split": "test"}, pid, force)
         import mlflow
 
         summary = {**vq.data.metrics, **prior.data.metrics, **ev.data.metrics}
-        keys = ("test/ssim", "test/psnr", "prior/test_nll_bits", "prior/unigram_bits", "gen/c2st_accuracy",
-                "gen/msssim_diversity", "real/msssim_diversity", "gen/label_agreement")
-        mlflow.log_metrics({k: summary[k] for k in keys if k in summary})
-        print(" ".join(f"{k}={summary[k]:.4f}" for k in keys if k in summary))
+        mlflow.log_metrics({k: summary[k] for k in SUMMARY if k in summary})
+        print(" ".join(f"{k}={summary[k]:.4f}" for k in SUMMARY if k in summary))
         if args.register:  # last, once every step is FINISHED (see brainvq.registry)
             from brainvq.registry import register_pipeline
 

@@ -1,7 +1,7 @@
 """Write the ADNI-layout demo set generated from the MNI152 template that nilearn ships (no download).
 
 Examples:
-    brainvq make-demo-data ./demo --train-subjects 40 --test-subjects 12 --seed 0
+    brainvq make-demo-data ./demo --train-subjects 50 --test-subjects 14 --seed 0
     mlflow run . -e make_demo_data --env-manager local      # into the default cache folder, logged to MLflow
 """
 
@@ -21,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_pos", nargs="?", default="", metavar="out_dir", help="output folder (same as --out_dir)")
     add_param(p, "out_dir", default="", help="output folder; empty = the default demo cache folder (reused if complete)")
-    add_param(p, "train_subjects", type=intlike, default=40, help="training subjects (half AD, half NC)")
-    add_param(p, "test_subjects", type=intlike, default=12, help="test subjects (half AD, half NC)")
+    add_param(p, "train_subjects", type=intlike, default=50, help="training subjects (half AD, half NC)")
+    add_param(p, "test_subjects", type=intlike, default=14, help="test subjects (half AD, half NC)")
     add_param(p, "seed", type=intlike, default=0, help="random seed (same seed, same bytes)")
     add_param(p, "image_size", type=image_size, default=(240, 256), help="HxW of the slices")
     return p

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_param(p, "beta", type=float, default=0.25, help="commitment loss weight")
     add_param(p, "ema", type=str2bool, default=True, help="EMA codebook updates with dead-code restart")
     add_param(p, "ssim_weight", type=float, default=0.5, help="weight of the (1-SSIM) loss term beside MSE")
-    add_param(p, "val_fraction", type=float, default=0.1, help="share of training subjects held out for validation")
+    add_param(p, "val_fraction", type=float, default=0.2, help="share of training subjects held out for validation")
     add_param(p, "seed", type=intlike, default=0, help="random seed (runs are deterministic on CPU)")
     add_param(p, "max_minutes", type=float, default=8.0, help="wall-clock training budget in minutes; 0 = none. Stops cleanly, then tests")
     add_param(p, "max_train_images", type=intlike, default=0, help="cap on training slices; 0 = all")

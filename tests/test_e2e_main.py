@@ -17,7 +17,7 @@ STEPS = ["train_vqvae", "encode_codes", "train_pixelcnn", "export_onnx", "sample
 def run_main(data_dir, *extra):
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", "main-e2e",
            "-P", f"data_dir={data_dir}", "-P", "image_size=48x64", "-P", "vqvae_epochs=1", "-P", "prior_epochs=1",
-           "-P", "n_samples=8", *extra]
+           "-P", "n_samples=16", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
@@ -35,8 +35,20 @@ def test_main_pipeline_runs_every_step_as_child_runs_and_reuses_them(tmp_path):
         assert step in stages and stages[step].info.status == "FINISHED", step
     for step in ("train_vqvae", "train_pixelcnn", "export_onnx", "sample", "evaluate_samples"):
         assert stages[step].data.tags.get("mlflow.parentRunId") == parent.info.run_id, step
-    for key in ("test/ssim", "prior/test_nll_bits", "prior/unigram_bits", "gen/c2st_accuracy", "gen/msssim_diversity"):
-        assert key in parent.data.metrics, key
+    m = parent.data.metrics
+    for key in ("val/ssim", "test/ssim", "test/ssim_brain", "test/psnr_brain", "prior/val_nll_bits",
+                "prior/test_nll_bits", "prior/position_unigram_bits", "gen/c2st_accuracy", "gen/c2st_accuracy_ci95",
+                "gen/c2st_null", "gen/c2st_power_blur10", "gen/c2st_power_blur05", "gen/c2st_power_noise",
+                "gen/c2st_recon_ceiling", "gen/fd", "real/fd", "gen/precision", "real/recall", "gen/tstr_accuracy",
+                "real/trtr_accuracy", "gen/msssim_diversity"):
+        assert key in m, key
+    assert 0 < m["gen/c2st_accuracy_ci95"] < 0.5 and 0 <= m["gen/c2st_accuracy"] <= 1
+    # the evaluation names its protocol and the calibration (power checks, feature network) it used
+    ev = stages["evaluate_samples"]
+    assert ev.data.tags["brainvq.eval_protocol"] and ev.data.tags["brainvq.eval_split"] == "test"
+    cal = client.get_run(ev.data.tags["brainvq.calibration_run_id"])
+    assert cal.data.tags["brainvq.stage"] == "eval_calibration" and cal.info.status == "FINISHED"
+    assert "calibration/features.pt" in {a.path for a in client.list_artifacts(cal.info.run_id, "calibration")}
     onnx = {a.path for a in client.list_artifacts(stages["export_onnx"].info.run_id, "onnx")}
     assert {"onnx/decoder.onnx", "onnx/prior.onnx"} <= onnx
     # register=true (the default): each model's first version is its champion

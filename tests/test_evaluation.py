@@ -1,146 +1,250 @@
-"""Sample-quality metrics on tiny synthetic images: they must separate what differs and not what does not."""
+"""The evaluation instruments: each must separate what differs, stay at chance for what does not, and agree with a
+reference implementation where one exists."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
+from scipy import linalg, ndimage
+from scipy.stats import binomtest
 
-from brainvq.evaluation import (
-    EvalConfig,
-    SmallCNN,
-    c2st_accuracy,
-    evaluate_samples,
-    label_agreement,
-    msssim_diversity,
-    train_label_classifier,
+from brainvq.quality.c2st import (
+    C2STProtocol,
+    as_tensor,
+    degrade,
+    halves,
+    power_checks,
+    two_sample_test,
+    underpowered,
+    wilson_interval,
 )
+from brainvq.quality.classify import FitConfig, fit_critic, front_maps, predict_labels
+from brainvq.quality.critic import Critic, CriticConfig, blur_matrix
+from brainvq.quality.diversity import msssim_diversity, random_pairs
+from brainvq.quality.evaluate import EvalProtocol, Slices, calibrate, evaluate_generated, select_real
+from brainvq.quality.fidelity import frechet_distance, precision_recall
 
-# 32x32 inputs, so the classifiers see the images at native size. One thread: on a shared 2-core machine a second
-# thread mostly waits on the other's spin locks (measured ~3x slower under load).
-CFG = EvalConfig(epochs=10, batch_size=16, image_size=(32, 32), max_pairs=40, num_threads=1, progress=False)
+# A quick recipe for the synthetic checks below; the production protocol is exercised on demo slices further down.
+QUICK = C2STProtocol(fit=FitConfig(steps=60))
 
 
-def discs(n: int, rng: np.random.Generator, size: int = 32, dark_centre: bool = False) -> np.ndarray:
-    """Bright noisy discs of random radius and slightly jittered centre, (n,size,size) float32 in [0,1]."""
+def discs(n: int, rng: np.random.Generator, size: int = 48, dark_centre: bool = False, noise: float = 0.04):
+    """Bright noisy discs of random radius, uint8 ``(n,size,size)``; ``dark_centre`` punches a hole ("atrophy")."""
     yy, xx = np.mgrid[:size, :size]
     out = np.zeros((n, size, size), np.float32)
     for k in range(n):
-        r = rng.uniform(0.2, 0.3) * size
+        r = rng.uniform(0.25, 0.35) * size
         cy, cx = size / 2 + rng.normal(0, 1.0, 2)
         d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-        img = (d2 < r * r) * rng.uniform(0.7, 0.9)
-        if dark_centre:  # "atrophy": a hole in the middle
-            img = img * (d2 > (0.5 * r) ** 2)
-        out[k] = np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1)
-    return out
+        img = (d2 < r * r) * rng.uniform(0.6, 0.8)
+        if dark_centre:
+            img = img * (d2 > (0.45 * r) ** 2)
+        out[k] = np.clip(img + rng.normal(0, noise, img.shape) * (d2 < r * r), 0, 1)
+    return (out * 255 + 0.5).astype(np.uint8)
 
 
-def dark_squares(n: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    out = np.zeros((n, size, size), np.float32)
-    out[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 0.3
-    return np.clip(out + rng.normal(0, 0.05, out.shape), 0, 1).astype(np.float32)
+def test_wilson_interval_matches_scipy():
+    for k, n in ((0, 20), (7, 20), (81, 100), (512, 512)):
+        ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(k, n) == pytest.approx((ref.low, ref.high), abs=1e-9)
 
 
-def test_c2st_separates_different_sets():
-    rng = np.random.default_rng(0)
-    res = c2st_accuracy(discs(64, rng), dark_squares(80, rng), CFG)
-    assert res["accuracy"] >= 0.95
-    # balanced to 64 a side, halved: each fold trains on 32+32; both folds together score all 128
-    assert res["n_train"] == 64 and res["n_test"] == 128
-    assert res["pvalue"] < 1e-6
+def test_blur_matrix_is_scipys_gaussian_filter():
+    x = np.random.default_rng(0).random((2, 1, 30, 41)).astype(np.float32)
+    ours = (blur_matrix(30, 2.0) @ torch.from_numpy(x) @ blur_matrix(41, 2.0).T).numpy()
+    ref = ndimage.gaussian_filter(x, sigma=(0, 0, 2, 2), mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
-def test_c2st_is_near_chance_for_two_draws_of_one_distribution():
+def test_front_end_sees_full_resolution_blur_and_noise():
     rng = np.random.default_rng(1)
-    res = c2st_accuracy(discs(100, rng), discs(100, rng), CFG)
-    assert res["accuracy"] <= 0.7
-    assert res["pvalue"] > 0.001
+    real = discs(4, rng, size=64, noise=0.01)  # the demo set's noise level
+    maps = front_maps(as_tensor(real))  # (4,8,8,8)
+    blurred = front_maps(as_tensor(degrade(real, "blur", 0.5)))
+    noisy = front_maps(as_tensor(degrade(real, "noise", 0.02)))
+    # cells wholly inside a disc (mean intensity high): texture only, no disc edge
+    inside = (maps[:, :1] > 0.55).expand(-1, 2, -1, -1)
+    assert inside.float().mean() > 0.2
+    # the log energy of the second differences: a half-pixel blur removes much of it, noise of sigma 0.02 adds more
+    assert (blurred[:, 1:3] - maps[:, 1:3])[inside].median() < -0.5
+    assert (noisy[:, 1:3] - maps[:, 1:3])[inside].median() > 0.5
 
 
-def test_c2st_accepts_uint8_and_channel_axis_alike():
+def test_c2st_separates_different_sets_and_scores_every_image_once():
     rng = np.random.default_rng(2)
-    real, fake = discs(16, rng), dark_squares(16, rng)
-    cfg = EvalConfig(epochs=2, batch_size=8, image_size=(32, 32), num_threads=1, progress=False)
-    as_float = c2st_accuracy(real[:, None], fake[:, None], cfg)  # (N,1,H,W) float
-    as_uint8 = c2st_accuracy((real * 255).round().astype(np.uint8), (fake * 255).round().astype(np.uint8), cfg)
-    assert as_float["accuracy"] == pytest.approx(as_uint8["accuracy"], abs=1 / 16)
-    with pytest.raises(ValueError, match="differ in size"):
-        c2st_accuracy(real, discs(16, rng, size=48), cfg)
-    with pytest.raises(ValueError, match="uint8"):
-        c2st_accuracy(real.astype(np.int32), fake, cfg)
+    res = two_sample_test(front_maps(as_tensor(discs(40, rng))), front_maps(as_tensor(discs(48, rng, dark_centre=True))),
+                          QUICK)
+    assert res.n_per_side == 40  # the larger side is subsampled: chance is exactly 0.5
+    assert res.accuracy > 0.9 and res.ci_low > 0.5 and res.pvalue < 1e-6
+    assert res.ci_low <= res.accuracy <= res.ci_high and res.ci95 == pytest.approx((res.ci_high - res.ci_low) / 2)
 
 
-def test_diversity_is_one_for_copies_and_lower_for_varied_images():
+def test_c2st_null_stays_at_chance():
     rng = np.random.default_rng(3)
-    # Full MS-SSIM path (>= 176 px a side).
-    big_copies = np.repeat(discs(1, rng, size=176), 4, axis=0)
-    assert msssim_diversity(big_copies, max_pairs=3) == pytest.approx(1.0, abs=1e-4)
-    big_noise = rng.random((4, 176, 176)).astype(np.float32)
-    assert msssim_diversity(big_noise, max_pairs=3) < 0.2
-    # Small images fall back to SSIM, and say so.
-    with pytest.warns(UserWarning, match="falls back to single-scale SSIM"):
-        copies = msssim_diversity(np.repeat(discs(1, rng), 8, axis=0), max_pairs=20)
-    with pytest.warns(UserWarning):
-        varied = msssim_diversity(rng.random((8, 32, 32)).astype(np.float32), max_pairs=20)
-    assert copies == pytest.approx(1.0, abs=1e-4)
-    assert varied < 0.2 < copies
+    res = two_sample_test(front_maps(as_tensor(discs(48, rng))), front_maps(as_tensor(discs(48, rng))), QUICK)
+    assert res.ci_low < 0.5 < res.ci_high and abs(res.accuracy - 0.5) < 0.15
 
 
-def test_label_agreement_follows_requested_labels():
+def test_c2st_shuffles_before_folds():
+    """Sorted inputs in blocks (here: two kinds of real image, one after the other) must not become the folds."""
     rng = np.random.default_rng(4)
-    x = np.concatenate([discs(40, rng), discs(40, rng, dark_centre=True)])  # NC then AD
-    y = np.array([0] * 40 + [1] * 40)
-    clf = train_label_classifier(x, y, CFG)
-    assert isinstance(clf, SmallCNN) and clf.image_size == (32, 32)
-    assert clf.heldout_accuracy >= 0.9
-    gen = np.concatenate([discs(16, rng), discs(16, rng, dark_centre=True)])
-    asked = np.array([0] * 16 + [1] * 16)
-    assert label_agreement(clf, gen, asked) >= 0.9
-    assert label_agreement(clf, gen, 1 - asked) <= 0.1
-    with pytest.raises(ValueError, match="0 \\(NC\\) or 1 \\(AD\\)"):
-        label_agreement(clf, gen, asked + 1)
+    real = np.concatenate([discs(24, rng), discs(24, rng, dark_centre=True)])  # block-sorted like file lists
+    fake = np.concatenate([discs(24, rng), discs(24, rng, dark_centre=True)])
+    res = two_sample_test(front_maps(as_tensor(real)), front_maps(as_tensor(fake)), QUICK)
+    assert res.ci_low < 0.5 < res.ci_high
 
 
-def test_evaluate_samples_is_namespaced_and_deterministic():
-    rng = np.random.default_rng(5)
-    real_train = np.concatenate([discs(16, rng), discs(16, rng, dark_centre=True)])
-    train_labels = np.array([0] * 16 + [1] * 16)
-    real_test = (discs(24, rng) * 255).astype(np.uint8)
-    fake, fake_labels = discs(12, rng), np.array([0, 1] * 6)
-    cfg = EvalConfig(epochs=3, batch_size=16, image_size=(32, 32), max_pairs=20, num_threads=1, progress=False)
-    torch.manual_seed(123)
-    outside = torch.rand(1)
-    with pytest.warns(UserWarning):  # 32 px: SSIM fallback
-        a = evaluate_samples(real_test, fake, fake_labels, real_train, train_labels, cfg)
-        b = evaluate_samples(real_test, fake, fake_labels, real_train, train_labels, cfg)
-    assert a == b
-    assert set(a) == {"gen/c2st_accuracy", "gen/c2st_pvalue", "gen/msssim_diversity", "real/msssim_diversity",
-                      "gen/label_agreement", "real/label_classifier_accuracy"}
-    assert all(isinstance(v, float) and np.isfinite(v) for v in a.values())
-    # Seeding happens on a forked generator: the caller's random stream is untouched.
-    torch.manual_seed(123)
-    assert torch.equal(torch.rand(1), outside)
-    with pytest.warns(UserWarning):
-        unlabelled = evaluate_samples(real_test, fake, config=cfg)
-    assert set(unlabelled) == {"gen/c2st_accuracy", "gen/c2st_pvalue", "gen/msssim_diversity", "real/msssim_diversity"}
-    with pytest.raises(ValueError, match="together"):
-        evaluate_samples(real_test, fake, fake_labels, config=cfg)
+def test_degradations_keep_uint8_and_reject_unknown_kinds():
+    real = discs(3, np.random.default_rng(5))
+    for kind, amount in (("blur", 1.0), ("noise", 0.02)):
+        out = degrade(real, kind, amount)
+        assert out.dtype == np.uint8 and out.shape == real.shape and not np.array_equal(out, real)
+    with pytest.raises(ValueError, match="unknown degradation"):
+        degrade(real, "jpeg", 1.0)
+    a, b = halves(11, 0)
+    assert len(a) == len(b) == 5 and not set(a) & set(b)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(epochs=0), dict(batch_size=1), dict(lr=0.0), dict(lr=float("nan")), dict(seed=-1), dict(image_size=(8, 8)),
-    dict(image_size=(120,)), dict(max_pairs=0), dict(label_holdout=1.0), dict(num_threads=-1),
-])
-def test_config_validation(bad):
-    with pytest.raises(ValueError, match="EvalConfig"):
-        EvalConfig(**bad)
+def test_critic_config_and_fit_config_reject_bad_values():
+    with pytest.raises(ValueError, match="cell"):
+        CriticConfig(cell=0)
+    with pytest.raises(ValueError, match="steps"):
+        FitConfig(steps=0)
+    with pytest.raises(ValueError, match="lr"):
+        FitConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match="folds"):
+        C2STProtocol(folds=1)
+    with pytest.raises(ValueError, match="temperature"):
+        EvalProtocol(temperature=0.0)
+    with pytest.raises(ValueError, match="n_samples"):
+        EvalProtocol(n_samples=4)
+    with pytest.raises(ValueError, match="two classes"):
+        fit_critic(torch.zeros(4, 8, 4, 4), np.zeros(4, np.int64), FitConfig(steps=1))
 
 
-def test_inputs_are_not_modified():
+def test_protocol_digest_records_every_setting():
+    base = EvalProtocol()
+    assert base.digest() == EvalProtocol().digest()
+    assert EvalProtocol(seed=1).digest() != base.digest()
+    assert EvalProtocol(temperature=0.9).digest() != base.digest()
+    steps = dataclasses.replace(base, c2st=C2STProtocol(fit=FitConfig(steps=100)))
+    assert steps.digest() != base.digest() and steps.calibration_digest() != base.calibration_digest()
+    # the calibration depends on the real data and the classifiers, not on how slices are sampled
+    assert EvalProtocol(temperature=0.9).calibration_digest() == base.calibration_digest()
+    assert EvalProtocol(**{**base.to_dict(), "c2st": base.c2st.to_dict()}) == base  # JSON round trip
+
+
+def test_frechet_distance_matches_scipy_and_is_zero_for_one_set():
     rng = np.random.default_rng(6)
-    x = (rng.random((4, 32, 32)) * 1.4 - 0.2).astype(np.float32)  # out of [0,1] on purpose: gets clamped internally
-    before = x.copy()
-    with pytest.warns(UserWarning):
-        msssim_diversity(x, max_pairs=3)
-    np.testing.assert_array_equal(x, before)
+    a, b = rng.normal(size=(300, 6)), rng.normal(0.5, 1.5, size=(200, 6))
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2) - 2 * np.trace(np.real(linalg.sqrtm(s1 @ s2)))
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    dead = np.concatenate([a, np.zeros((300, 3))], 1)  # units that never fire: singular covariance, still finite
+    assert np.isfinite(frechet_distance(dead, dead[::-1]))
+
+
+def test_precision_recall_tell_fidelity_from_coverage():
+    rng = np.random.default_rng(7)
+    real = np.concatenate([rng.normal(-4, 0.5, (100, 2)), rng.normal(4, 0.5, (100, 2))])
+    one_mode = rng.normal(-4, 0.5, (200, 2))  # faithful but covers half of the real modes
+    off = rng.normal(30, 0.5, (200, 2))
+    p, r = precision_recall(real, one_mode)
+    assert p > 0.9 and 0.3 < r < 0.6
+    assert precision_recall(real, off) == (0.0, 0.0)
+    p, r = precision_recall(real, real[::-1] + rng.normal(0, 0.05, real.shape))
+    assert p > 0.9 and r > 0.9
+
+
+def test_diversity_pairs_only_cross_subjects_and_falls_back_below_176px():
+    groups = ["a"] * 5 + ["b"] * 5
+    i, j = random_pairs(10, 1000, np.random.default_rng(0), groups)
+    assert len(i) == 25 and all(groups[x] != groups[y] for x, y in zip(i, j))
+    imgs = as_tensor(discs(6, np.random.default_rng(8)))
+    with pytest.warns(UserWarning, match="falls back to single-scale SSIM"):
+        d = msssim_diversity(imgs, max_pairs=10)
+    assert 0 < d < 1
+    with pytest.raises(ValueError, match="different subjects"), pytest.warns(UserWarning):
+        msssim_diversity(imgs[:2], groups=["a", "a"])
+
+
+def _slices(images, labels, prefix):
+    return Slices(images, np.asarray(labels, np.int64), [f"{prefix}{k // 4}" for k in range(len(images))])
+
+
+@pytest.mark.filterwarnings("ignore:images are")
+def test_calibrate_and_evaluate_generated_report_every_figure():
+    rng = np.random.default_rng(9)
+
+    def labelled(n, prefix):
+        nc, ad = discs(n // 2, rng), discs(n // 2, rng, dark_centre=True)
+        return _slices(np.concatenate([nc, ad]), [0] * (n // 2) + [1] * (n // 2), prefix)
+
+    train, held_out = labelled(64, "tr"), labelled(48, "te")
+    protocol = EvalProtocol(n_samples=32, c2st=QUICK, max_pairs=20)
+    real = select_real(held_out, protocol)
+    assert len(real.images) == 32 and len(set(real.subjects)) > 4  # drawn across subjects, not the first 32
+    cal = calibrate(real, held_out, train, protocol)
+    assert set(cal.power) == {"null", "blur10", "blur05", "noise"}
+    for key in ("gen/c2st_null", "gen/c2st_power_blur10", "gen/c2st_power_noise", "real/fd", "real/precision",
+                "real/recall", "real/trtr_accuracy", "real/label_classifier_accuracy", "real/msssim_diversity"):
+        assert np.isfinite(cal.metrics[key]), key
+    assert cal.metrics["real/label_classifier_accuracy"] > 0.9  # the dark centre is easy to see
+    good = labelled(32, "g")
+    swapped = _slices(good.images, 1 - good.labels, "s")  # right images, wrong labels
+    m_good = evaluate_generated(good, real, held_out, cal, protocol, reconstruct=lambda x: x)
+    m_bad = evaluate_generated(swapped, real, held_out, cal, protocol)
+    assert m_good["gen/label_agreement"] > 0.9 and m_bad["gen/label_agreement"] < 0.1
+    assert m_good["gen/tstr_accuracy"] > 0.9 and m_bad["gen/tstr_accuracy"] < 0.1
+    assert abs(m_good["gen/c2st_recon_ceiling"] - 0.5) < 0.2  # a perfect decoder is indistinguishable
+    assert "gen/c2st_recon_ceiling" not in m_bad
+    # unlabelled data: no feature network, so no FD / precision / recall / TSTR, but the realism test runs
+    unl = lambda s: Slices(s.images, np.full(len(s.images), -1), s.subjects)  # noqa: E731
+    cal_u = calibrate(unl(real), unl(held_out), unl(train), protocol)
+    assert cal_u.features is None and "real/fd" not in cal_u.metrics
+    m_u = evaluate_generated(unl(good), unl(real), unl(held_out), cal_u, protocol)
+    assert "gen/c2st_accuracy" in m_u and "gen/fd" not in m_u
+
+
+@pytest.mark.slow
+def test_production_protocol_detects_blur_and_keeps_the_null_on_demo_slices(tmp_path):
+    """The realism test at its production settings on real-like slices: sigma-1 blur found, real vs real at 0.5."""
+    from brainvq.data import load_adni, make_demo_data
+
+    root = make_demo_data(tmp_path / "demo", train_subjects=2, test_subjects=6, seed=5, progress=False)
+    real = np.asarray(load_adni(root, val_fraction=0.0).test.images)  # 120 slices of 6 subjects, 240x256
+    real = real[np.random.default_rng(0).permutation(len(real))]
+    protocol = C2STProtocol()  # production settings
+    a, b = halves(len(real), 0)
+    maps_a = front_maps(as_tensor(real[a]))
+    null = two_sample_test(maps_a, front_maps(as_tensor(real[b])), protocol, salt=1)
+    blur = two_sample_test(maps_a, front_maps(as_tensor(degrade(real[b], "blur", 1.0))), protocol, salt=2)
+    assert blur.accuracy >= 0.95 and blur.ci_low > 0.5, blur
+    assert null.ci_low < 0.5 < null.ci_high, null
+    assert underpowered({"blur10": blur, "noise": blur}) == []
+    assert underpowered({"blur10": null}) == [f"blur10 {null.accuracy:.3f} < 0.95"]
+
+
+@pytest.mark.slow
+def test_power_checks_report_all_four(tmp_path):
+    rng = np.random.default_rng(10)
+    res = power_checks(discs(40, rng, size=48), C2STProtocol(fit=FitConfig(steps=80)))
+    assert set(res) == {"null", "blur10", "blur05", "noise"}
+    assert res["blur10"].accuracy > 0.8 and res["noise"].accuracy > 0.8
+    assert all(r.n_per_side == 20 for r in res.values())
+
+
+def test_predict_labels_and_front_maps_shapes():
+    rng = np.random.default_rng(11)
+    x = as_tensor(np.concatenate([discs(8, rng), discs(8, rng, dark_centre=True)]))
+    maps = front_maps(x)
+    assert maps.shape == (16, 8, 6, 6)
+    model = fit_critic(maps, np.array([0] * 8 + [1] * 8), FitConfig(steps=40))
+    out = model(x)
+    assert out.logits.shape == (16,) and out.embedding.shape == (16, CriticConfig().embedding_dim + 16)
+    assert predict_labels(model, maps).shape == (16,)
+    assert isinstance(Critic(CriticConfig(outputs=3))(x).logits, torch.Tensor)

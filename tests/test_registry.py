@@ -56,7 +56,8 @@ def _median_worst_best(items, score):
 
 def test_pipeline_registrations_move_champion_only_when_better(client, lineages):
     _, _, trained = lineages
-    order = _median_worst_best(trained, lambda lin: _metric(client, lin.vqvae, "test/ssim"))  # higher is better
+    # Validation figures choose; test figures are only copied into the tags for the report.
+    order = _median_worst_best(trained, lambda lin: _metric(client, lin.vqvae, "val/ssim"))  # higher is better
     seen = []
     for step, lin in enumerate(order):
         regs = {r.name: r for r in register_pipeline(lin.vqvae, lin.prior, lin.export)}
@@ -65,19 +66,20 @@ def test_pipeline_registrations_move_champion_only_when_better(client, lineages)
         vq = regs["brainvq-vqvae"]
         assert vq.promoted is [True, False, True][step], vq.line()
         # every model's champion is the best version registered so far, by its own metric
-        best_vq = max(seen, key=lambda x: _metric(client, x.vqvae, "test/ssim"))
-        best_px = min(seen, key=lambda x: _metric(client, x.prior, "prior/test_nll_bits"))
+        best_vq = max(seen, key=lambda x: _metric(client, x.vqvae, "val/ssim"))
+        best_px = min(seen, key=lambda x: _metric(client, x.prior, "prior/val_nll_bits"))
         assert _champion(client, "brainvq-vqvae").run_id == best_vq.vqvae
         assert _champion(client, "brainvq-prior").run_id == best_px.prior
-        assert _champion(client, "brainvq-sampler").run_id == best_px.export  # no C2ST here: follows the prior's NLL
+        assert _champion(client, "brainvq-sampler").run_id == best_px.export  # no val C2ST here: the prior's val NLL
 
     # versions carry their ranking metrics and source runs as tags
     v = client.get_model_version("brainvq-vqvae", "1")
-    assert float(v.tags["test/ssim"]) == pytest.approx(_metric(client, order[0].vqvae, "test/ssim"))
+    assert float(v.tags["val/ssim"]) == pytest.approx(_metric(client, order[0].vqvae, "val/ssim"))
+    assert float(v.tags["test/ssim_brain"]) == pytest.approx(_metric(client, order[0].vqvae, "test/ssim_brain"))
     assert v.tags["brainvq.source_run_id"] == order[0].vqvae and v.run_id == order[0].vqvae
     s = client.get_model_version("brainvq-sampler", "2")
     assert s.tags["brainvq.pixelcnn_run_id"] == order[1].prior and s.tags["brainvq.pair_id"]
-    assert float(s.tags["prior/test_nll_bits"]) == pytest.approx(_metric(client, order[1].prior, "prior/test_nll_bits"))
+    assert float(s.tags["prior/val_nll_bits"]) == pytest.approx(_metric(client, order[1].prior, "prior/val_nll_bits"))
 
     # registering the same runs again (a rerun of a cached pipeline) reuses their versions
     again = {r.name: r for r in register_pipeline(order[1].vqvae, order[1].prior, order[1].export)}
@@ -85,9 +87,9 @@ def test_pipeline_registrations_move_champion_only_when_better(client, lineages)
     assert len(client.search_model_versions("name = 'brainvq-vqvae'")) == 3
 
 
-def test_prior_and_sampler_champion_follow_lowest_nll(client, lineages):
+def test_prior_and_sampler_champion_follow_lowest_validation_nll(client, lineages):
     _, _, trained = lineages
-    order = _median_worst_best(trained, lambda lin: -_metric(client, lin.prior, "prior/test_nll_bits"))
+    order = _median_worst_best(trained, lambda lin: -_metric(client, lin.prior, "prior/val_nll_bits"))
     expected_promoted = [True, False, True]
     for step, lin in enumerate(order):
         prior = register_run("prior", lin.prior)
@@ -138,9 +140,26 @@ def test_unfinished_or_mismatched_runs_are_refused_before_anything_is_registered
     assert client.search_registered_models() == []  # checked first, so not even the VQ-VAE was registered
 
 
-def test_sampler_ranking_prefers_c2st_when_both_versions_have_it():
+def test_sampler_ranking_uses_validation_realism_only_when_intervals_separate():
     criteria = SPECS["sampler"].criteria
-    new = {"gen/c2st_distance": "0.05", "prior/test_nll_bits": "3.0"}
-    assert compare(new, {"gen/c2st_distance": "0.2", "prior/test_nll_bits": "2.0"}, criteria)[0] is True
-    assert compare(new, {"prior/test_nll_bits": "2.0"}, criteria)[0] is False  # champion lacks C2ST: NLL decides
-    assert compare({}, {"prior/test_nll_bits": "2.0"}, criteria)[0] is None
+    proto = {"brainvq.eval_protocol": "p1"}
+
+    def version(acc, low, high, nll, **extra):
+        return {**proto, "val/c2st_accuracy": str(acc), "val/c2st_accuracy_ci_low": str(low),
+                "val/c2st_accuracy_ci_high": str(high), "prior/val_nll_bits": str(nll), **extra}
+
+    champion = version(0.90, 0.87, 0.93, 2.0)
+    # clearly more realistic: the realism test decides even though its NLL is worse
+    better, why = compare(version(0.70, 0.66, 0.74, 3.0), champion, criteria)
+    assert better is True and "val/c2st_accuracy" in why
+    # a lower accuracy whose interval overlaps the champion's is a tie: the validation NLL decides
+    better, why = compare(version(0.88, 0.85, 0.91, 3.0), champion, criteria)
+    assert better is False and "intervals overlap" in why and "prior/val_nll_bits" in why
+    better, _ = compare(version(0.88, 0.85, 0.91, 1.5), champion, criteria)
+    assert better is True
+    # realism figures from another protocol are never compared; the test split never ranks
+    other = version(0.50, 0.45, 0.55, 3.0, **{"brainvq.eval_protocol": "p2"})
+    better, why = compare(other, champion, criteria)
+    assert better is False and "different protocols" in why
+    assert compare({"gen/c2st_accuracy": "0.5", "prior/test_nll_bits": "1.0"}, champion, criteria)[0] is None
+    assert compare({}, {"prior/val_nll_bits": "2.0"}, criteria)[0] is None

@@ -34,10 +34,10 @@ def test_draw_matches_softmax_frequencies():
     np.testing.assert_allclose(got, p / p.sum(), atol=0.015)
 
 
-def tiny_prior(conditional=True, dilation_cycle=(1,)) -> GatedPixelCNN:
+def tiny_prior(conditional=True, dilation_cycle=(1,), num_layers=3, code_shape=(6, 7)) -> GatedPixelCNN:
     torch.manual_seed(0)
-    cfg = PixelCNNConfig(num_embeddings=5, num_layers=3, hidden_channels=8, conditional=conditional, code_shape=(6, 7),
-                         dilation_cycle=dilation_cycle)
+    cfg = PixelCNNConfig(num_embeddings=5, num_layers=num_layers, hidden_channels=8, conditional=conditional,
+                         code_shape=code_shape, dilation_cycle=dilation_cycle)
     m = GatedPixelCNN(cfg).eval()
     with torch.no_grad():  # position biases start at zero: randomise them so exactness covers them
         m.row_bias.normal_(0, 0.5)
@@ -58,6 +58,21 @@ def test_fast_equals_naive(conditional, dilation_cycle):
     # batch size does not change what a given sample draws; a different seed does
     np.testing.assert_array_equal(fast, sample_codes(prior, 5, labels, method="fast", **{**kw, "batch_size": 5}))
     assert not np.array_equal(fast, sample_codes(prior, 5, labels, method="fast", **{**kw, "seed": 4}))
+
+
+def test_fast_equals_naive_for_the_shipped_dilated_prior():
+    """12 layers of the default cycle 1,2,4,8,16 on a 20x24 grid (larger than the largest dilation), so every cached
+    tap of the row and step modules is read and checked."""
+    from brainvq.pipelines.train_pixelcnn import build_parser
+
+    cycle = tuple(int(d) for d in build_parser().get_default("dilation_cycle").split(","))
+    assert max(cycle) == 16
+    prior = tiny_prior(True, cycle, num_layers=12, code_shape=(20, 24))
+    labels = np.array([0, 1])
+    kw = dict(seed=5, batch_size=2, progress=False, temperature=1.5)
+    fast = sample_codes(prior, 2, labels, method="fast", **kw)
+    np.testing.assert_array_equal(fast, sample_codes(prior, 2, labels, method="naive", **kw))
+    assert len(np.unique(fast)) > 1
 
 
 def test_sample_codes_rejects_bad_arguments():

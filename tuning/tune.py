@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_param(p, "space", default="", help="YAML/JSON file overriding the search space")
     add_param(p, "max_train_images", type=intlike, default=0, help="cap on training slices; 0 = all")
     add_param(p, "image_size", type=image_size, default=(240, 256), help="HxW slices are padded/cropped to")
-    add_param(p, "val_fraction", type=float, default=0.1, help="share of training subjects held out for validation")
+    add_param(p, "val_fraction", type=float, default=0.2, help="share of training subjects held out for validation")
     add_param(p, "heartbeat_interval", type=intlike, default=30, help="seconds between trial heartbeats; 0 = off")
     add_param(p, "grace_period", type=intlike, default=0, help="seconds without heartbeat before a trial is failed; 0 = 2x interval")
     add_param(p, "max_retry", type=intlike, default=2, help="retries of a trial whose worker died")

@@ -50,7 +50,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint safely; ``kind`` (``"vqvae"``/``"pixelcnn"``) is checked when given."""
+    """Load a checkpoint safely; ``kind`` (``"vqvae"``, ``"pixelcnn"``, ``"critic"``) is checked when given."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"checkpoint not found: {path}")
@@ -81,6 +81,10 @@ def build_model(ckpt: dict, path: str | os.PathLike = "<checkpoint>"):
             from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 
             model = GatedPixelCNN(PixelCNNConfig(**ckpt["config"]))
+        elif kind == "critic":
+            from brainvq.quality.critic import Critic, CriticConfig
+
+            model = Critic(CriticConfig(**ckpt["config"]))
         else:
             raise ModelFileError(f"checkpoint {path} has unknown kind {kind!r}")
         model.load_state_dict(ckpt["model"])

@@ -4,11 +4,15 @@
 data_range=1.0)`` averages the SSIM map after cropping ``(win_size - 1) // 2 = 5`` pixels from each border;
 torchmetrics averages the uncropped (reflect-padded) map. We ask torchmetrics for the full map and crop it the same
 way, which agrees with scikit-image to ~1e-6 (tests/test_metrics.py holds it to 1e-3).
+
+Brain-region figures (:func:`ssim_brain`, :func:`psnr_brain`) average over :func:`brain_mask` only: on the demo set
+about half of every slice is black background, which any decoder reproduces and which flatters whole-slice figures.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure,
     peak_signal_noise_ratio,
@@ -19,6 +23,10 @@ SIGMA = 1.5
 # scikit-image's window for gaussian weights: 2 * int(truncate * sigma + 0.5) + 1 with truncate = 3.5.
 WIN = 2 * int(3.5 * SIGMA + 0.5) + 1
 _CROP = (WIN - 1) // 2
+# Brain mask rule: target intensity above 5/255 (~0.02; background is 0 in skull-stripped slices, noise reaches a
+# few grey levels), then dilated by 3 px so the brain's edge, where blur shows first, counts as brain.
+BRAIN_THRESHOLD = 0.02
+BRAIN_DILATION = 3
 
 
 def ssim_map(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -28,6 +36,31 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         data_range=1.0, reduction="none", return_full_image=True,
     )
     return full[..., _CROP:-_CROP, _CROP:-_CROP]
+
+
+def brain_mask(target: torch.Tensor, threshold: float = BRAIN_THRESHOLD,
+               dilation: int = BRAIN_DILATION) -> torch.Tensor:
+    """Boolean brain mask ``(B,1,H,W)`` of target slices in [0,1]: ``target > threshold`` dilated by ``dilation``
+    pixels (a square max-pool), the rule every brain-region figure uses."""
+    mask = (target > threshold).float()
+    if dilation > 0:
+        mask = F.max_pool2d(mask, 2 * dilation + 1, stride=1, padding=dilation)
+    return mask > 0
+
+
+def ssim_brain(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image mean of the SSIM map over the brain mask ``(B,)`` (map and mask cropped alike); NaN for a slice
+    with no brain pixel."""
+    mask = brain_mask(target)[..., _CROP:-_CROP, _CROP:-_CROP].float()
+    smap = ssim_map(pred, target)
+    return (smap * mask).flatten(1).sum(1) / mask.flatten(1).sum(1)
+
+
+def psnr_brain(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB over the brain mask ``(B,)``; NaN for a slice with no brain pixel."""
+    mask = brain_mask(target).float()
+    mse = (((pred.float() - target.float()) ** 2) * mask).flatten(1).sum(1) / mask.flatten(1).sum(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -122,28 +122,3 @@ def encode_all_splits(vqvae: VQVAE, vqvae_params: dict, out_dir: Path, batch_siz
                                  vqvae.config.num_embeddings)
         log.info("encoded %s: %d grids of %s", name, len(codes), codes.shape[1:])
     return files
-
-
-def evaluate_generation(prior, vqvae: VQVAE, vqvae_params: dict, n_samples: int, temperature: float, top_k: int,
-                        seed: int, out_dir: Path, max_real: int = 400) -> dict[str, float]:
-    """Generate ``n_samples`` slices and compare them with real test slices (``brainvq.evaluation``); writes
-    ``generated.png`` beside the metrics."""
-    from brainvq.evaluation import EvalConfig, evaluate_samples
-    from brainvq.plots import save_grid, to_uint8
-
-    splits = vqvae_run_splits(vqvae_params)
-    images, _, labels = generate(prior, vqvae, n_samples, "both", temperature, top_k, seed)
-    rng = np.random.default_rng(seed)
-    test_idx = np.sort(rng.permutation(len(splits.test))[:max_real])
-    train_idx = np.sort(rng.permutation(len(splits.train))[:max_real])
-    fake = to_uint8(images)
-    save_grid([fake[i : i + 8] for i in range(0, min(len(fake), 32), 8)], Path(out_dir) / "generated.png")
-    conditional = prior.config.conditional and (splits.train.labels >= 0).all()
-    metrics = evaluate_samples(
-        splits.test.images[test_idx], fake,
-        fake_labels=labels if conditional else None,
-        real_train=splits.train.images[train_idx] if conditional else None,
-        real_train_labels=splits.train.labels[train_idx] if conditional else None,
-        config=EvalConfig(seed=seed),
-    )
-    return {k: float(v) for k, v in metrics.items()}

@@ -1,20 +1,26 @@
 """Model registry: finished runs become versions of ``brainvq-vqvae``, ``brainvq-prior`` and ``brainvq-sampler``, and
-the ``champion`` alias moves only when a new version beats the current champion. MLflow's public client API only.
+the ``champion`` alias moves only when a new version beats the current champion **on validation figures**. The
+test split never chooses: test figures are copied into version tags for the report, and never compared.
 
 =================  ===================================================  ==========================================
-registered model   a version is                                         ranked on (the first both versions carry)
+registered model   a version is                                         ranked on (the first that decides)
 =================  ===================================================  ==========================================
-brainvq-vqvae      the ``train_vqvae`` run's logged PyTorch ``model``   ``test/ssim``, higher wins
-brainvq-prior      the ``train_pixelcnn`` run's logged ``model``        ``prior/test_nll_bits``, lower wins
-brainvq-sampler    the ``export_onnx`` run's ``onnx/`` folder: decoder,  ``gen/c2st_distance`` = abs(C2ST accuracy
-                   prior and the fast sampler's graphs, one pair         − 0.5), lower wins; else its prior's
-                                                                         ``prior/test_nll_bits``, lower wins
+brainvq-vqvae      the ``train_vqvae`` run's logged PyTorch ``model``   ``val/ssim``, higher wins
+brainvq-prior      the ``train_pixelcnn`` run's logged ``model``        ``prior/val_nll_bits``, lower wins
+brainvq-sampler    the ``export_onnx`` run's ``onnx/`` folder: decoder,  ``val/c2st_accuracy`` (the realism test on
+                   prior and the fast sampler's graphs, one pair         the validation split under the default
+                                                                         evaluation protocol), lower wins when the
+                                                                         95% intervals do not overlap; else its
+                                                                         prior's ``prior/val_nll_bits``, lower wins
 =================  ===================================================  ==========================================
 
 The sampler is registered as the whole ``onnx/`` folder, not one ``mlflow.onnx`` model, because sampling needs the
 decoder and the prior *of the same export* (they carry one pair ID): ``brainvq sample-onnx --model_dir
-models:/brainvq-sampler@champion`` downloads exactly that set. The C2ST distance comes from the newest FINISHED
-``evaluate_samples`` run of the sampler's prior; it is comparable across codebooks, which NLL in bits is not.
+models:/brainvq-sampler@champion`` downloads exactly that set. Its realism score is read from the FINISHED
+``evaluate_samples`` run of the sampler's prior under the default protocol (:data:`DEFAULT_PROTOCOL`: sample count,
+seed, temperature and classifier recipe, recorded as the run's ``brainvq.eval_protocol`` tag); the evaluation is
+deterministic, and the first such run is used, so rerunning it until a seed is lucky changes nothing. Two versions
+are compared on it only when both were scored under the same protocol.
 
 Every version carries its ranking metrics and source run IDs as tags. A run is registered only when it is FINISHED,
 at most once per registered model (registering it again reuses its version), and all runs of a pipeline are checked
@@ -47,13 +53,25 @@ class ModelSpec:
 
 
 SPECS = {
-    "vqvae": ModelSpec("brainvq-vqvae", "train_vqvae", (("test/ssim", "max"),), ("test/ssim", "test/psnr")),
-    "prior": ModelSpec("brainvq-prior", "train_pixelcnn", (("prior/test_nll_bits", "min"),),
-                       ("prior/test_nll_bits", "prior/unigram_bits", "prior/uniform_bits")),
+    "vqvae": ModelSpec("brainvq-vqvae", "train_vqvae", (("val/ssim", "max"),),
+                       ("val/ssim", "val/ssim_brain", "test/ssim", "test/ssim_brain", "test/psnr", "test/psnr_brain")),
+    "prior": ModelSpec("brainvq-prior", "train_pixelcnn", (("prior/val_nll_bits", "min"),),
+                       ("prior/val_nll_bits", "prior/test_nll_bits", "prior/position_unigram_bits",
+                        "prior/unigram_bits", "prior/uniform_bits")),
     "sampler": ModelSpec("brainvq-sampler", "export_onnx",
-                         (("gen/c2st_distance", "min"), ("prior/test_nll_bits", "min")),
-                         ("prior/test_nll_bits", "gen/c2st_accuracy", "gen/c2st_distance")),
+                         (("val/c2st_accuracy", "min"), ("prior/val_nll_bits", "min")),
+                         ("val/c2st_accuracy", "val/c2st_accuracy_ci_low", "val/c2st_accuracy_ci_high",
+                          "prior/val_nll_bits", "prior/test_nll_bits", "gen/c2st_accuracy",
+                          "gen/c2st_accuracy_ci_low", "gen/c2st_accuracy_ci_high", "gen/c2st_recon_ceiling")),
 }
+PROTOCOL_TAG = "brainvq.eval_protocol"
+
+
+def default_protocol() -> str:
+    """Digest of the default evaluation protocol: the only one whose validation score ranks samplers."""
+    from brainvq.quality.evaluate import EvalProtocol
+
+    return EvalProtocol().digest()
 
 
 @dataclass
@@ -113,10 +131,14 @@ def plan_run(kind: str, run_id: str) -> Plan:
         if not px_id:  # resolve_run("") would mean the newest prior, not this export's
             raise RunError(f"export_onnx run {rid} does not record its prior (tag brainvq.pixelcnn_run_id)")
         metrics = dict(resolve_run(px_id, "train_pixelcnn").data.metrics)
-        evaluated = find_stage_runs("evaluate_samples", tags={"brainvq.prior_run_id": px_id})
-        if evaluated and "gen/c2st_accuracy" in evaluated[0].data.metrics:
-            metrics["gen/c2st_accuracy"] = evaluated[0].data.metrics["gen/c2st_accuracy"]
-            metrics["gen/c2st_distance"] = abs(metrics["gen/c2st_accuracy"] - 0.5)
+        protocol = default_protocol()
+        evaluated = [r for r in find_stage_runs("evaluate_samples", tags={"brainvq.prior_run_id": px_id,
+                                                                          PROTOCOL_TAG: protocol})
+                     if "val/c2st_accuracy" in r.data.metrics]
+        if evaluated:  # the first one: the protocol is deterministic, a rerun can only repeat it
+            first = evaluated[-1]
+            metrics.update({k: v for k, v in first.data.metrics.items() if k.startswith(("val/c2st", "gen/c2st"))})
+            tags.update({PROTOCOL_TAG: protocol, "brainvq.eval_run_id": first.info.run_id})
         tags.update({"brainvq.vqvae_run_id": run.data.tags.get("brainvq.vqvae_run_id", ""),
                      "brainvq.pixelcnn_run_id": px_id, "brainvq.pair_id": run.data.tags.get("brainvq.pair_id", "")})
         plan = Plan(spec, rid, source=f"runs:/{rid}/onnx")
@@ -182,13 +204,35 @@ def _roll_back(client, name: str, run_id: str, drop_model: bool) -> None:
         log.debug("roll-back of %s for run %s failed", name, run_id, exc_info=True)
 
 
+def _interval(tags: dict[str, str], metric: str) -> tuple[float, float] | None:
+    low, high = tags.get(f"{metric}_ci_low"), tags.get(f"{metric}_ci_high")
+    return None if low is None or high is None else (float(low), float(high))
+
+
 def compare(new: dict[str, str], champion: dict[str, str], criteria) -> tuple[bool | None, str]:
-    """Does ``new`` beat ``champion`` (version tags)? ``(None, why)`` when they share no ranking metric."""
+    """Does ``new`` beat ``champion`` (version tags)? ``(None, why)`` when no ranking metric decides.
+
+    A metric decides only when both versions carry it (and, for realism scores, the same evaluation protocol).
+    A metric with a 95% interval on both sides decides only when the intervals do not overlap: an overlap is a
+    tie, and the next metric is asked.
+    """
+    notes = []
     for metric, direction in criteria:
-        if metric in new and metric in champion:
-            a, b = float(new[metric]), float(champion[metric])
-            better = a > b if direction == "max" else a < b
-            return better, f"{metric} {a:.4g} vs champion's {b:.4g}"
+        if metric not in new or metric not in champion:
+            continue
+        if metric.startswith("val/c2st") and new.get(PROTOCOL_TAG) != champion.get(PROTOCOL_TAG):
+            notes.append(f"{metric} was measured under different protocols")
+            continue
+        a, b = float(new[metric]), float(champion[metric])
+        ia, ib = _interval(new, metric), _interval(champion, metric)
+        if ia is not None and ib is not None and ia[0] <= ib[1] and ib[0] <= ia[1]:
+            notes.append(f"{metric} {a:.4g} [{ia[0]:.3g}, {ia[1]:.3g}] ties champion's {b:.4g} "
+                         f"[{ib[0]:.3g}, {ib[1]:.3g}] (intervals overlap)")
+            continue
+        better = a > b if direction == "max" else a < b
+        return better, "; ".join(notes + [f"{metric} {a:.4g} vs champion's {b:.4g}"])
+    if notes:
+        return None, "; ".join(notes) + "; nothing else decides"
     return None, f"no ranking metric ({', '.join(m for m, _ in criteria)}) on both versions"
 
 

@@ -291,7 +291,7 @@ def load_split(root: str | os.PathLike, split: str, image_size=(240, 256), skip_
     return ds, skipped
 
 
-def load_adni(root: str | os.PathLike, image_size=(240, 256), val_fraction: float = 0.1, seed: int = 0,
+def load_adni(root: str | os.PathLike, image_size=(240, 256), val_fraction: float = 0.2, seed: int = 0,
               skip_bad: bool = False, cache_dir: str | os.PathLike | None = None,
               max_train_images: int = 0) -> ADNISplits:
     """Train/val/test slices of an ADNI-layout folder; val is carved from train by subject (see

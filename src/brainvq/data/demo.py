@@ -38,8 +38,8 @@ _PIXEL_SCALE = 1.2  # output pixels per mm at 240x256, so the brain fills most o
 class DemoConfig:
     """Validated parameters of a demo set (they also key its cache folder)."""
 
-    train_subjects: int = 40
-    test_subjects: int = 12
+    train_subjects: int = 50
+    test_subjects: int = 14
     seed: int = 0
     slices_per_subject: int = 20
     image_size: tuple[int, int] = (240, 256)  # (H, W)
@@ -196,7 +196,7 @@ def _subject(tpl: dict, rng: np.random.Generator, ad: bool, cfg: DemoConfig) -> 
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def make_demo_data(out: str | os.PathLike, train_subjects: int = 40, test_subjects: int = 12, seed: int = 0,
+def make_demo_data(out: str | os.PathLike, train_subjects: int = 50, test_subjects: int = 14, seed: int = 0,
                    slices_per_subject: int = 20, image_size=(240, 256), progress: bool = True) -> Path:
     """Write the demo set to ``out`` (created; must be empty or absent). Deterministic for a seed."""
     try:
@@ -240,7 +240,7 @@ def default_demo_dir(**params) -> Path:
 
 
 def ensure_demo_data(**params) -> Path:
-    """The demo set for ``params`` (defaults: 40+12 subjects), generated into the cache on first use, then reused.
+    """The demo set for ``params`` (defaults: 50+14 subjects), generated into the cache on first use, then reused.
 
     Generated in a temporary folder and renamed into place, so a killed or concurrent run never leaves half a set.
     """

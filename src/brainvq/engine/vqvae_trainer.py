@@ -30,7 +30,7 @@ from brainvq.engine.common import (
 )
 from brainvq.engine.tracking import NullTracker, Tracker
 from brainvq.losses import ssim_loss
-from brainvq.metrics import psnr, ssim
+from brainvq.metrics import psnr, psnr_brain, ssim, ssim_brain
 from brainvq.models.vqvae import VQVAE, VQVAEConfig
 
 if TYPE_CHECKING:
@@ -79,7 +79,9 @@ class FitResult(NamedTuple):
 @torch.no_grad()
 def evaluate_vqvae(model: VQVAE, data: SliceDataset, batch_size: int = 32, device: torch.device | str = "cpu",
                    shard: bool = False) -> dict[str, float]:
-    """Mean SSIM, PSNR, perplexity and codebook usage over a dataset (eval mode, no EMA updates).
+    """Mean SSIM, PSNR, their brain-region versions (``ssim_brain``, ``psnr_brain``: over
+    :func:`brainvq.metrics.brain_mask`, slices without brain left out), perplexity and codebook usage over a dataset
+    (eval mode, no EMA updates).
 
     ``shard=True`` (every rank must call it) splits the data over DDP ranks and sums the statistics over them.
     """
@@ -88,23 +90,29 @@ def evaluate_vqvae(model: VQVAE, data: SliceDataset, batch_size: int = 32, devic
     if len(data) == 0:
         return {}
     rows = distributed.shard(np.arange(len(data))) if shard else np.arange(len(data))
-    s_ssim, s_psnr, counts = 0.0, 0.0, torch.zeros(model.config.num_embeddings, dtype=torch.float64)
+    sums = torch.zeros(5, dtype=torch.float64)  # ssim, psnr, ssim_brain, psnr_brain, slices with brain
+    counts = torch.zeros(model.config.num_embeddings, dtype=torch.float64)
     for start in range(0, len(rows), batch_size):
         x, _ = data.batch(rows[start : start + batch_size])
         x = x.to(device)
         out = model(x)
         recon = out.recon.clamp(0, 1)
-        s_ssim += ssim(recon, x).sum().item()
-        s_psnr += psnr(recon, x).sum().item()
+        sb, pb = ssim_brain(recon, x).double().cpu(), psnr_brain(recon, x).double().cpu()
+        has_brain = torch.isfinite(sb)
+        sums += torch.stack([ssim(recon, x).double().sum().cpu(), psnr(recon, x).double().sum().cpu(),
+                             sb[has_brain].sum(), pb[has_brain].sum(), has_brain.sum().double()])
         counts += torch.bincount(out.indices.flatten().cpu(), minlength=counts.numel()).double()
     if shard:
-        s_ssim, s_psnr = distributed.all_reduce_sum(torch.tensor([s_ssim, s_psnr], dtype=torch.float64)).tolist()
+        sums = distributed.all_reduce_sum(sums)
         counts = distributed.all_reduce_sum(counts)
+    s_ssim, s_psnr, s_ssim_b, s_psnr_b, n_brain = sums.tolist()
     p = counts / counts.sum()
     perplexity = torch.exp(-(p * torch.log(p + 1e-12)).sum()).item()
     return {
         "ssim": s_ssim / len(data),
         "psnr": s_psnr / len(data),
+        "ssim_brain": s_ssim_b / n_brain if n_brain else float("nan"),
+        "psnr_brain": s_psnr_b / n_brain if n_brain else float("nan"),
         "perplexity": perplexity,
         "codebook_usage": float((counts > 0).double().mean()),
     }

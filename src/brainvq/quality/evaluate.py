@@ -1,0 +1,219 @@
+"""Every sample-quality figure of brainvq, computed from arrays: MLflow-free (the caller logs the returned dicts).
+
+Two parts, because one of them depends only on the real data and the protocol:
+
+* :func:`calibrate` (once per data set, split and protocol; the tracking layer stores and reuses it): the power of
+  the realism test (:func:`brainvq.quality.c2st.power_checks`), the feature network (an AD/NC
+  :class:`~brainvq.quality.critic.Critic` trained on the training split only) and the real floors read beside
+  every generated figure: ``real/fd``, ``real/precision``, ``real/recall`` (real training vs real held-out slices),
+  ``real/trtr_accuracy``, ``real/label_classifier_accuracy`` and ``real/msssim_diversity`` (pairs across subjects).
+* :func:`evaluate_generated`: the generated slices against the same real slices: ``gen/c2st_accuracy`` with its 95%
+  interval and p-value, ``gen/fd``, ``gen/precision``, ``gen/recall``, ``gen/tstr_accuracy``,
+  ``gen/label_agreement``, ``gen/msssim_diversity`` and, given the VQ-VAE, ``gen/c2st_recon_ceiling``: real vs the
+  VQ-VAE's reconstructions of other held-out slices, the figure no prior over its codes can beat.
+
+The held-out slices are those of one split: ``val`` when the figures choose something (registry, defaults),
+``test`` for the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+
+from brainvq.quality.c2st import (
+    C2STProtocol,
+    C2STResult,
+    as_tensor,
+    halves,
+    power_checks,
+    two_sample_test,
+    underpowered,
+)
+from brainvq.quality.classify import embed, fit_critic, front_maps, predict_labels
+from brainvq.quality.critic import Critic
+from brainvq.quality.diversity import msssim_diversity
+from brainvq.quality.fidelity import frechet_distance, precision_recall
+
+POWER_METRICS = {"null": "gen/c2st_null", "blur10": "gen/c2st_power_blur10", "blur05": "gen/c2st_power_blur05",
+                 "noise": "gen/c2st_power_noise"}
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """The fixed, recorded protocol of an evaluation: how many slices are generated and compared, with which seed
+    and sampling settings, and how every classifier is trained. Figures are comparable only under one protocol
+    (its :meth:`digest` is logged with them and the registry compares only equal ones)."""
+
+    n_samples: int = 256  # generated slices; the real side uses as many held-out slices (all when fewer)
+    seed: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    max_pairs: int = 256  # pairs for MS-SSIM diversity
+    c2st: C2STProtocol = field(default_factory=C2STProtocol)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.c2st, dict):
+            object.__setattr__(self, "c2st", C2STProtocol(**self.c2st))
+        if not isinstance(self.n_samples, int) or self.n_samples < 8:
+            raise ValueError(f"n_samples must be an integer >= 8, got {self.n_samples!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
+                or self.temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = all codes), got {self.top_k!r}")
+        if not isinstance(self.max_pairs, int) or self.max_pairs < 1:
+            raise ValueError(f"max_pairs must be an integer >= 1, got {self.max_pairs!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def calibration_dict(self) -> dict:
+        """The part a calibration depends on (not the sampling settings)."""
+        return {"n_samples": self.n_samples, "seed": self.seed, "max_pairs": self.max_pairs,
+                "c2st": self.c2st.to_dict()}
+
+    def calibration_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.calibration_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Slices(NamedTuple):
+    """A set of slices: ``images`` uint8 ``(N,H,W)``, ``labels`` ``(N,)`` (1 AD, 0 NC, -1 unknown), ``subjects``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    subjects: list[str]
+
+    def take(self, idx: np.ndarray) -> "Slices":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Slices(np.asarray(self.images[idx]), np.asarray(self.labels)[idx], [self.subjects[i] for i in idx])
+
+    @property
+    def labelled(self) -> bool:
+        labels = np.asarray(self.labels)
+        return len(labels) > 0 and bool(np.isin(labels, (0, 1)).all()) and len(np.unique(labels)) == 2
+
+
+class Calibration(NamedTuple):
+    """What depends only on the real data and the protocol (see :func:`calibrate`)."""
+
+    metrics: dict[str, float]  # real/* floors and gen/c2st_null, gen/c2st_power_* (with their intervals)
+    power: dict[str, C2STResult]
+    features: Critic | None  # the AD/NC network trained on the training split; None for unlabelled data
+
+
+def data_digest(*arrays: np.ndarray) -> str:
+    """Content digest of the slices an evaluation reads (the calibration's key, with the protocol)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def select_real(held_out: Slices, protocol: EvalProtocol) -> Slices:
+    """The held-out slices the generated ones are compared with: ``n_samples`` of them (all when fewer), drawn at
+    random across subjects (sorted file lists come in blocks of class and subject)."""
+    n = min(protocol.n_samples, len(held_out.images))
+    return held_out.take(np.random.default_rng([protocol.seed, 11]).permutation(len(held_out.images))[:n])
+
+
+def _balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices with the classes as equal as the data allows (seeded)."""
+    rng = np.random.default_rng([seed, 13])
+    classes = np.unique(labels)
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
+    out: list[int] = []
+    while len(out) < n and any(pools):
+        for pool in pools:
+            if pool and len(out) < n:
+                out.append(pool.pop())
+    return np.sort(np.asarray(out, dtype=np.int64))
+
+
+def _accuracy(model: Critic, maps: torch.Tensor, labels: np.ndarray) -> float:
+    return float((predict_labels(model, maps) == np.asarray(labels)).mean())
+
+
+def _power_metrics(power: dict[str, C2STResult]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, res in power.items():
+        out.update(res.metrics(POWER_METRICS[name]))
+    return out
+
+
+def calibrate(real: Slices, held_out: Slices, train: Slices, protocol: EvalProtocol = EvalProtocol()) -> Calibration:
+    """Power checks, feature network and real floors for ``real`` (:func:`select_real` of ``held_out``, the whole
+    held-out split) against the training split ``train``."""
+    c2st = protocol.c2st
+    power = power_checks(real.images, c2st)
+    metrics = _power_metrics(power)
+    metrics["real/msssim_diversity"] = msssim_diversity(as_tensor(real.images), protocol.max_pairs, protocol.seed,
+                                                        groups=real.subjects)
+    features = None
+    if train.labelled and held_out.labelled:
+        cell = c2st.fit.critic.cell
+        features = fit_critic(front_maps(as_tensor(train.images), cell), train.labels, c2st.fit, seed=c2st.seed)
+        held_maps = front_maps(as_tensor(held_out.images), cell)
+        metrics["real/label_classifier_accuracy"] = _accuracy(features, held_maps, held_out.labels)
+        # TRTR: the same recipe on as many real training slices as slices are generated.
+        sub = train.take(_balanced_subset(train.labels, protocol.n_samples, protocol.seed))
+        trtr = fit_critic(front_maps(as_tensor(sub.images), cell), sub.labels, c2st.fit, seed=c2st.seed + 1)
+        metrics["real/trtr_accuracy"] = _accuracy(trtr, held_maps, held_out.labels)
+        # The floor of FD / precision / recall: real training slices vs the held-out ones, at the same size.
+        floor = train.take(np.random.default_rng([protocol.seed, 17]).permutation(len(train.images))[:len(real.images)])
+        f_real = embed(features, front_maps(as_tensor(real.images), cell))
+        f_floor = embed(features, front_maps(as_tensor(floor.images), cell))
+        metrics["real/fd"] = frechet_distance(f_floor, f_real)
+        metrics["real/precision"], metrics["real/recall"] = precision_recall(f_real, f_floor)
+    return Calibration(metrics, power, features)
+
+
+def evaluate_generated(fake: Slices, real: Slices, held_out: Slices, calibration: Calibration,
+                       protocol: EvalProtocol = EvalProtocol(),
+                       reconstruct: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
+    """Generated slices ``fake`` (labels 1 AD / 0 NC when class-conditional, else -1) against ``real``
+    (:func:`select_real` of ``held_out``). ``reconstruct`` (uint8 slices -> their VQ-VAE reconstructions as uint8)
+    adds ``gen/c2st_recon_ceiling``."""
+    c2st = protocol.c2st
+    cell = c2st.fit.critic.cell
+    real_maps = front_maps(as_tensor(real.images), cell)
+    fake_maps = front_maps(as_tensor(fake.images), cell)
+    main = two_sample_test(real_maps, fake_maps, c2st)
+    out = main.metrics("gen/c2st_accuracy")
+    out["gen/c2st_pvalue"] = main.pvalue
+    out["gen/c2st_n"] = float(main.n_per_side)
+    if reconstruct is not None:
+        a, b = halves(len(real.images), c2st.seed)
+        recon = reconstruct(real.images[b])
+        ceiling = two_sample_test(front_maps(as_tensor(real.images[a]), cell), front_maps(as_tensor(recon), cell),
+                                  c2st, salt=9)
+        out.update(ceiling.metrics("gen/c2st_recon_ceiling"))
+    out["gen/msssim_diversity"] = msssim_diversity(as_tensor(fake.images), protocol.max_pairs, protocol.seed)
+    features = calibration.features
+    if features is not None:
+        f_real, f_fake = embed(features, real_maps), embed(features, fake_maps)
+        out["gen/fd"] = frechet_distance(f_fake, f_real)
+        out["gen/precision"], out["gen/recall"] = precision_recall(f_real, f_fake)
+        if fake.labelled:
+            out["gen/label_agreement"] = _accuracy(features, fake_maps, fake.labels)
+            tstr = fit_critic(fake_maps, fake.labels, c2st.fit, seed=c2st.seed + 1)
+            out["gen/tstr_accuracy"] = _accuracy(tstr, front_maps(as_tensor(held_out.images), cell), held_out.labels)
+    return out
+
+
+def power_warnings(calibration: Calibration) -> list[str]:
+    """Power checks below their targets (see :data:`brainvq.quality.c2st.POWER_TARGETS`)."""
+    return underpowered(calibration.power)
