@@ -17,7 +17,7 @@ COMMANDS = {
     "encode-codes": ("brainvq.pipelines.encode_codes", "encode train/val/test into code grids of a VQ-VAE run"),
     "train-pixelcnn": ("brainvq.pipelines.train_pixelcnn", "train the gated PixelCNN prior over a VQ-VAE's codes"),
     "sample": ("brainvq.pipelines.sample", "sample brain slices in PyTorch from a prior run"),
-    "evaluate-samples": ("brainvq.pipelines.evaluate_samples", "measure generated-sample quality (C2ST, diversity)"),
+    "evaluate-samples": ("brainvq.pipelines.evaluate_samples", "measure generated slices: realism test with power, FD, precision/recall, TSTR (a prior run or any PNG folder)"),
     "export-onnx": ("brainvq.export.export_onnx", "export decoder and prior of finished runs to ONNX"),
     "sample-onnx": ("brainvq.export.sample_onnx", "sample with onnxruntime (no PyTorch needed)"),
     "tune": ("brainvq.tuning.tune", "Optuna sweep over the VQ-VAE or the prior, tracked in MLflow"),

@@ -7,7 +7,6 @@ calibration (power checks, feature network, real floors) in MLflow so that it is
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -82,7 +81,7 @@ def read_sample_folder(folder: str | Path, image_size: tuple[int, int]) -> Slice
     samples = scan_split(folder.parent, folder.name)
     kept = [s for s in samples if Path(s.path).name != "grid.png"]
     if len(kept) < len(samples):
-        warnings.warn(f"{folder}: left out grid.png (a contact sheet, not a slice)", UserWarning, stacklevel=2)
+        log.warning("%s: left out grid.png (a contact sheet, not a slice)", folder)
     if not kept:
         raise DataError(f"no slices in {folder} besides grid.png")
     images = np.stack([decode(s.path, tuple(image_size))[0] for s in kept])

@@ -194,7 +194,7 @@ CALIBRATION_STAGE = "eval_calibration"
 CRITIC_ARTIFACT = "calibration/features.pt"
 
 
-def _power_from_metrics(metrics: dict[str, float]):
+def _power_from_metrics(metrics: dict[str, float], n_per_side: int):
     from brainvq.quality.c2st import C2STResult
     from brainvq.quality.evaluate import POWER_METRICS
 
@@ -202,7 +202,7 @@ def _power_from_metrics(metrics: dict[str, float]):
     for name, key in POWER_METRICS.items():
         if key in metrics:
             power[name] = C2STResult(metrics[key], metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"],
-                                     float("nan"), int(metrics.get("calibration/n_per_side", 0)))
+                                     float("nan"), n_per_side)
     return power
 
 
@@ -228,10 +228,11 @@ def calibration_for(real, held_out, train, protocol, split: str):
         features = None
         if run.data.tags.get("brainvq.has_features") == "true":
             features, _ = load_model(download_artifact(run.info.run_id, CRITIC_ARTIFACT), kind="critic")
-        metrics = dict(run.data.metrics)
+        n_per_side = int(run.data.metrics.get("calibration/n_per_side", 0))
+        metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("calibration/")}
         log.info("calibration: reusing run %s (data %s, protocol %s)", run.info.run_id, params["data_digest"],
                  params["calibration_protocol"])
-        return Calibration(metrics, _power_from_metrics(metrics), features), run.info.run_id, True
+        return Calibration(metrics, _power_from_metrics(metrics, n_per_side), features), run.info.run_id, True
     with stage_run(CALIBRATION_STAGE, params, nested=True) as run:
         cal = calibrate(real, held_out, train, protocol)
         mlflow.log_metrics({**cal.metrics, "calibration/n_per_side": float(next(iter(cal.power.values())).n_per_side)})

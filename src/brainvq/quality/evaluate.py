@@ -204,7 +204,11 @@ def evaluate_generated(fake: Slices, real: Slices, held_out: Slices, calibration
     out["gen/msssim_diversity"] = msssim_diversity(as_tensor(fake.images), protocol.max_pairs, protocol.seed)
     features = calibration.features
     if features is not None:
-        f_real, f_fake = embed(features, real_maps), embed(features, fake_maps)
+        # FD and the k-NN radii depend on the sample size: compare equal-sized sets, as the floor does
+        n = min(len(real_maps), len(fake_maps))
+        rng = np.random.default_rng([protocol.seed, 19])  # folders list AD before NC: draw, don't cut
+        ri, fi = (torch.from_numpy(rng.permutation(len(m))[:n]) for m in (real_maps, fake_maps))
+        f_real, f_fake = embed(features, real_maps[ri]), embed(features, fake_maps[fi])
         out["gen/fd"] = frechet_distance(f_fake, f_real)
         out["gen/precision"], out["gen/recall"] = precision_recall(f_real, f_fake)
         if fake.labelled:
