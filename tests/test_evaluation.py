@@ -25,7 +25,7 @@ from brainvq.quality.classify import FitConfig, fit_critic, front_maps, predict_
 from brainvq.quality.critic import Critic, CriticConfig, blur_matrix
 from brainvq.quality.diversity import msssim_diversity, random_pairs
 from brainvq.quality.evaluate import EvalProtocol, Slices, calibrate, evaluate_generated, select_real
-from brainvq.quality.fidelity import frechet_distance, precision_recall
+from brainvq.quality.fidelity import frechet_ci95, frechet_distance, precision_recall
 
 # A quick recipe for the synthetic checks below; the production protocol is exercised on demo slices further down.
 QUICK = C2STProtocol(fit=FitConfig(steps=60))
@@ -148,6 +148,13 @@ def test_frechet_distance_matches_scipy_and_is_zero_for_one_set():
     assert np.isfinite(frechet_distance(dead, dead[::-1]))
 
 
+def test_frechet_interval_narrows_with_the_sample_size():
+    rng = np.random.default_rng(12)
+    small = frechet_ci95(rng.normal(size=(50, 4)), rng.normal(0.3, 1, size=(50, 4)))
+    large = frechet_ci95(rng.normal(size=(800, 4)), rng.normal(0.3, 1, size=(800, 4)))
+    assert 0 < large < small / 2  # 1/sqrt(n): 4x the samples, half the width
+
+
 def test_precision_recall_tell_fidelity_from_coverage():
     rng = np.random.default_rng(7)
     real = np.concatenate([rng.normal(-4, 0.5, (100, 2)), rng.normal(4, 0.5, (100, 2))])
@@ -194,11 +201,15 @@ def test_calibrate_and_evaluate_generated_report_every_figure():
                 "real/recall", "real/trtr_accuracy", "real/label_classifier_accuracy", "real/msssim_diversity"):
         assert np.isfinite(cal.metrics[key]), key
     assert cal.metrics["real/label_classifier_accuracy"] > 0.9  # the dark centre is easy to see
+    for key in ("real/fd", "real/precision", "real/recall", "real/trtr_accuracy", "real/label_classifier_accuracy"):
+        assert 0 < cal.metrics[f"{key}_ci95"] < np.inf, key  # every figure states its noise
     good = labelled(32, "g")
     swapped = _slices(good.images, 1 - good.labels, "s")  # right images, wrong labels
     m_good = evaluate_generated(good, real, held_out, cal, protocol, reconstruct=lambda x: x)
     m_bad = evaluate_generated(swapped, real, held_out, cal, protocol)
     assert m_good["gen/label_agreement"] > 0.9 and m_bad["gen/label_agreement"] < 0.1
+    assert all(f"{k}_ci95" in m_good for k in ("gen/fd", "gen/precision", "gen/recall", "gen/tstr_accuracy",
+                                               "gen/label_agreement", "gen/c2st_accuracy"))
     assert m_good["gen/tstr_accuracy"] > 0.9 and m_bad["gen/tstr_accuracy"] < 0.1
     assert abs(m_good["gen/c2st_recon_ceiling"] - 0.5) < 0.2  # a perfect decoder is indistinguishable
     assert "gen/c2st_recon_ceiling" not in m_bad

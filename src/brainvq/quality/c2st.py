@@ -52,8 +52,12 @@ class C2STProtocol:
         return asdict(self)
 
     def digest(self) -> str:
-        """Short stable ID of the protocol (recorded with every figure it produced)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return digest(self.to_dict())
+
+
+def digest(settings: dict) -> str:
+    """Short stable ID of a protocol's settings (recorded with every figure it produced)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class C2STResult(NamedTuple):

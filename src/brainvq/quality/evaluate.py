@@ -19,7 +19,6 @@ The held-out slices are those of one split: ``val`` when the figures choose some
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, NamedTuple
@@ -31,15 +30,17 @@ from brainvq.quality.c2st import (
     C2STProtocol,
     C2STResult,
     as_tensor,
+    digest,
     halves,
     power_checks,
     two_sample_test,
     underpowered,
+    wilson_interval,
 )
 from brainvq.quality.classify import embed, fit_critic, front_maps, predict_labels
 from brainvq.quality.critic import Critic
 from brainvq.quality.diversity import msssim_diversity
-from brainvq.quality.fidelity import frechet_distance, precision_recall
+from brainvq.quality.fidelity import frechet_ci95, frechet_distance, precision_recall
 
 POWER_METRICS = {"null": "gen/c2st_null", "blur10": "gen/c2st_power_blur10", "blur05": "gen/c2st_power_blur05",
                  "noise": "gen/c2st_power_noise"}
@@ -57,6 +58,8 @@ class EvalProtocol:
     top_k: int = 0
     max_pairs: int = 256  # pairs for MS-SSIM diversity
     c2st: C2STProtocol = field(default_factory=C2STProtocol)
+    # Bumped whenever a figure's definition changes, so that calibrations made by older code are not reused.
+    figures_version: int = 2
 
     def __post_init__(self) -> None:
         if isinstance(self.c2st, dict):
@@ -77,15 +80,15 @@ class EvalProtocol:
         return asdict(self)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return digest(self.to_dict())
 
     def calibration_dict(self) -> dict:
         """The part a calibration depends on (not the sampling settings)."""
         return {"n_samples": self.n_samples, "seed": self.seed, "max_pairs": self.max_pairs,
-                "c2st": self.c2st.to_dict()}
+                "c2st": self.c2st.to_dict(), "figures_version": self.figures_version}
 
     def calibration_digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.calibration_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return digest(self.calibration_dict())
 
 
 class Slices(NamedTuple):
@@ -147,6 +150,19 @@ def _accuracy(model: Critic, maps: torch.Tensor, labels: np.ndarray) -> float:
     return float((predict_labels(model, maps) == np.asarray(labels)).mean())
 
 
+def _with_ci(name: str, share: float, n: int) -> dict[str, float]:
+    """A proportion and the half-width of its 95% Wilson interval over ``n`` scored items (``name_ci95``)."""
+    low, high = wilson_interval(round(share * n), n)
+    return {name: share, f"{name}_ci95": (high - low) / 2}
+
+
+def _fidelity(prefix: str, f_real: np.ndarray, f_other: np.ndarray, seed: int) -> dict[str, float]:
+    """FD (with a bootstrap interval), precision and recall (Wilson intervals given the k-NN manifolds)."""
+    precision, recall = precision_recall(f_real, f_other)
+    return {f"{prefix}/fd": frechet_distance(f_other, f_real), f"{prefix}/fd_ci95": frechet_ci95(f_other, f_real, seed=seed),
+            **_with_ci(f"{prefix}/precision", precision, len(f_other)), **_with_ci(f"{prefix}/recall", recall, len(f_real))}
+
+
 def _power_metrics(power: dict[str, C2STResult]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, res in power.items():
@@ -167,17 +183,18 @@ def calibrate(real: Slices, held_out: Slices, train: Slices, protocol: EvalProto
         cell = c2st.fit.critic.cell
         features = fit_critic(front_maps(as_tensor(train.images), cell), train.labels, c2st.fit, seed=c2st.seed)
         held_maps = front_maps(as_tensor(held_out.images), cell)
-        metrics["real/label_classifier_accuracy"] = _accuracy(features, held_maps, held_out.labels)
+        n_held = len(held_out.labels)
+        metrics.update(_with_ci("real/label_classifier_accuracy", _accuracy(features, held_maps, held_out.labels),
+                                n_held))
         # TRTR: the same recipe on as many real training slices as slices are generated.
         sub = train.take(_balanced_subset(train.labels, protocol.n_samples, protocol.seed))
         trtr = fit_critic(front_maps(as_tensor(sub.images), cell), sub.labels, c2st.fit, seed=c2st.seed + 1)
-        metrics["real/trtr_accuracy"] = _accuracy(trtr, held_maps, held_out.labels)
+        metrics.update(_with_ci("real/trtr_accuracy", _accuracy(trtr, held_maps, held_out.labels), n_held))
         # The floor of FD / precision / recall: real training slices vs the held-out ones, at the same size.
         floor = train.take(np.random.default_rng([protocol.seed, 17]).permutation(len(train.images))[:len(real.images)])
         f_real = embed(features, front_maps(as_tensor(real.images), cell))
         f_floor = embed(features, front_maps(as_tensor(floor.images), cell))
-        metrics["real/fd"] = frechet_distance(f_floor, f_real)
-        metrics["real/precision"], metrics["real/recall"] = precision_recall(f_real, f_floor)
+        metrics.update(_fidelity("real", f_real, f_floor, protocol.seed))
     return Calibration(metrics, power, features)
 
 
@@ -209,12 +226,13 @@ def evaluate_generated(fake: Slices, real: Slices, held_out: Slices, calibration
         rng = np.random.default_rng([protocol.seed, 19])  # folders list AD before NC: draw, don't cut
         ri, fi = (torch.from_numpy(rng.permutation(len(m))[:n]) for m in (real_maps, fake_maps))
         f_real, f_fake = embed(features, real_maps[ri]), embed(features, fake_maps[fi])
-        out["gen/fd"] = frechet_distance(f_fake, f_real)
-        out["gen/precision"], out["gen/recall"] = precision_recall(f_real, f_fake)
+        out.update(_fidelity("gen", f_real, f_fake, protocol.seed))
         if fake.labelled:
-            out["gen/label_agreement"] = _accuracy(features, fake_maps, fake.labels)
+            out.update(_with_ci("gen/label_agreement", _accuracy(features, fake_maps, fake.labels), len(fake.labels)))
             tstr = fit_critic(fake_maps, fake.labels, c2st.fit, seed=c2st.seed + 1)
-            out["gen/tstr_accuracy"] = _accuracy(tstr, front_maps(as_tensor(held_out.images), cell), held_out.labels)
+            held_maps = front_maps(as_tensor(held_out.images), cell)
+            out.update(_with_ci("gen/tstr_accuracy", _accuracy(tstr, held_maps, held_out.labels),
+                                len(held_out.labels)))
     return out
 
 
