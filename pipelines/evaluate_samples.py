@@ -22,6 +22,10 @@ import sys
 from brainvq.cliutil import add_param, image_size, intlike, run_main, setup_logging
 
 
+SHOWN = ("gen/c2st_accuracy", "gen/c2st_accuracy_ci95", "gen/c2st_recon_ceiling", "gen/c2st_power_blur05", "gen/fd",
+         "real/fd", "gen/precision", "gen/recall", "gen/tstr_accuracy", "real/trtr_accuracy", "val/c2st_accuracy")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brainvq evaluate-samples", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,6 +52,7 @@ def main(argv=None) -> None:
     import logging
     import tempfile
     import time
+    from functools import partial
     from pathlib import Path
 
     import mlflow
@@ -58,12 +63,11 @@ def main(argv=None) -> None:
         generate_slices,
         read_sample_folder,
         save_generated_grid,
+        score_samples,
         vqvae_reconstructor,
     )
     from brainvq.mlflow_stage import calibration_for, stage_run
-    from brainvq.quality.c2st import two_sample_test
-    from brainvq.quality.classify import front_maps
-    from brainvq.quality.evaluate import EvalProtocol, evaluate_generated, power_warnings, select_real
+    from brainvq.quality.evaluate import EvalProtocol
 
     log = logging.getLogger("brainvq.evaluate_samples")
     try:
@@ -84,65 +88,35 @@ def main(argv=None) -> None:
         params = {k: v for k, v in vars(args).items() if k != "prior_run_id"}
     else:
         from brainvq.prior_stage import vqvae_run_splits
-        from brainvq.runs import load_stage_model, resolve_run
+        from brainvq.runs import load_stage_model
 
         prior, ckpt, prior_run = load_stage_model(args.prior_run_id, "train_pixelcnn")
         vqvae, _, vq_run = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")
-        splits = vqvae_run_splits(resolve_run(vq_run.info.run_id, "train_vqvae").data.params)
+        splits = vqvae_run_splits(vq_run.data.params)
         params = {k: v for k, v in vars(args).items()
                   if k not in ("samples_dir", "data_dir", "val_fraction", "image_size")}
         params["prior_run_id"] = prior_run.info.run_id
         tags.update({"brainvq.prior_run_id": prior_run.info.run_id, "brainvq.vqvae_run_id": vq_run.info.run_id})
-    held_out, train = evaluation_sets(splits, args.split)
+    sets = evaluation_sets(splits, args.split)  # a split too small is refused before any run starts
 
     with stage_run("evaluate_samples", params, tags=tags):
-        t0 = time.monotonic()
         if prior is not None:
+            t0 = time.monotonic()
             fake = generate_slices(prior, vqvae, protocol)
             log.info("generated %d slices in %.0f s", len(fake.images), time.monotonic() - t0)
-        real = select_real(held_out, protocol)
-        t0 = time.monotonic()
-        calibration, cal_id, reused = calibration_for(real, held_out, train, protocol, args.split)
-        log.info("calibration %s in %.0f s (run %s)", "reused" if reused else "computed", time.monotonic() - t0, cal_id)
-        mlflow.set_tags({"brainvq.calibration_run_id": cal_id, "brainvq.calibration_reused": str(reused).lower()})
-        t0 = time.monotonic()
-        metrics = {**calibration.metrics,
-                   **evaluate_generated(fake, real, held_out, calibration, protocol,
-                                        reconstruct=vqvae_reconstructor(vqvae) if vqvae is not None else None)}
-        log.info("generated slices scored in %.0f s", time.monotonic() - t0)
-        # The selection score: the same test against the validation split (the registry ranks samplers by it).
-        if args.split == "val":
-            select = {k.replace("gen/c2st_accuracy", "val/c2st_accuracy"): v for k, v in metrics.items()
-                      if k.startswith("gen/c2st_accuracy")}
-            select["val/c2st_pvalue"] = metrics["gen/c2st_pvalue"]
-        elif len(splits.val) >= 16:
-            val_held, _ = evaluation_sets(splits, "val")
-            val_real = select_real(val_held, protocol)
-            cell = protocol.c2st.fit.critic.cell
-            from brainvq.quality.c2st import as_tensor
-
-            res = two_sample_test(front_maps(as_tensor(val_real.images), cell), front_maps(as_tensor(fake.images), cell),
-                                  protocol.c2st)
-            select = {**res.metrics("val/c2st_accuracy"), "val/c2st_pvalue": res.pvalue}
-        else:
-            select = {}
-            log.warning("the validation split has %d slices (< 16): no val/c2st_accuracy, the registry will rank "
-                        "this sampler by its prior's validation NLL", len(splits.val))
-        metrics.update(select)
-        problems = power_warnings(calibration)
-        mlflow.set_tag("brainvq.eval_underpowered", str(bool(problems)).lower())
-        if problems:
+        calibration = partial(calibration_for, protocol=protocol, split=args.split)
+        outcome = score_samples(fake, sets, protocol, calibration,
+                                vqvae_reconstructor(vqvae) if vqvae is not None else None)
+        mlflow.set_tag("brainvq.eval_underpowered", str(bool(outcome.underpowered)).lower())
+        if outcome.underpowered:
             log.warning("the realism test is underpowered on these slices (%s): read gen/c2st_accuracy with care",
-                        "; ".join(problems))
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                        "; ".join(outcome.underpowered))
+        mlflow.log_metrics({k: float(v) for k, v in outcome.metrics.items()})
         with tempfile.TemporaryDirectory() as tmp:
             save_generated_grid(fake, Path(tmp) / "generated.png")
             (Path(tmp) / "protocol.json").write_text(json.dumps(protocol.to_dict(), indent=2))
             mlflow.log_artifacts(tmp)
-        shown = ("gen/c2st_accuracy", "gen/c2st_accuracy_ci95", "gen/c2st_recon_ceiling", "gen/c2st_power_blur05",
-                 "gen/fd", "real/fd", "gen/precision", "gen/recall", "gen/tstr_accuracy", "real/trtr_accuracy",
-                 "val/c2st_accuracy")
-        print(" ".join(f"{k}={metrics[k]:.4f}" for k in shown if k in metrics))
+        print(" ".join(f"{k}={outcome.metrics[k]:.4f}" for k in SHOWN if k in outcome.metrics))
 
 
 if __name__ == "__main__":

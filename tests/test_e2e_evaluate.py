@@ -58,7 +58,8 @@ def test_evaluation_is_deterministic_reuses_its_calibration_and_ranks_the_sample
     m = first.data.metrics
     assert m["gen/c2st_n"] == 36  # every test slice (fewer than 256) against as many generated ones
     assert m["gen/c2st_accuracy_ci_low"] <= m["gen/c2st_accuracy"] <= m["gen/c2st_accuracy_ci_high"]
-    assert first.data.tags["brainvq.eval_protocol"] == EvalProtocol().digest() == again.data.tags["brainvq.eval_protocol"]
+    default = EvalProtocol().digest()
+    assert first.data.tags["brainvq.eval_protocol"] == default == again.data.tags["brainvq.eval_protocol"]
     assert other.data.tags["brainvq.eval_protocol"] != first.data.tags["brainvq.eval_protocol"]
     # the power checks and floors were computed once, by an eval_calibration run, and reused
     assert first.data.tags["brainvq.calibration_reused"] == "false"

@@ -75,8 +75,8 @@ def test_front_end_sees_full_resolution_blur_and_noise():
 
 def test_c2st_separates_different_sets_and_scores_every_image_once():
     rng = np.random.default_rng(2)
-    res = two_sample_test(front_maps(as_tensor(discs(40, rng))), front_maps(as_tensor(discs(48, rng, dark_centre=True))),
-                          QUICK)
+    holed = discs(48, rng, dark_centre=True)
+    res = two_sample_test(front_maps(as_tensor(discs(40, rng))), front_maps(as_tensor(holed)), QUICK)
     assert res.n_per_side == 40  # the larger side is subsampled: chance is exactly 0.5
     assert res.accuracy > 0.9 and res.ci_low > 0.5 and res.pvalue < 1e-6
     assert res.ci_low <= res.accuracy <= res.ci_high and res.ci95 == pytest.approx((res.ci_high - res.ci_low) / 2)

@@ -8,33 +8,90 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
 from brainvq.data import ADNISplits, SliceDataset
 from brainvq.errors import ConfigError, DataError
-from brainvq.quality.evaluate import EvalProtocol, Slices
+from brainvq.quality.evaluate import Calibration, EvalProtocol, Slices
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
+MIN_SLICES = 16  # a held-out split smaller than this cannot carry a 4-fold test with its power checks
+
+
+class EvalSets(NamedTuple):
+    """The real slices of an evaluation: the held-out ``split``, the training split (the feature network's data)
+    and, when the report is on test, the validation slices of the selection score (None when too few)."""
+
+    split: str
+    held_out: Slices
+    train: Slices
+    val: Slices | None
+
+
+class EvalOutcome(NamedTuple):
+    metrics: dict[str, float]
+    underpowered: list[str]  # power checks below their targets (empty: the test is fit to report)
 
 
 def slices_of(data: SliceDataset) -> Slices:
     return Slices(np.asarray(data.images), np.asarray(data.labels), list(data.subjects))
 
 
-def evaluation_sets(splits: ADNISplits, split: str) -> tuple[Slices, Slices]:
-    """``(held_out, train)``: the slices of ``split`` (``val`` chooses, ``test`` reports) and the training split
-    (train minus val), which trains the feature network."""
+def evaluation_sets(splits: ADNISplits, split: str) -> EvalSets:
+    """The real slices to evaluate against: ``split`` (``val`` chooses, ``test`` reports), checked before any run
+    starts."""
     if split not in SPLITS:
         raise ConfigError(f"split must be val or test, got {split!r}")
     held_out = getattr(splits, split)
-    if len(held_out) < 16:
-        raise DataError(f"the {split} split has {len(held_out)} slices; an evaluation needs at least 16 "
+    if len(held_out) < MIN_SLICES:
+        raise DataError(f"the {split} split has {len(held_out)} slices; an evaluation needs at least {MIN_SLICES} "
                         f"(raise val_fraction, or evaluate on test)")
-    return slices_of(held_out), slices_of(splits.train)
+    val = None
+    if split == "test":
+        if len(splits.val) >= MIN_SLICES:
+            val = slices_of(splits.val)
+        else:
+            log.warning("the validation split has %d slices (< %d): no val/c2st_accuracy, and the registry will rank "
+                        "this sampler by its prior's validation NLL", len(splits.val), MIN_SLICES)
+    return EvalSets(split, slices_of(held_out), slices_of(splits.train), val)
+
+
+def score_samples(fake: Slices, sets: EvalSets, protocol: EvalProtocol,
+                  calibration: Callable[[Slices, Slices, Slices], Calibration],
+                  reconstruct: Callable[[np.ndarray], np.ndarray] | None = None) -> EvalOutcome:
+    """Every figure of ``fake`` against ``sets`` (:mod:`brainvq.quality.evaluate`), plus the selection score
+    ``val/c2st_accuracy``: the realism test against the validation split, which the registry ranks samplers by.
+
+    ``calibration(real, held_out, train)`` returns the :class:`~brainvq.quality.evaluate.Calibration` of the real
+    slices; the tracking layer passes one that reuses a stored calibration.
+    """
+    import time
+
+    from brainvq.quality.c2st import as_tensor, two_sample_test, underpowered
+    from brainvq.quality.classify import front_maps
+    from brainvq.quality.evaluate import evaluate_generated, select_real
+
+    real = select_real(sets.held_out, protocol)
+    t0 = time.monotonic()
+    cal = calibration(real, sets.held_out, sets.train)
+    log.info("calibration ready in %.0f s", time.monotonic() - t0)
+    t0 = time.monotonic()
+    metrics = {**cal.metrics, **evaluate_generated(fake, real, sets.held_out, cal, protocol, reconstruct)}
+    log.info("generated slices scored in %.0f s", time.monotonic() - t0)
+    if sets.split == "val":  # the test against val *is* the selection score
+        metrics.update({k.replace("gen/", "val/", 1): v for k, v in metrics.items()
+                        if k.startswith(("gen/c2st_accuracy", "gen/c2st_pvalue"))})
+    elif sets.val is not None:
+        cell = protocol.c2st.fit.critic.cell
+        val_real = select_real(sets.val, protocol)
+        res = two_sample_test(front_maps(as_tensor(val_real.images), cell), front_maps(as_tensor(fake.images), cell),
+                              protocol.c2st)
+        metrics.update({**res.metrics("val/c2st_accuracy"), "val/c2st_pvalue": res.pvalue})
+    return EvalOutcome(metrics, underpowered(cal.power))
 
 
 @torch.no_grad()

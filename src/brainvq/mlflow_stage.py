@@ -206,12 +206,11 @@ def _power_from_metrics(metrics: dict[str, float], n_per_side: int):
     return power
 
 
-def calibration_for(real, held_out, train, protocol, split: str):
+def calibration_for(real, held_out, train, *, protocol, split: str):
     """The :class:`~brainvq.quality.evaluate.Calibration` of these real slices under ``protocol``: reused from the
     FINISHED ``eval_calibration`` run with the same data digest and calibration protocol, else computed in a new
-    nested run of that stage (power checks, real floors, the feature network as ``calibration/features.pt``).
-
-    Returns ``(calibration, run_id, reused)``.
+    nested run of that stage (power checks, real floors, the feature network as ``calibration/features.pt``). The
+    active run is tagged ``brainvq.calibration_run_id`` and ``brainvq.calibration_reused``.
     """
     import tempfile
     from pathlib import Path
@@ -232,7 +231,8 @@ def calibration_for(real, held_out, train, protocol, split: str):
         metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("calibration/")}
         log.info("calibration: reusing run %s (data %s, protocol %s)", run.info.run_id, params["data_digest"],
                  params["calibration_protocol"])
-        return Calibration(metrics, _power_from_metrics(metrics, n_per_side), features), run.info.run_id, True
+        mlflow.set_tags({"brainvq.calibration_run_id": run.info.run_id, "brainvq.calibration_reused": "true"})
+        return Calibration(metrics, _power_from_metrics(metrics, n_per_side), features)
     with stage_run(CALIBRATION_STAGE, params, nested=True) as run:
         cal = calibrate(real, held_out, train, protocol)
         mlflow.log_metrics({**cal.metrics, "calibration/n_per_side": float(next(iter(cal.power.values())).n_per_side)})
@@ -243,4 +243,5 @@ def calibration_for(real, held_out, train, protocol, split: str):
                 path = atomic_save({"kind": "critic", "config": cal.features.config.to_dict(),
                                     "model": cal.features.state_dict()}, Path(tmp) / "features.pt")
                 mlflow.log_artifact(str(path), "calibration")
-        return cal, run.info.run_id, False
+    mlflow.set_tags({"brainvq.calibration_run_id": run.info.run_id, "brainvq.calibration_reused": "false"})
+    return cal

@@ -51,9 +51,6 @@ class C2STProtocol:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def digest(self) -> str:
-        return digest(self.to_dict())
-
 
 def digest(settings: dict) -> str:
     """Short stable ID of a protocol's settings (recorded with every figure it produced)."""

@@ -39,10 +39,11 @@ class FitConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"FitConfig: {name} must be an int >= {low}, got {value!r}")
-        for name in ("lr", "weight_decay"):
+        for name, low_ok in (("lr", False), ("weight_decay", True)):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
-                raise ValueError(f"FitConfig: {name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, "
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= 0 if low_ok else value > 0)
+            if not ok:
+                raise ValueError(f"FitConfig: {name} must be a finite number {'>= 0' if low_ok else '> 0'}, "
                                  f"got {value!r}")
 
     def to_dict(self) -> dict:

@@ -159,8 +159,10 @@ def _with_ci(name: str, share: float, n: int) -> dict[str, float]:
 def _fidelity(prefix: str, f_real: np.ndarray, f_other: np.ndarray, seed: int) -> dict[str, float]:
     """FD (with a bootstrap interval), precision and recall (Wilson intervals given the k-NN manifolds)."""
     precision, recall = precision_recall(f_real, f_other)
-    return {f"{prefix}/fd": frechet_distance(f_other, f_real), f"{prefix}/fd_ci95": frechet_ci95(f_other, f_real, seed=seed),
-            **_with_ci(f"{prefix}/precision", precision, len(f_other)), **_with_ci(f"{prefix}/recall", recall, len(f_real))}
+    return {f"{prefix}/fd": frechet_distance(f_other, f_real),
+            f"{prefix}/fd_ci95": frechet_ci95(f_other, f_real, seed=seed),
+            **_with_ci(f"{prefix}/precision", precision, len(f_other)),
+            **_with_ci(f"{prefix}/recall", recall, len(f_real))}
 
 
 def _power_metrics(power: dict[str, C2STResult]) -> dict[str, float]:
