@@ -51,8 +51,7 @@ def test_evaluation_is_deterministic_reuses_its_calibration_and_ranks_the_sample
     _, _, _, lin = chain
     assert cli(["evaluate-samples", "--prior_run_id", lin.prior]) == 0  # the default protocol: 256 slices
     assert cli(["evaluate-samples", "--prior_run_id", lin.prior]) == 0  # the same again
-    assert cli(["evaluate-samples", "--prior_run_id", lin.prior, "--seed", "1"]) == 0  # another protocol
-    first, again, other = _evaluations(store)
+    first, again = _evaluations(store)
     for key in FIGURES:
         assert key in first.data.metrics, key
     m = first.data.metrics
@@ -60,7 +59,6 @@ def test_evaluation_is_deterministic_reuses_its_calibration_and_ranks_the_sample
     assert m["gen/c2st_accuracy_ci_low"] <= m["gen/c2st_accuracy"] <= m["gen/c2st_accuracy_ci_high"]
     default = EvalProtocol().digest()
     assert first.data.tags["brainvq.eval_protocol"] == default == again.data.tags["brainvq.eval_protocol"]
-    assert other.data.tags["brainvq.eval_protocol"] != first.data.tags["brainvq.eval_protocol"]
     # the power checks and floors were computed once, by an eval_calibration run, and reused
     assert first.data.tags["brainvq.calibration_reused"] == "false"
     assert again.data.tags["brainvq.calibration_reused"] == "true"
