@@ -6,7 +6,7 @@ added noise, at the sizes the evaluation checks and at smaller, harder ones. Acc
 the classifier has converged; the default is chosen where it stops rising. Prints one row per (degradation, steps)
 with the 95% interval and the seconds one test took.
 
-    python benchmarks/realism_power.py                         # demo set, test split
+    python benchmarks/realism_power.py                         # demo set, validation split
     python benchmarks/realism_power.py --data_dir /data/ADNI --steps 100,200,400 --split val
 """
 
