@@ -163,3 +163,17 @@ def test_sampler_ranking_uses_validation_realism_only_when_intervals_separate():
     assert better is False and "different protocols" in why
     assert compare({"gen/c2st_accuracy": "0.5", "prior/test_nll_bits": "1.0"}, champion, criteria)[0] is None
     assert compare({}, {"prior/val_nll_bits": "2.0"}, criteria)[0] is None
+
+
+def test_a_champion_registered_by_an_older_brainvq_is_ranked_on_validation_figures(client, lineages):
+    """Older versions carry test/ssim tags only: the champion's figures are re-read from its run by today's rules."""
+    _, _, trained = lineages
+    old = trained[0]
+    client.create_registered_model("brainvq-vqvae")
+    mv = client.create_model_version("brainvq-vqvae", f"runs:/{old.vqvae}/model", run_id=old.vqvae,
+                                     tags={"test/ssim": repr(_metric(client, old.vqvae, "test/ssim"))})
+    client.set_registered_model_alias("brainvq-vqvae", CHAMPION, mv.version)
+    reg = register_run("vqvae", trained[1].vqvae)
+    assert "val/ssim" in reg.reason and "no ranking metric" not in reg.reason, reg.reason
+    better = _metric(client, trained[1].vqvae, "val/ssim") > _metric(client, old.vqvae, "val/ssim")
+    assert reg.promoted is better

@@ -236,6 +236,17 @@ def compare(new: dict[str, str], champion: dict[str, str], criteria) -> tuple[bo
     return None, f"no ranking metric ({', '.join(m for m, _ in criteria)}) on both versions"
 
 
+def _champion_figures(spec: ModelSpec, champion) -> dict[str, str]:
+    """The champion's ranking figures, re-read from its source runs as a new version's would be. A champion
+    registered by an older brainvq (whose tags name test figures, or no validation realism score) is then ranked on
+    validation figures too; its own tags are the fallback when its runs are gone."""
+    kind = next(k for k, v in SPECS.items() if v is spec)
+    try:
+        return {**champion.tags, **plan_run(kind, champion.run_id).tags}
+    except BrainVQError:
+        return dict(champion.tags)
+
+
 def _promote(client, plan: Plan, mv) -> Registration:
     name, version = plan.spec.name, str(mv.version)  # stores differ: some return versions as int
     current = client.get_registered_model(name).aliases.get(CHAMPION)
@@ -246,7 +257,8 @@ def _promote(client, plan: Plan, mv) -> Registration:
         client.set_registered_model_alias(name, CHAMPION, version)
         return Registration(name, version, plan.run_id, version, True, f"first version: now {CHAMPION}")
     champion = client.get_model_version(name, current)
-    better, why = compare(plan.tags, champion.tags, plan.spec.criteria)  # plan.tags: what the new version carries
+    # plan.tags: what the new version carries; the champion's figures are re-read from its runs by today's rules
+    better, why = compare(plan.tags, _champion_figures(plan.spec, champion), plan.spec.criteria)
     if better:
         client.set_registered_model_alias(name, CHAMPION, version)
         return Registration(name, version, plan.run_id, version, True, f"now {CHAMPION} ({why})")
