@@ -85,6 +85,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from brainvq.cliutil import run_main
+    from brainvq.cli.args import run_main
 
     sys.exit(run_main(main, prog="benchmarks/prior_training.py"))

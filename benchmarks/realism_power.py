@@ -17,7 +17,6 @@ import dataclasses
 import time
 
 
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default="", help="ADNI-layout root; empty = the demo set")
@@ -31,12 +30,12 @@ def main(argv=None) -> None:
 
     import torch
 
+    from brainvq.data.splits import load_splits
     from brainvq.engine.common import configure_threads
     from brainvq.quality.c2st import C2STProtocol, as_tensor, degrade, halves, two_sample_test
     from brainvq.quality.classify import front_maps
     from brainvq.quality.evaluate import EvalProtocol, select_real
-    from brainvq.eval_stage import evaluation_sets
-    from brainvq.vqvae_stage import load_splits
+    from brainvq.stages.evaluate import evaluation_sets
 
     configure_threads(0)
     splits = load_splits(args.data_dir, (240, 256), 0.2, 0, 0)

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainvq.cliutil import add_param
+from brainvq.cli.args import add_param
 
 
 def models(args):
     if args.pixelcnn_run_id:
-        from brainvq.runs import load_stage_model
+        from brainvq.tracking.runs import load_stage_model
 
         prior, ckpt, _ = load_stage_model(args.pixelcnn_run_id, "train_pixelcnn")
         vqvae, _, _ = load_stage_model(ckpt.get("vqvae_run_id") or "latest", "train_vqvae")
@@ -32,7 +32,7 @@ def models(args):
 
     torch.manual_seed(0)
     vq = VQVAE(VQVAEConfig())
-    from brainvq.config_args import int_tuple
+    from brainvq.cli.configs import int_tuple
 
     return vq, GatedPixelCNN(PixelCNNConfig(num_layers=args.num_layers, hidden_channels=args.hidden_channels,
                                             code_shape=vq.config.code_shape,
@@ -47,9 +47,9 @@ def main(argv=None) -> None:
     default = PixelCNNConfig()  # the shipped default prior unless told otherwise
     add_param(p, "num_layers", type=int, default=default.num_layers, help="prior layers when random")
     add_param(p, "hidden_channels", type=int, default=default.hidden_channels, help="prior channels when random")
-    from brainvq.pipelines.train_pixelcnn import build_parser as train_parser
+    from brainvq.cli.params import entry_point
 
-    add_param(p, "dilation_cycle", default=train_parser().get_default("dilation_cycle"),
+    add_param(p, "dilation_cycle", default=entry_point("train-pixelcnn").param("dilation_cycle").default,
               help="prior dilation cycle when random (train_pixelcnn's default)")
     add_param(p, "n", type=int, default=16, help="slices to sample")
     add_param(p, "naive_steps", type=int, default=12, help="full prior passes timed for the naive estimate")
@@ -117,6 +117,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from brainvq.cliutil import run_main
+    from brainvq.cli.args import run_main
 
     sys.exit(run_main(main, prog="benchmarks/sampling.py"))

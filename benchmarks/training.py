@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from brainvq.engine.common import configure_threads
-from brainvq.losses import ssim_loss
-from brainvq.metrics import ssim_map
 from brainvq.models.vqvae import VQVAE, VQVAEConfig
+from brainvq.quality.losses import ssim_loss
+from brainvq.quality.metrics import ssim_map
 
 
 def images_per_second(channels_last: bool, fast_ssim: bool, batch_size: int, steps: int) -> float:
@@ -55,6 +55,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from brainvq.cliutil import run_main
+    from brainvq.cli.args import run_main
 
     sys.exit(run_main(main, prog="benchmarks/training.py"))

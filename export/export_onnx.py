@@ -14,25 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brainvq.cliutil import add_param, run_main, setup_logging
-
-
-def _int(value: str) -> int:
-    """MLproject ``float`` parameters arrive as ``17.0``."""
-    try:
-        return int(float(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+from brainvq.cli.args import run_main, setup_logging
+from brainvq.cli.params import build_parser as build_entry_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brainvq export-onnx", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_param(p, "vqvae_run_id", default="latest",
-              help="train_vqvae run ID or latest (latest/empty: the VQ-VAE the prior was trained on)")
-    add_param(p, "pixelcnn_run_id", default="latest", help="train_pixelcnn run ID, or latest")
-    add_param(p, "opset", type=_int, default=17, help="ONNX opset")
-    add_param(p, "out_dir", default="", help="where to write the .onnx files (default: a temporary folder)")
+    p = build_entry_parser("export-onnx", __doc__)  # the parameters: brainvq.cli.params
     return p
 
 

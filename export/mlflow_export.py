@@ -23,8 +23,8 @@ def export_runs(vqvae_run_id: str, pixelcnn_run_id: str, opset: int = 17, out_di
     import onnx
 
     from brainvq.export.onnx_graphs import export_models
-    from brainvq.mlflow_stage import stage_run
-    from brainvq.runs import load_stage_model
+    from brainvq.tracking.runs import load_stage_model
+    from brainvq.tracking.stage import stage_run
 
     prior, prior_ckpt, prior_run = load_stage_model(pixelcnn_run_id, "train_pixelcnn")
     px_id = prior_run.info.run_id

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 import brainvq
-from brainvq.errors import ModelFileError
 from brainvq.export.onnx_meta import FILES, build_metadata, pair_id
 
 
@@ -95,10 +94,7 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
     """
     meta = dict(meta or {})
     vc, pc = vqvae.config, prior.config
-    if pc.num_embeddings != vc.num_embeddings:
-        raise ModelFileError(f"prior has {pc.num_embeddings} codes but the VQ-VAE codebook has {vc.num_embeddings}")
-    if tuple(pc.code_shape) != tuple(vc.code_shape):
-        raise ModelFileError(f"prior code grid {pc.code_shape} != VQ-VAE code grid {vc.code_shape}")
+    pc.check_decoder(vc)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vqvae, prior = vqvae.cpu().eval(), prior.cpu().eval()

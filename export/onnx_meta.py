@@ -9,9 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from brainvq.data.labels import LABELS
 from brainvq.errors import ModelFileError
-
-LABELS = {"NC": 0, "AD": 1, "none": 2}
 
 # name -> file; "decoder" and "prior" are the user-facing graphs, the other two drive the fast sampler.
 FILES = {"decoder": "decoder.onnx", "prior": "prior.onnx", "prior_row": "prior_row.onnx", "prior_step": "prior_step.onnx"}

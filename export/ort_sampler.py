@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import time
 from pathlib import Path
@@ -16,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from brainvq.data.images import writable_folder, write_slices
 from brainvq.errors import ConfigError, ModelFileError, RunError
-from brainvq.export.draw import fast_sample_batch, naive_sample_batch, uniforms
 from brainvq.export.onnx_meta import FILES, LABELS, check_set
+from brainvq.sampling.draw import fast_sample_batch, naive_sample_batch, uniforms
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -45,10 +45,10 @@ def resolve_model_dir(spec: str) -> Path:
 
     A registered model version stands for the export run that created it: that run's ``onnx/`` artifacts are fetched,
     so decoder and prior always come as the pair they were exported as. ``brainvq-sampler`` versions (see
-    ``brainvq.registry``) are that folder; a version registered from ``decoder_model``/``prior_model`` works too.
+    ``brainvq.tracking.registry``) are that folder; a version registered from ``decoder_model``/``prior_model`` works too.
     """
     if spec in ("", "latest"):
-        from brainvq.runs import resolve_run  # torch-free; imports mlflow lazily
+        from brainvq.tracking.runs import resolve_run  # torch-free; imports mlflow lazily
 
         spec = f"runs:/{resolve_run('latest', 'export_onnx').info.run_id}/onnx"
     if not spec.startswith(("runs:/", "models:/")):
@@ -61,7 +61,7 @@ def resolve_model_dir(spec: str) -> Path:
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise RunError(f"{spec} needs mlflow installed; or pass a local folder with the .onnx files") from None
-    from brainvq.tracking_store import check_tracking_store
+    from brainvq.tracking.store import check_tracking_store
 
     check_tracking_store()  # one line in seconds when the server is down, not minutes of MLflow retries
     try:
@@ -226,42 +226,6 @@ class OnnxSampler:
                                for s in range(0, len(codes), batch_size)])
 
 
-def save_pngs(images: np.ndarray, out_dir) -> list[Path]:
-    """``sample_000.png``… and ``grid.png`` (near-square tiling) from ``(n,1,H,W)`` images in [0,1]."""
-    from PIL import Image
-
-    out = writable_folder(out_dir)
-    pixels = (np.clip(images[:, 0], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)  # (n,H,W)
-    paths = []
-    n, h, w = pixels.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w), dtype=np.uint8)
-    for i, img in enumerate(pixels):
-        r, c = divmod(i, cols)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
-    try:
-        for i, img in enumerate(pixels):
-            paths.append(out / f"sample_{i:03d}.png")
-            Image.fromarray(img, mode="L").save(paths[-1])
-        Image.fromarray(grid, mode="L").save(out / "grid.png")
-    except OSError as exc:  # disk full, folder removed while sampling
-        raise ConfigError(f"out: cannot write samples to {out} ({exc.strerror or exc})") from None
-    return paths + [out / "grid.png"]
-
-
-def writable_folder(path) -> Path:
-    """Create ``path`` if needed and check it takes files; a one-line ``ConfigError`` naming ``out`` otherwise."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
-    except OSError as exc:
-        raise ConfigError(f"out: cannot write samples to {out} ({exc.strerror or exc})") from None
-    return out
-
-
 def sample_to_pngs(model_dir: str, out: str, n: int = 16, batch_size: int = 16, label: str = "none",
                    temperature: float = 1.0, top_k: int = 0, seed: int = 0, provider: str = "auto",
                    method: str = "fast", threads: int | None = None) -> dict:
@@ -275,6 +239,6 @@ def sample_to_pngs(model_dir: str, out: str, n: int = 16, batch_size: int = 16, 
     t2 = time.perf_counter()
     images = sampler.decode(codes, batch_size)
     t3 = time.perf_counter()
-    paths = save_pngs(images, out)
+    paths = write_slices(images, out)
     return {"paths": paths, "load_s": t1 - t0, "sample_s": t2 - t1, "decode_s": t3 - t2,
             "total_s": time.perf_counter() - t0, "provider": sampler.providers[0]}

@@ -15,25 +15,12 @@ import argparse
 import os
 import sys
 
-from brainvq.cliutil import add_param, run_main
+from brainvq.cli.args import run_main
+from brainvq.cli.params import build_parser as build_entry_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brainvq sample-onnx", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_param(p, "model_dir", default="latest",
-              help="folder with the .onnx files, runs:/<id>/onnx, models:/brainvq-sampler@champion (or /<version>), "
-                   "or latest (newest export_onnx run)")
-    add_param(p, "n", type=int, default=16, help="number of samples")
-    add_param(p, "batch_size", type=int, default=16, help="samples generated together")
-    add_param(p, "label", default="none", choices=["AD", "NC", "none"], help="class to sample")
-    add_param(p, "temperature", type=float, default=1.0, help="softmax temperature")
-    add_param(p, "top_k", type=int, default=0, help="keep only the k most likely codes; 0 = all")
-    add_param(p, "seed", type=int, default=0, help="random seed (same seed, same codes as `brainvq sample`)")
-    add_param(p, "out", default="samples_onnx", help="output folder for sample_000.png... and grid.png")
-    add_param(p, "provider", default="auto", choices=["auto", "cuda", "cpu"], help="onnxruntime execution provider")
-    add_param(p, "method", default="fast", choices=["fast", "naive"],
-              help="fast: cached row/step graphs; naive: full prior.onnx once per code (reference, slow)")
+    p = build_entry_parser("sample-onnx", __doc__)  # the parameters: brainvq.cli.params
     return p
 
 

@@ -19,29 +19,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brainvq.cliutil import add_param, image_size, intlike, run_main, setup_logging
-
+from brainvq.cli.args import run_main, setup_logging
+from brainvq.cli.params import build_parser as build_entry_parser
 
 SHOWN = ("gen/c2st_accuracy", "gen/c2st_accuracy_ci95", "gen/c2st_recon_ceiling", "gen/c2st_power_blur05", "gen/fd",
          "real/fd", "gen/precision", "gen/recall", "gen/tstr_accuracy", "real/trtr_accuracy", "val/c2st_accuracy")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brainvq evaluate-samples", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_param(p, "prior_run_id", default="latest", help="train_pixelcnn run ID, or latest (ignored with samples_dir)")
-    add_param(p, "samples_dir", default="", help="folder of generated PNGs to score instead of a prior run")
-    add_param(p, "data_dir", default="",
-              help="ADNI-layout root the samples_dir slices are compared with; empty = the demo set")
-    add_param(p, "val_fraction", type=float, default=0.2, help="with samples_dir: share of training subjects in val")
-    add_param(p, "image_size", type=image_size, default=(240, 256), help="with samples_dir: HxW slices are fitted to")
-    add_param(p, "split", default="test", choices=["test", "val"],
-              help="held-out split compared with: test reports, val chooses")
-    add_param(p, "n_samples", type=intlike, default=256,
-              help="slices generated (half AD, half NC when conditional) and real held-out slices compared")
-    add_param(p, "temperature", type=float, default=1.0, help="sampling temperature")
-    add_param(p, "top_k", type=intlike, default=0, help="top-k sampling; 0 = all codes")
-    add_param(p, "seed", type=intlike, default=0, help="seed of sampling and of every classifier")
+    p = build_entry_parser("evaluate-samples", __doc__)  # the parameters: brainvq.cli.params
     return p
 
 
@@ -58,7 +44,8 @@ def main(argv=None) -> None:
     import mlflow
 
     from brainvq.errors import ConfigError
-    from brainvq.eval_stage import (
+    from brainvq.quality.evaluate import EvalProtocol
+    from brainvq.stages.evaluate import (
         evaluation_sets,
         generate_slices,
         read_sample_folder,
@@ -66,8 +53,8 @@ def main(argv=None) -> None:
         score_samples,
         vqvae_reconstructor,
     )
-    from brainvq.mlflow_stage import calibration_for, stage_run
-    from brainvq.quality.evaluate import EvalProtocol
+    from brainvq.tracking.calibration import calibration_for
+    from brainvq.tracking.stage import stage_run
 
     log = logging.getLogger("brainvq.evaluate_samples")
     try:
@@ -79,7 +66,7 @@ def main(argv=None) -> None:
     prior = vqvae = None
     tags = {"brainvq.eval_split": args.split, "brainvq.eval_protocol": protocol.digest()}
     if args.samples_dir:
-        from brainvq.vqvae_stage import load_splits
+        from brainvq.data.splits import load_splits
 
         if not 0 < args.val_fraction < 1:
             raise ConfigError(f"bad parameter: val_fraction must be in (0, 1), got {args.val_fraction}")
@@ -87,8 +74,8 @@ def main(argv=None) -> None:
         splits = load_splits(args.data_dir, args.image_size, args.val_fraction, args.seed, 0)
         params = {k: v for k, v in vars(args).items() if k != "prior_run_id"}
     else:
-        from brainvq.prior_stage import vqvae_run_splits
-        from brainvq.runs import load_stage_model
+        from brainvq.stages.vqvae import vqvae_run_splits
+        from brainvq.tracking.runs import load_stage_model
 
         prior, ckpt, prior_run = load_stage_model(args.prior_run_id, "train_pixelcnn")
         vqvae, _, vq_run = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")

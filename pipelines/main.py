@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brainvq.cliutil import add_param, intlike, run_main, setup_logging, str2bool
-
+from brainvq.cli.args import run_main, setup_logging
+from brainvq.cli.params import build_parser as build_entry_parser
 
 # The figures the parent run carries: validation ones chose (registry, defaults), test ones report.
 SUMMARY = (
@@ -29,19 +29,7 @@ SUMMARY = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brainvq pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_param(p, "data_dir", default="", help="ADNI-layout root; empty = generate and use the demo set")
-    add_param(p, "force", type=str2bool, default=False, help="rerun steps even when a matching FINISHED run exists")
-    add_param(p, "image_size", default="240x256", help="HxW slices are padded/cropped to")
-    add_param(p, "vqvae_epochs", type=intlike, default=30, help="epochs of train_vqvae (the time budget usually ends first)")
-    add_param(p, "prior_epochs", type=intlike, default=40, help="epochs of train_pixelcnn")
-    add_param(p, "vqvae_max_minutes", type=float, default=7.0, help="time budget of train_vqvae")
-    add_param(p, "prior_max_minutes", type=float, default=6.5, help="time budget of train_pixelcnn")
-    add_param(p, "n_samples", type=intlike, default=256,
-              help="slices generated for evaluation, compared with as many real held-out slices")
-    add_param(p, "seed", type=intlike, default=0, help="seed for every step")
-    add_param(p, "register", type=str2bool, default=True,
-              help="register the runs as brainvq-vqvae/-prior/-sampler versions; move `champion` only when better")
+    p = build_entry_parser("pipeline", __doc__)  # the parameters: brainvq.cli.params
     return p
 
 
@@ -50,8 +38,9 @@ def main(argv=None) -> None:
     setup_logging()
     import os
 
-    from brainvq.mlflow_stage import stage_run
-    from brainvq.workflow import PROJECT_DIR, run_step
+    from brainvq.tracking.stage import stage_run
+    from brainvq.tracking.workflow import PROJECT_DIR, run_step
+    from brainvq.values import param_str
 
     steps = [s for s in ("export_onnx", "sample") if (PROJECT_DIR / "export" / f"{s if s != 'sample' else 'sample_onnx'}.py").exists()]
     with stage_run("main", vars(args)) as parent:
@@ -60,7 +49,8 @@ def main(argv=None) -> None:
         if not data_dir:
             demo = run_step("make_demo_data", {"seed": args.seed}, pid, force)
             data_dir = demo.data.tags["brainvq.data_dir"]
-        vq = run_step("train_vqvae", {"data_dir": data_dir, "image_size": args.image_size, "epochs": args.vqvae_epochs,
+        vq = run_step("train_vqvae", {"data_dir": data_dir, "image_size": param_str(args.image_size),
+                                      "epochs": args.vqvae_epochs,
                                       "max_minutes": args.vqvae_max_minutes, "seed": args.seed}, pid, force)
         prior = run_step("train_pixelcnn", {"vqvae_run_id": vq.info.run_id, "epochs": args.prior_epochs,
                                             "max_minutes": args.prior_max_minutes, "seed": args.seed}, pid, force)
@@ -76,8 +66,8 @@ def main(argv=None) -> None:
         summary = {**vq.data.metrics, **prior.data.metrics, **ev.data.metrics}
         mlflow.log_metrics({k: summary[k] for k in SUMMARY if k in summary})
         print(" ".join(f"{k}={summary[k]:.4f}" for k in SUMMARY if k in summary))
-        if args.register:  # last, once every step is FINISHED (see brainvq.registry)
-            from brainvq.registry import register_pipeline
+        if args.register:  # last, once every step is FINISHED (see brainvq.tracking.registry)
+            from brainvq.tracking.registry import register_pipeline
 
             export_run_id = exp.info.run_id if "export_onnx" in steps else None
             for reg in register_pipeline(vq.info.run_id, prior.info.run_id, export_run_id):

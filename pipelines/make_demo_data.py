@@ -12,19 +12,13 @@ import os
 import sys
 from typing import Sequence
 
-from brainvq.cliutil import add_param, image_size, intlike, run_main, setup_logging
+from brainvq.cli.args import run_main, setup_logging
+from brainvq.cli.params import build_parser as build_entry_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The entry point's parameters (MLproject names; ``--train-subjects`` spellings work too)."""
-    p = argparse.ArgumentParser(prog="brainvq make-demo-data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = build_entry_parser("make-demo-data", __doc__)  # the parameters: brainvq.cli.params
     p.add_argument("out_pos", nargs="?", default="", metavar="out_dir", help="output folder (same as --out_dir)")
-    add_param(p, "out_dir", default="", help="output folder; empty = the default demo cache folder (reused if complete)")
-    add_param(p, "train_subjects", type=intlike, default=50, help="training subjects (half AD, half NC)")
-    add_param(p, "test_subjects", type=intlike, default=14, help="test subjects (half AD, half NC)")
-    add_param(p, "seed", type=intlike, default=0, help="random seed (same seed, same bytes)")
-    add_param(p, "image_size", type=image_size, default=(240, 256), help="HxW of the slices")
     return p
 
 
@@ -43,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         root = make_demo_data(out, **params) if out else ensure_demo_data(**params)
         print(f"demo set at {root}")
         return
-    from brainvq.mlflow_stage import stage_run
+    from brainvq.tracking.stage import stage_run
 
     with stage_run("make_demo_data", {**params, "out_dir": out}):
         root = make_demo_data(out, **params) if out else ensure_demo_data(**params)

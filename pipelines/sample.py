@@ -12,29 +12,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from brainvq.cliutil import add_param, intlike, run_main, setup_logging
+from brainvq.cli.args import run_main, setup_logging
+from brainvq.cli.params import build_parser as build_entry_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brainvq sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_param(p, "prior_run_id", default="latest", help="train_pixelcnn run ID, or latest")
-    add_param(p, "n", type=intlike, default=16, help="number of slices")
-    add_param(p, "label", default="both", choices=["AD", "NC", "none", "both"], help="class to generate (both = alternate)")
-    add_param(p, "temperature", type=float, default=1.0, help="softmax temperature (>0)")
-    add_param(p, "top_k", type=intlike, default=0, help="sample among the k most likely codes; 0 = all")
-    add_param(p, "seed", type=intlike, default=0, help="random seed (same seed, same slices)")
-    add_param(p, "batch_size", type=intlike, default=16, help="slices sampled together")
-    add_param(p, "out", default="samples", help="output folder for PNGs and grid.png")
+    p = build_entry_parser("sample", __doc__)  # the parameters: brainvq.cli.params
     return p
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging()
+    from brainvq.data.images import save_grid, to_uint8
     from brainvq.errors import ConfigError
-    from brainvq.plots import save_grid, to_uint8
-    from brainvq.prior_stage import generate
-    from brainvq.runs import load_stage_model
+    from brainvq.sampling.generate import generate
+    from brainvq.tracking.runs import load_stage_model
 
     if args.n < 1 or args.temperature <= 0 or args.top_k < 0 or args.batch_size < 1:
         raise ConfigError("n and batch_size must be >= 1, temperature > 0 and top_k >= 0")

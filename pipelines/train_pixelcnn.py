@@ -11,37 +11,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brainvq.cliutil import add_param, intlike, run_main, setup_logging, str2bool
+from brainvq.cli.args import run_main, setup_logging
+from brainvq.cli.params import build_parser as build_entry_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brainvq train-pixelcnn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_param(p, "vqvae_run_id", default="latest", help="train_vqvae run ID, or latest")
-    add_param(p, "epochs", type=intlike, default=40, help="training epochs")
-    add_param(p, "batch_size", type=intlike, default=4, help="code grids per step")
-    add_param(p, "lr", type=float, default=1e-2, help="peak Adam learning rate (cosine schedule)")
-    add_param(p, "num_layers", type=intlike, default=12, help="gated layers")
-    add_param(p, "hidden_channels", type=intlike, default=32, help="channels of each stack")
-    add_param(p, "dilation_cycle", default="1,2,4,8,16",
-              help="dilation of layers 1, 2, 3, ... repeating (layer 0 is never dilated); 1 = plain gated PixelCNN")
-    add_param(p, "conditional", type=str2bool, default=True, help="condition on AD/NC (with a null label)")
-    add_param(p, "seed", type=intlike, default=0, help="random seed")
-    add_param(p, "max_minutes", type=float, default=7.0, help="wall-clock budget; 0 = none")
-    add_param(p, "resume", type=str2bool, default=False, help="continue from this configuration's last checkpoint")
-    add_param(p, "device", default="auto", help="auto, cpu, cuda or mps")
+    p = build_entry_parser("train-pixelcnn", __doc__)  # the parameters: brainvq.cli.params
     return p
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging()
-    from brainvq.config_args import prior_configs_from_args
+    from brainvq.cli.configs import prior_configs_from_args
     from brainvq.engine import distributed
-    from brainvq.engine.pixelcnn_trainer import fit_pixelcnn
+    from brainvq.engine.common import checkpoint_dir_for
+    from brainvq.engine.prior import fit_pixelcnn
     from brainvq.errors import RunError
-    from brainvq.mlflow_stage import link_resumed_run, log_prior_run, logged_codes, prior_codes, stage_run
-    from brainvq.runs import load_stage_model
-    from brainvq.vqvae_stage import checkpoint_dir_for
+    from brainvq.tracking.codes import logged_codes, prior_codes
+    from brainvq.tracking.models import log_prior_run
+    from brainvq.tracking.runs import load_stage_model
+    from brainvq.tracking.stage import link_resumed_run, stage_run
 
     distributed.init_from_env(args.device)  # no-op unless launched by torchrun with several processes
     try:
@@ -69,7 +59,7 @@ def main(argv=None) -> None:
         with stage_run("train_pixelcnn", params, tags={"brainvq.vqvae_run_id": vq_id, **distributed.run_tags()}) as run:
             # Encodes the codes (a nested run) if the VQ-VAE run has none yet; the other ranks download them after.
             splits = distributed.on_main(lambda: prior_codes(vq_id, vqvae.config.num_embeddings), share=False)
-            from brainvq.engine.mlflow_tracker import MlflowTracker
+            from brainvq.tracking.tracker import MlflowTracker
 
             if args.resume:
                 link_resumed_run(ckpt_dir / "last.pt", "pixelcnn")

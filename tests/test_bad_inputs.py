@@ -158,8 +158,9 @@ def _onnx_folders(root: Path, exported: Path) -> dict[str, Path]:
 
 def _tamper(run_id: str) -> None:
     """Replace a run's logged checkpoint with a pickle that names a class outside torch's weights-only allow-list."""
-    import mlflow
     from urllib.parse import urlparse
+
+    import mlflow
 
     uri = mlflow.get_run(run_id).info.artifact_uri
     path = Path(urlparse(uri).path if uri.startswith("file:") else uri) / "checkpoint" / "pixelcnn.pt"
@@ -202,7 +203,7 @@ def outcomes(tmp_path_factory):
         assert cli(["train-vqvae", "--data_dir", str(root / "nowhere")]) == 2  # a FAILED train_vqvae run
         client = MlflowClient()
         ctx["failed_vqvae"] = next(r.info.run_id for r in _stage_runs(client).values() if r.info.status == "FAILED")
-        from brainvq.runs import download_artifact
+        from brainvq.tracking.runs import download_artifact
 
         ctx["onnx"] = download_artifact(lineage.export, "onnx", root / "export")
         before = set(_stage_runs(client))

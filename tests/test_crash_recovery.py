@@ -26,8 +26,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from brainvq.checkpoint import load_checkpoint
-from brainvq.cliutil import run_main
+from brainvq.cli.args import run_main
+from brainvq.models.checkpoint import load_checkpoint
 from conftest import write_tiny_adni
 
 TOL = 1e-6
@@ -121,10 +121,10 @@ def check_resumed_run(stage: str, keys: list[str], epochs: int, uninterrupted: l
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_vqvae(adni, tmp_path, capsys):
-    from brainvq.config_args import vqvae_configs_from_args
-    from brainvq.engine.vqvae_trainer import fit_vqvae
+    from brainvq.cli.configs import vqvae_configs_from_args
+    from brainvq.data.splits import load_splits
+    from brainvq.engine.vqvae import fit_vqvae
     from brainvq.pipelines.train_vqvae import build_parser, main
-    from brainvq.vqvae_stage import load_splits
 
     argv = ["--data_dir", str(adni), "--epochs", "3", *VQVAE]
     ckpt = kill_mid_epoch_two([sys.executable, "-m", "brainvq.pipelines.train_vqvae", *argv],
@@ -148,11 +148,11 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_vqvae(adni, tmp_pat
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_prior(adni, tmp_path, capsys):
-    from brainvq.config_args import prior_configs_from_args
-    from brainvq.engine.pixelcnn_trainer import fit_pixelcnn
-    from brainvq.mlflow_stage import prior_codes
+    from brainvq.cli.configs import prior_configs_from_args
+    from brainvq.engine.prior import fit_pixelcnn
     from brainvq.pipelines import train_pixelcnn, train_vqvae
-    from brainvq.runs import load_stage_model
+    from brainvq.tracking.codes import prior_codes
+    from brainvq.tracking.runs import load_stage_model
 
     assert run_main(train_vqvae.main, ["--data_dir", str(adni), "--epochs", "1", *VQVAE]) == 0, capsys.readouterr().err
     (vq_run,) = runs("train_vqvae")

@@ -22,7 +22,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from brainvq.checkpoint import load_checkpoint
+from brainvq.models.checkpoint import load_checkpoint
 
 RTOL, ATOL = 1e-5, 1e-4
 VQVAE_ARGS = ["--image_size", "32x32", "--epochs", "2", "--hidden_channels", "16", "--latent_dim", "8",
@@ -55,11 +55,11 @@ def all_runs():
 
 def single_process_vqvae(argv: list[str]):
     """The same configuration trained in this process, with the shipped argument parsing and data loading."""
-    from brainvq.config_args import vqvae_configs_from_args
-    from brainvq.engine.tracking import MemoryTracker
-    from brainvq.engine.vqvae_trainer import fit_vqvae
+    from brainvq.cli.configs import vqvae_configs_from_args
+    from brainvq.data.splits import load_splits
+    from brainvq.engine.tracker import MemoryTracker
+    from brainvq.engine.vqvae import fit_vqvae
     from brainvq.pipelines.train_vqvae import build_parser
-    from brainvq.vqvae_stage import load_splits
 
     args = build_parser().parse_args(argv)
     model_cfg, train_cfg = vqvae_configs_from_args(args)
@@ -94,12 +94,12 @@ def test_torchrun_vqvae_logs_one_run_and_matches_one_process_with_the_global_bat
 
 
 def test_torchrun_prior_logs_one_run_encodes_once_and_matches_one_process(tiny_adni, tmp_path, monkeypatch, capsys):
-    from brainvq.cliutil import run_main
-    from brainvq.config_args import prior_configs_from_args
-    from brainvq.engine.pixelcnn_trainer import fit_pixelcnn
-    from brainvq.mlflow_stage import prior_codes
+    from brainvq.cli.args import run_main
+    from brainvq.cli.configs import prior_configs_from_args
+    from brainvq.engine.prior import fit_pixelcnn
     from brainvq.pipelines import train_pixelcnn, train_vqvae
-    from brainvq.runs import load_stage_model
+    from brainvq.tracking.codes import prior_codes
+    from brainvq.tracking.runs import load_stage_model
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     argv = ["--data_dir", str(tiny_adni), "--batch_size", "4", *VQVAE_ARGS, "--epochs", "1"]
@@ -144,7 +144,7 @@ def _free_port() -> int:
 
 
 def _tiny_codes(n: int = 24, seed: int = 0):
-    from brainvq.engine.pixelcnn_trainer import CodeSet
+    from brainvq.engine.prior import CodeSet
 
     rng = np.random.default_rng(seed)
     # Structured enough to learn from: a per-image constant plus noise, labels tied to it.
@@ -154,7 +154,7 @@ def _tiny_codes(n: int = 24, seed: int = 0):
 
 
 def _prior_configs(batch_size: int):
-    from brainvq.engine.pixelcnn_trainer import PriorTrainConfig
+    from brainvq.engine.prior import PriorTrainConfig
     from brainvq.models.pixelcnn import PixelCNNConfig
 
     model = PixelCNNConfig(num_embeddings=8, num_layers=2, hidden_channels=8, conditional=True, code_shape=(4, 4))
@@ -164,7 +164,7 @@ def _prior_configs(batch_size: int):
 
 
 def _vqvae_configs(batch_size: int):
-    from brainvq.engine.vqvae_trainer import TrainConfig
+    from brainvq.engine.vqvae import TrainConfig
     from brainvq.models.vqvae import VQVAEConfig
 
     model = VQVAEConfig(latent_dim=8, num_embeddings=16, hidden_channels=16, res_channels=8, num_res_layers=1,
@@ -174,8 +174,8 @@ def _vqvae_configs(batch_size: int):
 
 def _fit_both(data_dir: Path, batch_size: int) -> dict:
     from brainvq.data import load_adni
-    from brainvq.engine.pixelcnn_trainer import fit_pixelcnn
-    from brainvq.engine.vqvae_trainer import fit_vqvae
+    from brainvq.engine.prior import fit_pixelcnn
+    from brainvq.engine.vqvae import fit_vqvae
 
     splits = load_adni(data_dir, image_size=(32, 32), val_fraction=0.34, seed=0)
     vq = fit_vqvae(*_vqvae_configs(batch_size), splits.train, splits.val)

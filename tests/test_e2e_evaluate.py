@@ -46,7 +46,7 @@ def _evaluations(client):
 
 def test_evaluation_is_deterministic_reuses_its_calibration_and_ranks_the_sampler(chain, store):
     from brainvq.quality.evaluate import EvalProtocol
-    from brainvq.registry import register_run
+    from brainvq.tracking.registry import register_run
 
     _, _, _, lin = chain
     assert cli(["evaluate-samples", "--prior_run_id", lin.prior]) == 0  # the default protocol: 256 slices

@@ -11,8 +11,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from brainvq.cli import main as cli
+from brainvq.data.codes import load_codes, save_codes
 from brainvq.errors import ModelFileError
-from brainvq.prior_stage import encode_dataset, load_codes, save_codes
+from brainvq.stages.encode import encode_dataset
 from conftest import REPO, logged_models
 
 pytestmark = pytest.mark.slow
@@ -106,7 +107,7 @@ def test_codes_round_trip_and_codebook_mismatch(tmp_path, tiny_adni):
 
 
 def test_run_params_logged_by_mlflow_run_read_back_as_empty():
-    from brainvq.prior_stage import run_param
+    from brainvq.values import run_param
 
     # `mlflow run` logs `-P data_dir=` (the default) as the two characters '' after shell quoting.
     assert run_param({"data_dir": "''"}, "data_dir", str, "") == ""

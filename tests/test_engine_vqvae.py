@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from brainvq.checkpoint import atomic_save, load_checkpoint, load_model
 from brainvq.data import load_adni
-from brainvq.engine.tracking import MemoryTracker
-from brainvq.engine.vqvae_trainer import TrainConfig, fit_vqvae
+from brainvq.engine.tracker import MemoryTracker
+from brainvq.engine.vqvae import TrainConfig, fit_vqvae
 from brainvq.errors import ModelFileError, TrainingDiverged
+from brainvq.models.checkpoint import atomic_save, load_checkpoint, load_model
 from brainvq.models.vqvae import VQVAE, VQVAEConfig
 
 MODEL = VQVAEConfig(latent_dim=8, num_embeddings=16, hidden_channels=16, res_channels=8, num_res_layers=1, image_size=(32, 32))

@@ -11,6 +11,7 @@ import torch
 from scipy import linalg, ndimage
 from scipy.stats import binomtest
 
+from brainvq.models.critic import Critic, CriticConfig, blur_matrix
 from brainvq.quality.c2st import (
     C2STProtocol,
     as_tensor,
@@ -22,7 +23,6 @@ from brainvq.quality.c2st import (
     wilson_interval,
 )
 from brainvq.quality.classify import FitConfig, fit_critic, front_maps, predict_labels
-from brainvq.quality.critic import Critic, CriticConfig, blur_matrix
 from brainvq.quality.diversity import msssim_diversity, random_pairs
 from brainvq.quality.evaluate import EvalProtocol, Slices, calibrate, evaluate_generated, select_real
 from brainvq.quality.fidelity import frechet_ci95, frechet_distance, precision_recall

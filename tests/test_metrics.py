@@ -3,8 +3,8 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from brainvq.losses import ssim_loss
-from brainvq.metrics import BRAIN_DILATION, BRAIN_THRESHOLD, brain_mask, psnr, psnr_brain, ssim, ssim_brain
+from brainvq.quality.losses import ssim_loss
+from brainvq.quality.metrics import BRAIN_DILATION, BRAIN_THRESHOLD, brain_mask, psnr, psnr_brain, ssim, ssim_brain
 
 
 def _pairs(shape, seed):

@@ -19,7 +19,7 @@ from brainvq.export.onnx_graphs import export_models
 from brainvq.export.ort_sampler import OnnxSampler, resolve_model_dir
 from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 from brainvq.models.vqvae import VQVAE, VQVAEConfig
-from brainvq.sampling import sample_codes
+from brainvq.sampling.torch_sampler import sample_codes
 
 K, IMAGE, CODES = 5, (24, 28), (6, 7)  # downsample 4: 24x28 images <-> 6x7 code grids
 
@@ -194,7 +194,7 @@ def test_mismatched_missing_and_corrupt_files(exported, tmp_path):
 def _finished_run(stage: str, ckpt: dict, path) -> str:
     import mlflow
 
-    from brainvq.checkpoint import atomic_save
+    from brainvq.models.checkpoint import atomic_save
 
     with mlflow.start_run() as run:
         mlflow.set_tag("brainvq.stage", stage)

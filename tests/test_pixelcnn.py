@@ -124,7 +124,7 @@ def test_row_and_step_modules_match_full_forward(conditional, dilation_cycle, la
 def test_position_baseline_sees_what_position_carries_and_is_chosen_on_validation():
     import numpy as np
 
-    from brainvq.engine.pixelcnn_trainer import CodeSet, baseline_bits
+    from brainvq.engine.prior import CodeSet, baseline_bits
 
     rng = np.random.default_rng(0)
 

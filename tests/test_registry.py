@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from brainvq.errors import RunError
-from brainvq.registry import CHAMPION, SPECS, compare, register_pipeline, register_run
+from brainvq.tracking.registry import CHAMPION, SPECS, compare, register_pipeline, register_run
 from conftest import write_tiny_adni
 from tiny_chain import subprocess_env, tiny_store, train_lineage
 

@@ -8,7 +8,7 @@ import torch
 
 from brainvq.errors import ConfigError
 from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
-from brainvq.sampling import draw, sample_codes
+from brainvq.sampling.torch_sampler import draw, sample_codes
 
 
 def test_draw_inverse_cdf_and_top_k():

@@ -98,7 +98,7 @@ def test_train_vqvae_logs_to_a_postgres_backed_tracking_server(tracking_server, 
     assert list(artifacts.rglob("vqvae.pt")), "checkpoint not stored under --artifacts-destination"
 
     # the model registry lives on the same server: register the run's model and read the alias back
-    from brainvq.registry import register_run
+    from brainvq.tracking.registry import register_run
 
     reg = register_run("vqvae", run.info.run_id)
     assert reg.promoted and reg.version == "1"

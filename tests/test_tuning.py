@@ -8,7 +8,7 @@ import mlflow
 import optuna
 import pytest
 
-from brainvq.cliutil import run_main
+from brainvq.cli.args import run_main
 from brainvq.errors import ConfigError
 from brainvq.tuning import search, tune
 

@@ -39,7 +39,7 @@ def tiny_store(root: Path):
 
 
 def latest(stage: str) -> str:
-    from brainvq.runs import resolve_run
+    from brainvq.tracking.runs import resolve_run
 
     return resolve_run("latest", stage).info.run_id
 

@@ -70,7 +70,7 @@ def log_summary(study: optuna.Study, objective: str, metric: str, out_dir: str |
     and the plots to the active (parent) MLflow run. Returns the tags it set."""
     import mlflow
 
-    from brainvq.mlflow_stage import param_str
+    from brainvq.values import param_str
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

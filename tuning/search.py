@@ -1,7 +1,7 @@
 """Optuna search spaces, suggest functions and objectives for the VQ-VAE and the PixelCNN prior.
 
 Tuning wraps training: every trial builds its configs through the same argument → config code as
-``brainvq train-vqvae`` / ``train-pixelcnn`` (``brainvq.config_args``) and trains with the same ``fit_vqvae`` /
+``brainvq train-vqvae`` / ``train-pixelcnn`` (``brainvq.cli.configs``) and trains with the same ``fit_vqvae`` /
 ``fit_pixelcnn``. Trial parameter names are those commands' argument names, so ``--from_study`` can replay a trial.
 MLflow appears here only to open one nested child run per trial.
 """
@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from brainvq.errors import ConfigError, TrainingDiverged
-from brainvq.tracking_store import normalise_postgres_uri
+from brainvq.tracking.store import normalise_postgres_uri
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +197,11 @@ def suggest_params(trial: optuna.Trial, space: Space) -> dict[str, Any]:
     return {name: spec.suggest(trial) for name, spec in space.items()}
 
 
-def _args(parser_module: str, values: Mapping[str, Any], **fixed) -> argparse.Namespace:
+def _args(command: str, values: Mapping[str, Any], **fixed) -> argparse.Namespace:
     # Start from the training command's own defaults so a trial and `--from_study` build identical configs.
-    import importlib
+    from brainvq.cli.params import build_parser
 
-    args = importlib.import_module(parser_module).build_parser().parse_args([])
+    args = build_parser(command, None).parse_args([])
     for k, v in {**fixed, **values}.items():
         setattr(args, k, v)
     return args
@@ -210,9 +210,9 @@ def _args(parser_module: str, values: Mapping[str, Any], **fixed) -> argparse.Na
 def vqvae_configs(trial: optuna.Trial, space: Space, *, image_size=(240, 256), epochs: int = 30,
                   max_minutes: float = 0.0, seed: int = 0, device: str = "auto"):
     """``(VQVAEConfig, TrainConfig)`` of a trial; ConfigError when the sampled combination is invalid."""
-    from brainvq.config_args import vqvae_configs_from_args
+    from brainvq.cli.configs import vqvae_configs_from_args
 
-    args = _args("brainvq.pipelines.train_vqvae", suggest_params(trial, space), image_size=tuple(image_size),
+    args = _args("train-vqvae", suggest_params(trial, space), image_size=tuple(image_size),
                  epochs=epochs, max_minutes=max_minutes, seed=seed, device=device)
     return vqvae_configs_from_args(args)
 
@@ -225,9 +225,9 @@ def suggest_vqvae(trial: optuna.Trial, space: Space, *, image_size=(240, 256)):
 def prior_configs(trial: optuna.Trial, space: Space, vqvae_config, *, epochs: int = 40, max_minutes: float = 0.0,
                   seed: int = 0, device: str = "auto"):
     """``(PixelCNNConfig, PriorTrainConfig)`` of a trial for the codes of ``vqvae_config``."""
-    from brainvq.config_args import prior_configs_from_args
+    from brainvq.cli.configs import prior_configs_from_args
 
-    args = _args("brainvq.pipelines.train_pixelcnn", suggest_params(trial, space), epochs=epochs,
+    args = _args("train-pixelcnn", suggest_params(trial, space), epochs=epochs,
                  max_minutes=max_minutes, seed=seed, device=device)
     return prior_configs_from_args(args, vqvae_config)
 
@@ -264,7 +264,7 @@ def trial_run(trial: optuna.Trial, study_name: str, extra_tags: Mapping[str, str
     """
     import mlflow
 
-    from brainvq.runs import STAGE_TAG
+    from brainvq.tracking.runs import STAGE_TAG
 
     tags = {STAGE_TAG: TRIAL_STAGE, "optuna.study_name": study_name, "optuna.trial_number": str(trial.number),
             "optuna.state": "RUNNING", **(extra_tags or {})}
@@ -313,8 +313,8 @@ class Objective:
             self.before_trial()  # e.g. release the cross-worker lock held while this trial was created
         import mlflow
 
-        from brainvq.engine.mlflow_tracker import MlflowTracker
-        from brainvq.mlflow_stage import param_str
+        from brainvq.tracking.tracker import MlflowTracker
+        from brainvq.values import param_str
 
         metric = OBJECTIVE_METRIC[self.stage]
         retried = retry_of(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
@@ -338,12 +338,12 @@ class Objective:
             callbacks = [pruning_callback(trial, metric, self.prune)]
             # No test split during tuning: model selection must not see the test set.
             if self.stage == "vqvae":
-                from brainvq.engine.vqvae_trainer import fit_vqvae
+                from brainvq.engine.vqvae import fit_vqvae
 
                 result = fit_vqvae(model_cfg, train_cfg, self.data.train, self.data.val, None,
                                    tracker=tracker, callbacks=callbacks)
             else:
-                from brainvq.engine.pixelcnn_trainer import fit_pixelcnn
+                from brainvq.engine.prior import fit_pixelcnn
 
                 result = fit_pixelcnn(model_cfg, train_cfg, self.data["train"], self.data["val"], None,
                                       tracker=tracker, callbacks=callbacks)
@@ -439,7 +439,7 @@ def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 0, 
     retries (RetryFailedTrialCallback). ``heartbeat_interval=0`` turns the heartbeat off."""
     if not url:
         raise ConfigError("storage must not be empty (default sqlite:///optuna.db)")
-    if not url.split(":", 1)[0].split("+")[0] in {"sqlite", "postgresql", "mysql", "oracle", "mssql"}:
+    if url.split(":", 1)[0].split("+")[0] not in {"sqlite", "postgresql", "mysql", "oracle", "mssql"}:
         raise ConfigError(f"storage must be an SQLAlchemy URL such as sqlite:///optuna.db or "
                           f"postgresql://user@host/db, got {safe_url(url)!r}")
     url = normalise_postgres_uri(url)
@@ -531,7 +531,7 @@ def load_data(args: argparse.Namespace, space: Space):
     import mlflow
 
     if args.stage == "vqvae":
-        from brainvq.vqvae_stage import load_splits
+        from brainvq.data.splits import load_splits
 
         if not 0 < args.val_fraction < 1:
             raise ConfigError(f"bad parameter: val_fraction must be in (0, 1) for tuning, got {args.val_fraction}")
@@ -539,8 +539,8 @@ def load_data(args: argparse.Namespace, space: Space):
         if not len(splits.val):
             raise ConfigError(f"no validation slices (val_fraction={args.val_fraction}): tuning needs val/ssim")
         return splits, None
-    from brainvq.mlflow_stage import prior_codes
-    from brainvq.runs import load_stage_model
+    from brainvq.tracking.codes import prior_codes
+    from brainvq.tracking.runs import load_stage_model
 
     vqvae, _, vq_run = load_stage_model(args.vqvae_run_id, "train_vqvae")
     vq_id = vq_run.info.run_id

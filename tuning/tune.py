@@ -11,31 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brainvq.cliutil import add_param, image_size, intlike, run_main, setup_logging
+from brainvq.cli.args import run_main, setup_logging
+from brainvq.cli.params import build_parser as build_entry_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brainvq tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_param(p, "stage", default="vqvae", choices=["vqvae", "prior"], help="what to tune")
-    add_param(p, "objective", default="ssim", choices=["ssim", "pareto"], help="vqvae: max val/ssim, or pareto = also min code bits/image")
-    add_param(p, "n_trials", type=intlike, default=20, help="finished trials wanted in the study, all workers and runs together")
-    add_param(p, "timeout_minutes", type=float, default=0.0, help="this worker starts no trial after this; 0 = none")
-    add_param(p, "epochs_per_trial", type=intlike, default=8, help="training epochs per trial")
-    add_param(p, "max_minutes_per_trial", type=float, default=0.0, help="wall-clock budget per trial; 0 = none")
-    add_param(p, "study_name", default="brainvq-vqvae", help="Optuna study; an existing one is resumed")
-    add_param(p, "storage", default="sqlite:///optuna.db", help="Optuna storage; PostgreSQL for parallel workers")
-    add_param(p, "data_dir", default="", help="ADNI-layout root; empty = the demo set")
-    add_param(p, "vqvae_run_id", default="latest", help="stage=prior: the train_vqvae run whose codes are modelled")
-    add_param(p, "seed", type=intlike, default=0, help="seed for training and the sampler")
-    add_param(p, "pruner", default="median", choices=["median", "hyperband", "none"], help="early stopping of weak trials")
-    add_param(p, "space", default="", help="YAML/JSON file overriding the search space")
-    add_param(p, "max_train_images", type=intlike, default=0, help="cap on training slices; 0 = all")
-    add_param(p, "image_size", type=image_size, default=(240, 256), help="HxW slices are padded/cropped to")
-    add_param(p, "val_fraction", type=float, default=0.2, help="share of training subjects held out for validation")
-    add_param(p, "heartbeat_interval", type=intlike, default=30, help="seconds between trial heartbeats; 0 = off")
-    add_param(p, "grace_period", type=intlike, default=0, help="seconds without heartbeat before a trial is failed; 0 = 2x interval")
-    add_param(p, "max_retry", type=intlike, default=2, help="retries of a trial whose worker died")
-    add_param(p, "device", default="auto", help="auto, cpu, cuda or mps")
+    p = build_entry_parser("tune", __doc__)  # the parameters: brainvq.cli.params
     return p
 
 
@@ -47,7 +28,7 @@ def main(argv=None) -> None:
     import mlflow
 
     from brainvq.errors import ConfigError
-    from brainvq.mlflow_stage import stage_run
+    from brainvq.tracking.stage import stage_run
     from brainvq.tuning import plots, search
 
     if args.n_trials < 1 or args.epochs_per_trial < 1:

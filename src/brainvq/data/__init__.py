@@ -1,31 +1,24 @@
-"""Data: ADNI-layout folders (`adni`), image decoding (`images`) and the MNI152-derived demo set (`demo`)."""
+"""Data: ADNI-layout folders (`adni`), slice files (`images`), the label map (`labels`), code grids (`codes`),
+splits (`splits`) and the MNI152-derived demo set (`demo`).
 
-from brainvq.data.adni import (
-    ADNISplits,
-    Sample,
-    SliceDataset,
-    cache_root,
-    cap_by_subject,
-    load_adni,
-    load_split,
-    scan_split,
-    split_by_subject,
-    subject_of,
-)
-from brainvq.data.demo import default_demo_dir, ensure_demo_data, make_demo_data
+The package itself imports nothing heavy: ``brainvq.data.images`` must stay importable without torch (the ONNX sampler
+writes its PNGs with it). The names below load their module on first use (PEP 562).
+"""
 
-__all__ = [
-    "ADNISplits",
-    "Sample",
-    "SliceDataset",
-    "cache_root",
-    "cap_by_subject",
-    "default_demo_dir",
-    "ensure_demo_data",
-    "load_adni",
-    "load_split",
-    "make_demo_data",
-    "scan_split",
-    "split_by_subject",
-    "subject_of",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "adni": ("ADNISplits", "Sample", "SliceDataset", "cache_root", "cap_by_subject", "load_adni", "load_split",
+             "scan_split", "split_by_subject", "subject_of"),
+    "demo": ("default_demo_dir", "ensure_demo_data", "make_demo_data"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"brainvq.data.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'brainvq.data' has no attribute {name!r}")

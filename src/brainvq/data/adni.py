@@ -21,11 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from brainvq.data.images import decode, warn_conversions
+from brainvq.data.labels import CLASSES, UNLABELLED
 from brainvq.errors import DataError
 
 log = logging.getLogger(__name__)
-CLASSES = {"NC": 0, "AD": 1}
-UNLABELLED = -1
 CACHE_FORMAT = 1  # bump when the cache layout changes: part of the key
 
 

@@ -1,15 +1,19 @@
-"""Decoding slices: any PNG to an 8-bit grey ``(H, W)`` array fitted to ``image_size`` by centred pad/crop."""
+"""Slices as files, both ways: any PNG decoded to an 8-bit grey ``(H, W)`` array fitted to ``image_size`` by centred
+pad/crop, and arrays written as PNG slices and contact-sheet grids (numpy and PIL only: the torch-free sampler
+writes with these too)."""
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from brainvq.errors import DataError
+from brainvq.errors import ConfigError, DataError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes for 16-bit PNGs (newer PIL reads them as "I")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
@@ -67,3 +71,64 @@ def warn_conversions(kinds: dict[str, int], where: str | os.PathLike) -> None:
     if kinds.get("rgb"):
         warnings.warn(f"{kinds['rgb']} colour (RGB/RGBA) images under {where} were converted to grey",
                       UserWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """``(N,1,H,W)`` or ``(N,H,W)`` floats in [0,1] -> ``(N,H,W)`` uint8."""
+    a = np.asarray(images, dtype=np.float32)
+    if a.ndim == 4:
+        a = a[:, 0]
+    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def image_grid(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
+    """Tile rows of images (each ``(N,H,W)`` uint8, same H and W) into one uint8 picture."""
+    rows = [r for r in rows if len(r)]
+    h, w = rows[0].shape[1:]
+    ncols = max(len(r) for r in rows)
+    grid = np.zeros((len(rows) * (h + pad) + pad, ncols * (w + pad) + pad), dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[y : y + h, x : x + w] = img
+    return grid
+
+
+def save_grid(rows: Sequence[np.ndarray], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid([to_uint8(r) if r.dtype != np.uint8 else r for r in rows])).save(path)
+    return path
+
+
+
+def writable_folder(path: str | os.PathLike, name: str = "out") -> Path:
+    """Create ``path`` if needed and check that it takes files; a one-line ``ConfigError`` naming ``name`` otherwise.
+    Call it before sampling: a bad output folder should not cost a sampling run."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot write samples to {out} ({exc.strerror or exc})") from None
+    return out
+
+
+def write_slices(images: np.ndarray, out_dir: str | os.PathLike) -> list[Path]:
+    """``sample_000.png``, ... and ``grid.png`` (a near-square contact sheet) from ``(N,1,H,W)`` or ``(N,H,W)``
+    slices (floats in [0,1] or uint8); returns the paths, the grid last."""
+    out = writable_folder(out_dir)
+    pixels = images if images.dtype == np.uint8 and images.ndim == 3 else to_uint8(images)  # (N,H,W)
+    cols = math.ceil(math.sqrt(len(pixels)))
+    paths = [out / f"sample_{i:03d}.png" for i in range(len(pixels))]
+    try:
+        for path, img in zip(paths, pixels):
+            Image.fromarray(img, mode="L").save(path)
+        paths.append(save_grid([pixels[i : i + cols] for i in range(0, len(pixels), cols)], out / "grid.png"))
+    except OSError as exc:  # disk full, folder removed while sampling
+        raise ConfigError(f"out: cannot write samples to {out} ({exc.strerror or exc})") from None
+    return paths

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -13,8 +15,8 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 import torch
 
-from brainvq.checkpoint import atomic_save, load_checkpoint
 from brainvq.errors import ConfigError, ModelFileError, TrainingDiverged
+from brainvq.models.checkpoint import atomic_save, load_checkpoint
 
 
 class Callback(Protocol):
@@ -142,3 +144,11 @@ def batches(order: np.ndarray, batch_size: int, drop_last: bool = True) -> Itera
 def run_callbacks(callbacks: Iterable[Callable], epoch: int, metrics: dict[str, float]) -> None:
     for cb in callbacks:
         cb(epoch, metrics)
+
+
+def checkpoint_dir_for(params: dict, root: str | Path = ".brainvq/checkpoints") -> Path:
+    """Stable local folder for a configuration, so ``resume=true`` finds a killed run's checkpoint."""
+    keep = {k: v for k, v in sorted(params.items()) if k not in {"resume", "checkpoint_dir", "max_minutes"}}
+    digest = hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(root) / f"vqvae-{digest}"
+

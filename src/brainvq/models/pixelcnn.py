@@ -93,6 +93,17 @@ class PixelCNNConfig:
         """Vertical (per-row) cache: ``(B, L, w, cache_len, C)``."""
         return batch, self.num_layers, self.code_shape[1], self.cache_len, self.hidden_channels
 
+    def check_decoder(self, vqvae_config) -> None:
+        """Refuse a VQ-VAE whose codes this prior does not model (codebook size, code grid): one rule, used by
+        sampling and export alike."""
+        from brainvq.errors import ModelFileError
+
+        if self.num_embeddings != vqvae_config.num_embeddings:
+            raise ModelFileError(f"prior has {self.num_embeddings} codes but the VQ-VAE codebook has "
+                                 f"{vqvae_config.num_embeddings}")
+        if tuple(self.code_shape) != tuple(vqvae_config.code_shape):
+            raise ModelFileError(f"prior code grid {self.code_shape} != VQ-VAE code grid {vqvae_config.code_shape}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["code_shape"] = list(self.code_shape)

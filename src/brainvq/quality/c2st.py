@@ -1,6 +1,6 @@
 """Classifier two-sample test (Lopez-Paz & Oquab 2017, https://arxiv.org/abs/1610.06545) with measured power.
 
-A :class:`~brainvq.quality.critic.Critic` learns to tell real from generated slices. K-fold cross-fitting: both sets
+A :class:`~brainvq.models.critic.Critic` learns to tell real from generated slices. K-fold cross-fitting: both sets
 are shuffled (sorted file lists come in blocks of class and subject, and a split along them would measure AD
 against NC), cut into K folds, and each fold is scored by a critic trained on the other K-1, so every image is scored
 exactly once by a classifier that never saw it. 0.5 = indistinguishable, 1.0 = trivially recognisable.

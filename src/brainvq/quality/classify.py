@@ -1,4 +1,4 @@
-"""Training and scoring of :class:`~brainvq.quality.critic.Critic` classifiers on precomputed front-end maps.
+"""Training and scoring of :class:`~brainvq.models.critic.Critic` classifiers on precomputed front-end maps.
 
 Every classifier of an evaluation (the folds of a two-sample test, the power checks, TSTR / TRTR, the feature
 network) trains here with one recipe: a fixed number of optimiser *steps* (never epochs, so the amount of training
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brainvq.quality.critic import Critic, CriticConfig
+from brainvq.models.critic import Critic, CriticConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from brainvq.metrics import ms_ssim, ssim
+from brainvq.quality.metrics import ms_ssim, ssim
 
 # torchmetrics' MS-SSIM (5 scales, 11-px window) checks ``side // (5 - 1)**2 > 11 - 1``, i.e. each side >= 176 px.
 MSSSIM_MIN_SIDE = 176

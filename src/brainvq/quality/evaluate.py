@@ -4,7 +4,7 @@ Two parts, because one of them depends only on the real data and the protocol:
 
 * :func:`calibrate` (once per data set, split and protocol; the tracking layer stores and reuses it): the power of
   the realism test (:func:`brainvq.quality.c2st.power_checks`), the feature network (an AD/NC
-  :class:`~brainvq.quality.critic.Critic` trained on the training split only) and the real floors read beside
+  :class:`~brainvq.models.critic.Critic` trained on the training split only) and the real floors read beside
   every generated figure: ``real/fd``, ``real/precision``, ``real/recall`` (real training vs real held-out slices),
   ``real/trtr_accuracy``, ``real/label_classifier_accuracy`` and ``real/msssim_diversity`` (pairs across subjects).
 * :func:`evaluate_generated`: the generated slices against the same real slices: ``gen/c2st_accuracy`` with its 95%
@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
+from brainvq.models.critic import Critic
 from brainvq.quality.c2st import (
     C2STProtocol,
     C2STResult,
@@ -38,7 +39,6 @@ from brainvq.quality.c2st import (
     wilson_interval,
 )
 from brainvq.quality.classify import embed, fit_critic, front_maps, predict_labels
-from brainvq.quality.critic import Critic
 from brainvq.quality.diversity import msssim_diversity
 from brainvq.quality.fidelity import frechet_ci95, frechet_distance, precision_recall
 

@@ -20,7 +20,6 @@ BOOTSTRAP_ROUNDS = 200
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to feature sets ``a (N,D)`` and ``b (M,D)``."""
-    from scipy import linalg
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:

@@ -1,4 +1,4 @@
-"""Training losses. The SSIM *metric* lives in ``brainvq.metrics`` (torchmetrics); this is a cheaper loss term."""
+"""Training losses. The SSIM *metric* lives in ``brainvq.quality.metrics`` (torchmetrics); this is a cheaper loss term."""
 
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from brainvq.runs import STAGE_TAG
+from brainvq.tracking.runs import STAGE_TAG
 
 log = logging.getLogger(__name__)
-PROJECT_DIR = Path(__file__).resolve().parents[2]  # repo root (MLproject) in a source checkout
+PROJECT_DIR = Path(__file__).resolve().parents[3]  # repo root (MLproject) in a source checkout
 
 
 def _matching_run(client: MlflowClient, experiment_id: str, entry_point: str, parameters: dict[str, str]):

@@ -1,6 +1,6 @@
 """PyTorch sampling from a gated PixelCNN prior: exact raster order, fast (cached) or naive (full pass per code).
 
-The draw and the loops live in :mod:`brainvq.export.draw` (numpy only) so the onnxruntime sampler shares them: the
+The draw and the loops live in :mod:`brainvq.sampling.draw` (numpy only) so the onnxruntime sampler shares them: the
 same seed gives the same codes here and in ``brainvq sample-onnx``.
 """
 
@@ -10,13 +10,13 @@ import numpy as np
 import torch
 
 from brainvq.errors import ConfigError
-from brainvq.export.draw import draw, fast_sample_batch, naive_sample_batch, uniforms
+from brainvq.sampling.draw import draw, fast_sample_batch, naive_sample_batch, uniforms
 
 __all__ = ["draw", "sample_codes", "torch_step_fns"]
 
 
 def torch_step_fns(prior):
-    """``(row_fn, step_fn)`` over numpy arrays for :func:`brainvq.export.draw.fast_sample_batch`."""
+    """``(row_fn, step_fn)`` over numpy arrays for :func:`brainvq.sampling.draw.fast_sample_batch`."""
     row, step = prior.row_module().eval(), prior.step_module().eval()
     device = next(prior.parameters()).device
 

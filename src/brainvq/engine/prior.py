@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from brainvq.data.codes import CodeSet
 from brainvq.engine import distributed
 from brainvq.engine.common import (
     batches,
@@ -29,7 +30,7 @@ from brainvq.engine.common import (
     save_training_checkpoint,
     seed_everything,
 )
-from brainvq.engine.tracking import NullTracker, Tracker
+from brainvq.engine.tracker import NullTracker, Tracker
 from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ LN2 = math.log(2.0)
 
 @dataclass(frozen=True)
 class PriorTrainConfig:
-    epochs: int = 20
+    epochs: int = 40
     # Small batches win at a fixed CPU budget (the per-grid cost hardly changes, the optimiser steps multiply): in
     # 6.5 minutes on the demo codes, batch 4 reached 1.93 validation bits/code and batch 8 2.13 (README, "How the
     # defaults were chosen", measured on the validation split).
@@ -66,16 +67,6 @@ class PriorTrainConfig:
             raise ValueError(f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-
-
-class CodeSet(NamedTuple):
-    """Code grids of one split: ``codes`` (N,h,w) int64, ``labels`` (N,) int64 (1 AD, 0 NC, -1 unknown)."""
-
-    codes: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.codes)
 
 
 class PriorFitResult(NamedTuple):

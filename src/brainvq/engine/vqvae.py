@@ -28,10 +28,10 @@ from brainvq.engine.common import (
     save_training_checkpoint,
     seed_everything,
 )
-from brainvq.engine.tracking import NullTracker, Tracker
-from brainvq.losses import ssim_loss
-from brainvq.metrics import psnr, psnr_brain, ssim, ssim_brain
+from brainvq.engine.tracker import NullTracker, Tracker
 from brainvq.models.vqvae import VQVAE, VQVAEConfig
+from brainvq.quality.losses import ssim_loss
+from brainvq.quality.metrics import psnr, psnr_brain, ssim, ssim_brain
 
 if TYPE_CHECKING:
     from brainvq.data import SliceDataset
@@ -80,7 +80,7 @@ class FitResult(NamedTuple):
 def evaluate_vqvae(model: VQVAE, data: SliceDataset, batch_size: int = 32, device: torch.device | str = "cpu",
                    shard: bool = False) -> dict[str, float]:
     """Mean SSIM, PSNR, their brain-region versions (``ssim_brain``, ``psnr_brain``: over
-    :func:`brainvq.metrics.brain_mask`, slices without brain left out), perplexity and codebook usage over a dataset
+    :func:`brainvq.quality.metrics.brain_mask`, slices without brain left out), perplexity and codebook usage over a dataset
     (eval mode, no EMA updates).
 
     ``shard=True`` (every rank must call it) splits the data over DDP ranks and sums the statistics over them.

@@ -18,7 +18,7 @@ CHECKPOINT_ARTIFACT = {"train_vqvae": "checkpoint/vqvae.pt", "train_pixelcnn": "
 def _client():
     from mlflow.tracking import MlflowClient
 
-    from brainvq.tracking_store import check_tracking_store
+    from brainvq.tracking.store import check_tracking_store
 
     check_tracking_store()  # one-line error in seconds instead of MLflow's minutes of retries
     return MlflowClient()
@@ -94,9 +94,8 @@ def fetch_checkpoint(run_id: str, stage: str, dst_dir: str | os.PathLike | None 
 
 def load_stage_model(run_id: str, stage: str):
     """Model of a finished stage run: returns ``(model, ckpt, run)``."""
-    from brainvq.checkpoint import load_model
-
     from brainvq.errors import ModelFileError
+    from brainvq.models.checkpoint import load_model
 
     path, run = fetch_checkpoint(run_id, stage)
     try:

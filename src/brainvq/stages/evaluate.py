@@ -101,8 +101,9 @@ def generate_slices(prior, vqvae, protocol: EvalProtocol, progress: bool = True,
     A large batch amortises the per-code overhead of the cached sampler (154 vs 393 ms per grid at 128 vs 16 on a
     2-core CPU); the codes do not depend on it (the uniforms are drawn for all slices at once).
     """
-    from brainvq.plots import to_uint8
-    from brainvq.prior_stage import LABELS, generate
+    from brainvq.data.images import to_uint8
+    from brainvq.data.labels import LABELS
+    from brainvq.sampling.generate import generate
 
     images, _, labels = generate(prior, vqvae, protocol.n_samples, "both", protocol.temperature, protocol.top_k,
                                  protocol.seed, batch_size=batch_size, progress=progress)
@@ -112,7 +113,7 @@ def generate_slices(prior, vqvae, protocol: EvalProtocol, progress: bool = True,
 
 def vqvae_reconstructor(vqvae, batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 slices ``(N,H,W)`` -> their VQ-VAE reconstructions as uint8 (what the decoder can give at best)."""
-    from brainvq.plots import to_uint8
+    from brainvq.data.images import to_uint8
 
     @torch.no_grad()
     def reconstruct(images: np.ndarray) -> np.ndarray:
@@ -148,7 +149,7 @@ def read_sample_folder(folder: str | Path, image_size: tuple[int, int]) -> Slice
 
 def save_generated_grid(fake: Slices, path: str | Path, rows: int = 4, per_row: int = 8) -> Path:
     """``generated.png``: the first ``rows x per_row`` generated slices."""
-    from brainvq.plots import save_grid
+    from brainvq.data.images import save_grid
 
     n = min(len(fake.images), rows * per_row)
     return save_grid([fake.images[i : i + per_row] for i in range(0, n, per_row)], path)

@@ -82,7 +82,7 @@ def build_model(ckpt: dict, path: str | os.PathLike = "<checkpoint>"):
 
             model = GatedPixelCNN(PixelCNNConfig(**ckpt["config"]))
         elif kind == "critic":
-            from brainvq.quality.critic import Critic, CriticConfig
+            from brainvq.models.critic import Critic, CriticConfig
 
             model = Critic(CriticConfig(**ckpt["config"]))
         else:

@@ -1,6 +1,6 @@
 """Tracker interface: training loops log through it and know nothing of MLflow.
 
-``NullTracker`` is the default; ``brainvq.engine.mlflow_tracker.MlflowTracker`` is created only by ``pipelines/``
+``NullTracker`` is the default; ``brainvq.tracking.tracker.MlflowTracker`` is created only by ``pipelines/``
 and ``tuning/``.
 """
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from brainvq.errors import ConfigError
+from brainvq.values import int_tuple
 
 
 def _build(cls, **kwargs):
@@ -17,7 +18,7 @@ def _build(cls, **kwargs):
 
 def vqvae_configs_from_args(args: argparse.Namespace):
     """``(VQVAEConfig, TrainConfig)`` from ``train_vqvae`` arguments."""
-    from brainvq.engine.vqvae_trainer import TrainConfig
+    from brainvq.engine.vqvae import TrainConfig
     from brainvq.models.vqvae import VQVAEConfig
 
     if not 0 <= args.val_fraction < 1:
@@ -57,17 +58,9 @@ def apply_study_best(args: argparse.Namespace, study_name: str, storage: str) ->
     return params
 
 
-def int_tuple(name: str, value) -> tuple[int, ...]:
-    """A comma-separated integer list such as ``1,2,4`` (MLproject parameters are strings; logged as given)."""
-    try:
-        return tuple(int(p) for p in str(value).replace(" ", "").split(","))
-    except ValueError:
-        raise ConfigError(f"bad parameter: {name} must be comma-separated integers such as 1,2,4, got {value!r}") from None
-
-
 def prior_configs_from_args(args: argparse.Namespace, vqvae_config):
     """``(PixelCNNConfig, PriorTrainConfig)`` from ``train_pixelcnn`` arguments and the VQ-VAE it models."""
-    from brainvq.engine.pixelcnn_trainer import PriorTrainConfig
+    from brainvq.engine.prior import PriorTrainConfig
     from brainvq.models.pixelcnn import PixelCNNConfig
 
     model = _build(

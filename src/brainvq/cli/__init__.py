@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from brainvq.cliutil import run_main
+from brainvq.cli.args import run_main
 
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS = {
@@ -22,7 +22,7 @@ COMMANDS = {
     "sample-onnx": ("brainvq.export.sample_onnx", "sample with onnxruntime (no PyTorch needed)"),
     "tune": ("brainvq.tuning.tune", "Optuna sweep over the VQ-VAE or the prior, tracked in MLflow"),
     "pipeline": ("brainvq.pipelines.main", "run the whole chain (what `mlflow run .` runs)"),
-    "register": ("brainvq.registry", "register finished runs as model versions; move `champion` when better"),
+    "register": ("brainvq.pipelines.register", "register finished runs as model versions; move `champion` when better"),
 }
 
 
@@ -53,5 +53,3 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(module.main, rest, prog=f"brainvq {name}")
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,12 +29,9 @@ before the first version is created. A failed creation is rolled back and report
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from dataclasses import dataclass, field
 
-from brainvq.cliutil import add_param, run_main, setup_logging
 from brainvq.errors import BrainVQError, RegistryError, RunError
 
 log = logging.getLogger(__name__)
@@ -101,7 +98,7 @@ class Registration:
 
 
 def _client():
-    from brainvq.runs import _client as checked_client
+    from brainvq.tracking.runs import _client as checked_client
 
     return checked_client()
 
@@ -114,7 +111,7 @@ def plan_run(kind: str, run_id: str) -> Plan:
     """Check that ``run_id`` (or ``latest``) is a FINISHED run of the kind's stage with what a version needs."""
     import mlflow
 
-    from brainvq.runs import find_stage_runs, resolve_run
+    from brainvq.tracking.runs import find_stage_runs, resolve_run
 
     spec = SPECS[kind]
     run = resolve_run(run_id, spec.stage)  # RunError unless FINISHED and of the right stage
@@ -172,7 +169,7 @@ def _create_version(client, plan: Plan):
     name = plan.spec.name
     created_model = False
     try:  # create-or-accept rather than get-then-create: two pipelines may register the first version at once
-        client.create_registered_model(name, description=f"brainvq {plan.spec.stage} models (see brainvq.registry)")
+        client.create_registered_model(name, description=f"brainvq {plan.spec.stage} models (see brainvq.tracking.registry)")
         created_model = True
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -307,27 +304,3 @@ def register_pipeline(vqvae_run_id: str | None = None, pixelcnn_run_id: str | No
             raise RunError(message.format(later.run_id, later.tags.get(tag) or "?", earlier.run_id)
                            + "; register the runs of one pipeline together")
     return [register_planned(p) for p in plans.values()]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brainvq register", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_param(p, "vqvae_run_id", default="", help="train_vqvae run ID or latest; empty = skip")
-    add_param(p, "pixelcnn_run_id", default="", help="train_pixelcnn run ID or latest; empty = skip")
-    add_param(p, "export_run_id", default="", help="export_onnx run ID or latest; empty = skip")
-    return p
-
-
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    from brainvq.errors import ConfigError
-
-    if not (args.vqvae_run_id or args.pixelcnn_run_id or args.export_run_id):
-        raise ConfigError("nothing to register: pass --vqvae_run_id, --pixelcnn_run_id and/or --export_run_id")
-    for reg in register_pipeline(args.vqvae_run_id, args.pixelcnn_run_id, args.export_run_id):
-        print(reg.line())
-
-
-if __name__ == "__main__":
-    sys.exit(run_main(main, prog="register"))

@@ -1,0 +1,273 @@
+"""Every entry point's parameters, declared once: the argparse parsers and the MLproject file follow from this table.
+
+One name everywhere: the parameter ``max_minutes`` is the MLproject parameter ``max_minutes``, the CLI flag
+``--max_minutes`` (``--max-minutes`` works too), the config field ``max_minutes`` and the MLflow param
+``max_minutes``. ``MLproject`` is generated from this table (``python -m brainvq.cli.params > MLproject``) and
+``tests/test_params.py`` fails when the two differ, or when a default here differs from the config field it fills.
+
+Torch-free on purpose (the onnxruntime sampler builds its parser from it): defaults are literals, checked against
+the config dataclasses by the test rather than imported from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from brainvq.values import image_size, intlike, str2bool
+
+KINDS = {"str": str, "int": intlike, "float": float, "bool": str2bool, "size": image_size}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter. ``field`` names the config dataclass field it fills (``module:Class.field``), whose default
+    must equal ``default``; ``mlproject=False`` keeps it off the MLproject entry (CLI only)."""
+
+    name: str
+    kind: str
+    default: object
+    help: str
+    choices: tuple | None = None
+    field: str = ""
+    mlproject: bool = True
+    aliases: tuple[str, ...] = ()  # older names still accepted (one release), with a one-line deprecation note
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Param {self.name}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+
+    def mlproject_type(self) -> str:
+        return "float" if self.kind in ("int", "float") else "string"
+
+    def spelled(self) -> str:
+        """The default as MLproject and MLflow params spell it (booleans lower-case, sizes HxW)."""
+        from brainvq.values import param_str
+
+        return param_str(self.default)
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    name: str  # MLproject entry point ("" = CLI only)
+    prog: str  # `brainvq <command>`
+    script: str  # path from the repository root
+    params: tuple[Param, ...]
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+
+def P(name, kind, default, help, **kw) -> Param:  # noqa: N802 - reads as a table
+    return Param(name, kind, default, help, **kw)
+
+
+TV = "brainvq.engine.vqvae:TrainConfig"
+MV = "brainvq.models.vqvae:VQVAEConfig"
+TP = "brainvq.engine.prior:PriorTrainConfig"
+MP = "brainvq.models.pixelcnn:PixelCNNConfig"
+DEMO = "brainvq.data.demo:DemoConfig"
+EVAL = "brainvq.quality.evaluate:EvalProtocol"
+
+DATA_DIR = P("data_dir", "str", "", "ADNI-layout root with train/ and test/; empty = the bundled demo set")
+SEED = P("seed", "int", 0, "random seed (runs are deterministic on CPU)")
+DEVICE = P("device", "str", "auto", "auto (cuda, mps, cpu), cpu, cuda or mps")
+RESUME = P("resume", "bool", False, "continue from this configuration's last checkpoint (of a run that did not finish)")
+IMAGE_SIZE = P("image_size", "size", (240, 256), "HxW every slice is padded/cropped to")
+VAL_FRACTION = P("val_fraction", "float", 0.2, "share of training subjects held out as the validation split")
+
+ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
+    EntryPoint("main", "brainvq pipeline", "pipelines/main.py", (
+        P("data_dir", "str", "", "ADNI-layout root; empty = generate and use the demo set"),
+        P("force", "bool", False, "rerun steps even when a matching FINISHED run exists"),
+        P("image_size", "size", (240, 256), "HxW slices are padded/cropped to"),
+        P("vqvae_epochs", "int", 30, "epochs of train_vqvae (the time budget usually ends first)"),
+        P("prior_epochs", "int", 40, "epochs of train_pixelcnn"),
+        P("vqvae_max_minutes", "float", 7.0, "time budget of train_vqvae"),
+        P("prior_max_minutes", "float", 6.5, "time budget of train_pixelcnn"),
+        P("n_samples", "int", 256, "slices generated for evaluation, compared with as many real held-out slices"),
+        P("seed", "int", 0, "seed for every step"),
+        P("register", "bool", True,
+          "register the runs as brainvq-vqvae/-prior/-sampler versions; move `champion` only when better"),
+    )),
+    EntryPoint("make_demo_data", "brainvq make-demo-data", "pipelines/make_demo_data.py", (
+        P("out_dir", "str", "", "output folder; empty = the default demo cache folder (reused if complete)"),
+        P("train_subjects", "int", 50, "training subjects (half AD, half NC)", field=f"{DEMO}.train_subjects"),
+        P("test_subjects", "int", 14, "test subjects (half AD, half NC)", field=f"{DEMO}.test_subjects"),
+        P("seed", "int", 0, "random seed (same seed, same bytes)", field=f"{DEMO}.seed"),
+        P("image_size", "size", (240, 256), "HxW of the slices", field=f"{DEMO}.image_size"),
+    )),
+    EntryPoint("train_vqvae", "brainvq train-vqvae", "pipelines/train_vqvae.py", (
+        DATA_DIR,
+        P("epochs", "int", 30, "training epochs", field=f"{TV}.epochs"),
+        P("batch_size", "int", 8, "images per optimiser step", field=f"{TV}.batch_size"),
+        P("lr", "float", 3e-3, "peak Adam learning rate (cosine schedule)", field=f"{TV}.lr"),
+        P("latent_dim", "int", 32, "size of each code vector", field=f"{MV}.latent_dim"),
+        P("num_embeddings", "int", 64, "codebook size K", field=f"{MV}.num_embeddings"),
+        P("downsample", "int", 4, "image-to-code-grid factor", choices=(2, 4, 8), field=f"{MV}.downsample"),
+        P("hidden_channels", "int", 48, "encoder/decoder width", field=f"{MV}.hidden_channels"),
+        P("num_res_layers", "int", 2, "residual layers in each of encoder and decoder", field=f"{MV}.num_res_layers"),
+        P("beta", "float", 0.25, "commitment loss weight", field=f"{MV}.beta"),
+        P("ema", "bool", True, "EMA codebook updates with dead-code restart", field=f"{MV}.ema"),
+        P("ssim_weight", "float", 0.5, "weight of the (1-SSIM) loss term beside MSE", field=f"{TV}.ssim_weight"),
+        VAL_FRACTION,
+        P("seed", "int", 0, "random seed (runs are deterministic on CPU)", field=f"{TV}.seed"),
+        # The CLI's budget, not the library's: TrainConfig defaults to none.
+        P("max_minutes", "float", 8.0, "wall-clock training budget in minutes; 0 = none. Stops cleanly, then tests"),
+        P("max_train_images", "int", 0, "cap on training slices; 0 = all"),
+        P("image_size", "size", (240, 256), "HxW every slice is padded/cropped to", field=f"{MV}.image_size"),
+        P("skip_bad", "bool", False, "skip unreadable PNGs instead of failing"),
+        RESUME,
+        P("device", "str", "auto", "auto (cuda, mps, cpu), cpu, cuda or mps", field=f"{TV}.device"),
+        P("from_study", "str", "", "Optuna study name: retrain its best trial's configuration"),
+        P("storage", "str", "sqlite:///optuna.db", "Optuna storage holding --from_study"),
+    )),
+    EntryPoint("encode_codes", "brainvq encode-codes", "pipelines/encode_codes.py", (
+        P("vqvae_run_id", "str", "latest", "train_vqvae run ID, or latest (newest FINISHED one)"),
+        P("batch_size", "int", 32, "slices per encoder batch"),
+    )),
+    EntryPoint("train_pixelcnn", "brainvq train-pixelcnn", "pipelines/train_pixelcnn.py", (
+        P("vqvae_run_id", "str", "latest", "train_vqvae run ID, or latest"),
+        P("epochs", "int", 40, "training epochs", field=f"{TP}.epochs"),
+        P("batch_size", "int", 4, "code grids per step", field=f"{TP}.batch_size"),
+        P("lr", "float", 1e-2, "peak Adam learning rate (cosine schedule)", field=f"{TP}.lr"),
+        P("num_layers", "int", 12, "gated layers", field=f"{MP}.num_layers"),
+        P("hidden_channels", "int", 32, "channels of each stack", field=f"{MP}.hidden_channels"),
+        # Not the config field's default: PixelCNNConfig keeps (1,) so that checkpoints written before dilation
+        # existed (their config lacks the key) rebuild the plain model they were trained as. A string, parsed when
+        # the config is built, so a bad value is the one-line "bad parameter" error.
+        P("dilation_cycle", "str", "1,2,4,8,16",
+          "dilation of layers 1, 2, 3, ... repeating (layer 0 is never dilated); 1 = plain gated PixelCNN"),
+        P("conditional", "bool", True, "condition on AD/NC (with a null label)", field=f"{MP}.conditional"),
+        P("seed", "int", 0, "random seed", field=f"{TP}.seed"),
+        P("max_minutes", "float", 7.0, "wall-clock budget; 0 = none"),  # the CLI's budget; the library's is none
+        RESUME,
+        P("device", "str", "auto", "auto, cpu, cuda or mps", field=f"{TP}.device"),
+    )),
+    EntryPoint("evaluate_samples", "brainvq evaluate-samples", "pipelines/evaluate_samples.py", (
+        P("prior_run_id", "str", "latest", "train_pixelcnn run ID, or latest (ignored with samples_dir)"),
+        P("samples_dir", "str", "", "folder of generated PNGs to score instead of a prior run"),
+        P("data_dir", "str", "", "ADNI-layout root the samples_dir slices are compared with; empty = the demo set"),
+        P("val_fraction", "float", 0.2, "with samples_dir: share of training subjects in val"),
+        P("image_size", "size", (240, 256), "with samples_dir: HxW slices are fitted to"),
+        P("split", "str", "test", "held-out split compared with: test reports, val chooses", choices=("test", "val")),
+        P("n_samples", "int", 256,
+          "slices generated (half AD, half NC when conditional) and real held-out slices compared",
+          field=f"{EVAL}.n_samples"),
+        P("temperature", "float", 1.0, "sampling temperature", field=f"{EVAL}.temperature"),
+        P("top_k", "int", 0, "top-k sampling; 0 = all codes", field=f"{EVAL}.top_k"),
+        P("seed", "int", 0, "seed of sampling and of every classifier", field=f"{EVAL}.seed"),
+    )),
+    EntryPoint("export_onnx", "brainvq export-onnx", "export/export_onnx.py", (
+        P("vqvae_run_id", "str", "latest",
+          "train_vqvae run ID or latest (latest/empty: the VQ-VAE the prior was trained on)"),
+        P("pixelcnn_run_id", "str", "latest", "train_pixelcnn run ID, or latest"),
+        P("opset", "int", 17, "ONNX opset"),
+        P("out_dir", "str", "", "where to write the .onnx files (default: a temporary folder)"),
+    )),
+    EntryPoint("sample", "brainvq sample-onnx", "export/sample_onnx.py", (
+        P("model_dir", "str", "latest",
+          "folder with the .onnx files, runs:/<id>/onnx, models:/brainvq-sampler@champion (or /<version>), "
+          "or latest (newest export_onnx run)"),
+        P("n", "int", 16, "number of samples"),
+        P("batch_size", "int", 16, "samples generated together"),
+        P("label", "str", "none", "class to sample", choices=("AD", "NC", "none")),
+        P("temperature", "float", 1.0, "softmax temperature"),
+        P("top_k", "int", 0, "keep only the k most likely codes; 0 = all"),
+        P("seed", "int", 0, "random seed (same seed, same codes as `brainvq sample`)"),
+        P("out", "str", "samples_onnx", "output folder for sample_000.png... and grid.png"),
+        P("provider", "str", "auto", "onnxruntime execution provider", choices=("auto", "cuda", "cpu")),
+        P("method", "str", "fast", "fast: cached row/step graphs; naive: full prior.onnx once per code (reference, slow)",
+          choices=("fast", "naive")),
+    )),
+    EntryPoint("", "brainvq sample", "pipelines/sample.py", (
+        P("prior_run_id", "str", "latest", "train_pixelcnn run ID, or latest"),
+        P("n", "int", 16, "number of slices"),
+        P("label", "str", "both", "class to generate (both = alternate)", choices=("AD", "NC", "none", "both")),
+        P("temperature", "float", 1.0, "softmax temperature (>0)"),
+        P("top_k", "int", 0, "sample among the k most likely codes; 0 = all"),
+        P("seed", "int", 0, "random seed (same seed, same slices)"),
+        P("batch_size", "int", 16, "slices sampled together"),
+        P("out", "str", "samples", "output folder for PNGs and grid.png"),
+    )),
+    EntryPoint("", "brainvq register", "pipelines/register.py", (
+        P("vqvae_run_id", "str", "", "train_vqvae run ID or latest; empty = skip"),
+        P("pixelcnn_run_id", "str", "", "train_pixelcnn run ID or latest; empty = skip"),
+        P("export_run_id", "str", "", "export_onnx run ID or latest; empty = skip"),
+    )),
+    EntryPoint("tune", "brainvq tune", "tuning/tune.py", (
+        P("stage", "str", "vqvae", "what to tune", choices=("vqvae", "prior")),
+        P("objective", "str", "ssim", "vqvae: max val/ssim, or pareto = also min code bits/image",
+          choices=("ssim", "pareto")),
+        P("n_trials", "int", 20, "finished trials wanted in the study, all workers and runs together"),
+        P("timeout_minutes", "float", 0.0, "this worker starts no trial after this; 0 = none"),
+        P("epochs_per_trial", "int", 8, "training epochs per trial"),
+        P("max_minutes_per_trial", "float", 0.0, "wall-clock budget per trial; 0 = none"),
+        P("study_name", "str", "brainvq-vqvae", "Optuna study; an existing one is resumed"),
+        P("storage", "str", "sqlite:///optuna.db", "Optuna storage; PostgreSQL for parallel workers"),
+        P("data_dir", "str", "", "ADNI-layout root; empty = the demo set"),
+        P("vqvae_run_id", "str", "latest", "stage=prior: the train_vqvae run whose codes are modelled"),
+        P("seed", "int", 0, "seed for training and the sampler"),
+        P("pruner", "str", "median", "early stopping of weak trials", choices=("median", "hyperband", "none")),
+        P("space", "str", "", "YAML/JSON file overriding the search space"),
+        P("max_train_images", "int", 0, "cap on training slices; 0 = all"),
+        P("image_size", "size", (240, 256), "HxW slices are padded/cropped to"),
+        VAL_FRACTION,
+        P("heartbeat_interval", "int", 30, "seconds between trial heartbeats; 0 = off"),
+        P("grace_period", "int", 0, "seconds without heartbeat before a trial is failed; 0 = 2x interval"),
+        P("max_retry", "int", 2, "retries of a trial whose worker died"),
+        P("device", "str", "auto", "auto, cpu, cuda or mps"),
+    )),
+)}
+
+
+def entry_point(command: str) -> EntryPoint:
+    """The entry point of a ``brainvq`` command (``train-vqvae``), else of an MLproject entry (``train_vqvae``; the
+    MLproject entry ``sample`` is ``brainvq sample-onnx``, the command ``sample`` samples in PyTorch)."""
+    if command in ENTRY_POINTS:
+        return ENTRY_POINTS[command]
+    for e in ENTRY_POINTS.values():
+        if command == e.name:
+            return e
+    raise KeyError(command)
+
+
+def build_parser(command: str, description: str | None) -> argparse.ArgumentParser:
+    """The argparse parser of an entry point, from the table."""
+    from brainvq.cli.args import add_param
+
+    e = entry_point(command)
+    p = argparse.ArgumentParser(prog=e.prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for prm in e.params:
+        kw = {"default": prm.default, "help": prm.help, "type": KINDS[prm.kind]}
+        if prm.choices:
+            kw["choices"] = list(prm.choices)
+        add_param(p, prm.name, aliases=prm.aliases, **kw)
+    return p
+
+
+def _yaml_scalar(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_mlproject() -> str:
+    """The MLproject file: every entry point's parameters and command, in table order."""
+    lines = ["# Generated from brainvq.cli.params by `python -m brainvq.cli.params > MLproject`: edit the table, not",
+             "# this file (tests/test_params.py fails when they differ).", "name: brainvq", "",
+             "conda_env: conda.yaml", "", "entry_points:"]
+    for e in ENTRY_POINTS.values():
+        if not e.name:
+            continue
+        params = [p for p in e.params if p.mlproject]
+        lines += [f"  {e.name}:", "    parameters:"]
+        for p in params:
+            default = p.spelled() if p.mlproject_type() == "float" else _yaml_scalar(p.spelled())
+            lines.append(f"      {p.name}: {{type: {p.mlproject_type()}, default: {default}}}")
+        command = " ".join([f"python {e.script}"] + [f"--{p.name} {{{p.name}}}" for p in params])
+        lines += [f"    command: {_yaml_scalar(command)}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_mlproject(), end="")

@@ -1,0 +1,44 @@
+"""Code grids: what a VQ-VAE makes of each split, as plain arrays, and their ``.npz`` files (no pickle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from brainvq.errors import ModelFileError
+
+SPLITS = ("train", "val", "test")
+
+
+class CodeSet(NamedTuple):
+    """Code grids of one split: ``codes`` (N,h,w) int64, ``labels`` (N,) int64 (1 AD, 0 NC, -1 unknown)."""
+
+    codes: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+def save_codes(path: Path, codes: np.ndarray, labels: np.ndarray, subjects: list[str], num_embeddings: int) -> Path:
+    """Write one split's codes as an ``.npz`` of plain arrays (loads without pickle)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, codes=codes.astype(np.int64), labels=np.asarray(labels, dtype=np.int64),
+                        subjects=np.asarray(subjects, dtype=str), num_embeddings=np.int64(num_embeddings))
+    return path
+
+
+def load_codes(path: Path, num_embeddings: int | None = None) -> tuple[CodeSet, list[str]]:
+    """Read a split's codes; ``num_embeddings`` guards against codes from another codebook size."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            codes, labels, subjects, k = z["codes"], z["labels"], list(z["subjects"]), int(z["num_embeddings"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelFileError(f"codes file {path} is unreadable ({str(exc).splitlines()[0][:100]})") from None
+    if num_embeddings is not None and k != num_embeddings:
+        raise ModelFileError(f"codes file {path} comes from a codebook of {k} entries, expected {num_embeddings}")
+    if codes.size and (codes.min() < 0 or codes.max() >= k):
+        raise ModelFileError(f"codes file {path} holds indices outside [0, {k})")
+    return CodeSet(codes, labels), subjects

@@ -1,0 +1,30 @@
+"""Slices from a prior and its VQ-VAE, in PyTorch: sample code grids, decode them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from brainvq.data.labels import LABELS, labels_for
+from brainvq.models.vqvae import VQVAE
+
+
+@torch.no_grad()
+def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: float = 1.0, top_k: int = 0, seed: int = 0,
+             batch_size: int = 16, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample ``n`` code grids from the prior (exact raster order, fast cached path) and decode them.
+
+    Returns ``(images (n,1,H,W) float32, codes (n,h,w) int64, labels (n,))``.
+    """
+    from brainvq.sampling.torch_sampler import sample_codes
+
+    prior.config.check_decoder(vqvae.config)
+    labels = labels_for(label, n)
+    if not prior.config.conditional:
+        labels = np.full(n, LABELS["none"], dtype=np.int64)
+    codes = sample_codes(prior, n, labels, temperature=temperature, top_k=top_k, seed=seed, batch_size=batch_size,
+                         progress=progress)
+    images = np.concatenate([
+        vqvae.decode_indices(torch.as_tensor(codes[s : s + batch_size])).numpy() for s in range(0, n, batch_size)
+    ])
+    return images, codes, labels

@@ -1,0 +1,70 @@
+"""How parameter values are spelled and read back, in one place: CLI flags, MLproject parameters and logged MLflow
+params all go through these (one name, one spelling, one parser per kind of value)."""
+
+from __future__ import annotations
+
+import argparse
+
+from brainvq.errors import ConfigError
+
+
+def str2bool(value: str | bool) -> bool:
+    """Parse MLflow-style booleans (``true``/``false``/``1``/``0``)."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in {"1", "true", "yes", "y", "on"}:
+        return True
+    if v in {"0", "false", "no", "n", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+def intlike(value: str) -> int:
+    """An integer that also accepts MLflow's float spelling (``17.0``) but not ``17.5``."""
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if not f.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
+    return int(f)
+
+
+def image_size(value: str) -> tuple[int, int]:
+    """Parse ``240x256`` (H x W) or a single ``64`` (square)."""
+    try:
+        parts = [int(p) for p in str(value).lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image_size must look like 240x256 (HxW), got {value!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"image_size must look like 240x256 (HxW), got {value!r}")
+    return parts[0], parts[1]
+
+
+def int_tuple(name: str, value) -> tuple[int, ...]:
+    """A comma-separated integer list such as ``1,2,4`` (MLproject parameters are strings; logged as given)."""
+    try:
+        return tuple(int(p) for p in str(value).replace(" ", "").split(","))
+    except ValueError:
+        raise ConfigError(f"bad parameter: {name} must be comma-separated integers such as 1,2,4, got {value!r}") from None
+
+
+def param_str(value: object) -> str:
+    """Params as MLproject spells them: booleans lower-case, tuples as ``HxW``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return "x".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def run_param(params: dict, name: str, cast=str, default=None):
+    """A logged MLflow param cast back to its type; missing or empty gives ``default``.
+
+    ``mlflow run`` logs an empty-string parameter shell-quoted, as the two characters ``''``: that is empty too.
+    """
+    value = params.get(name)
+    return default if value in (None, "", "''", '""') else cast(value)
