@@ -77,7 +77,7 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {threads} threads, default PixelCNNConfig "
           f"({cfg.num_layers} layers x {cfg.hidden_channels} channels, grid {cfg.code_shape}), batch {args.batch_size}")
     print(f"max |logit difference| between the two forwards: {diff:.1e}")
-    shipped = steps_per_second(model, lambda m, c, l: m(c, l).logits, codes, labels, args.steps)
+    shipped = steps_per_second(model, lambda m, c, lab: m(c, lab).logits, codes, labels, args.steps)
     print(f"shipped (channels-last matmuls):  {shipped:6.2f} steps/s  {shipped * args.batch_size:6.1f} grids/s")
     plain = steps_per_second(model, conv2d_forward, codes, labels, args.steps)
     print(f"plain (NCHW Conv2d):              {plain:6.2f} steps/s  {plain * args.batch_size:6.1f} grids/s")

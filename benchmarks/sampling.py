@@ -1,7 +1,7 @@
 """Sampling benchmark on one exported default-size prior (60x64 codes, K=64): naive vs fast, decoder ORT vs torch.
 
     python benchmarks/sampling.py                       # random weights, default PixelCNNConfig / VQVAEConfig
-    python benchmarks/sampling.py --pixelcnn_run_id latest   # a trained prior and the VQ-VAE it was trained on
+    python benchmarks/sampling.py --prior_run_id latest   # a trained prior and the VQ-VAE it was trained on
     python benchmarks/sampling.py --num_layers 8 --hidden_channels 48   # what a smaller prior would cost
 """
 
@@ -21,10 +21,10 @@ from brainvq.cli.args import add_param
 
 
 def models(args):
-    if args.pixelcnn_run_id:
+    if args.prior_run_id:
         from brainvq.tracking.runs import load_stage_model
 
-        prior, ckpt, _ = load_stage_model(args.pixelcnn_run_id, "train_pixelcnn")
+        prior, ckpt, _ = load_stage_model(args.prior_run_id, "train_prior")
         vqvae, _, _ = load_stage_model(ckpt.get("vqvae_run_id") or "latest", "train_vqvae")
         return vqvae, prior
     from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
@@ -41,7 +41,7 @@ def models(args):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_param(p, "pixelcnn_run_id", default="", help="train_pixelcnn run (empty: random default-size models)")
+    add_param(p, "prior_run_id", default="", help="train_prior run (empty: random default-size models)")
     from brainvq.models.pixelcnn import PixelCNNConfig
 
     default = PixelCNNConfig()  # the shipped default prior unless told otherwise
@@ -49,8 +49,8 @@ def main(argv=None) -> None:
     add_param(p, "hidden_channels", type=int, default=default.hidden_channels, help="prior channels when random")
     from brainvq.cli.params import entry_point
 
-    add_param(p, "dilation_cycle", default=entry_point("train-pixelcnn").param("dilation_cycle").default,
-              help="prior dilation cycle when random (train_pixelcnn's default)")
+    add_param(p, "dilation_cycle", default=entry_point("train-prior").param("dilation_cycle").default,
+              help="prior dilation cycle when random (train_prior's default)")
     add_param(p, "n", type=int, default=16, help="slices to sample")
     add_param(p, "naive_steps", type=int, default=12, help="full prior passes timed for the naive estimate")
     add_param(p, "provider", default="cpu", help="auto, cuda or cpu")

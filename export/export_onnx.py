@@ -5,8 +5,8 @@ prior_step.onnx graphs the fast sampler (`brainvq sample-onnx`) runs; logs them 
 prior as MLflow ONNX models (``decoder_model``, ``prior_model``).
 
 Examples:
-    mlflow run . -e export_onnx --env-manager local -P pixelcnn_run_id=latest
-    brainvq export-onnx --pixelcnn_run_id 3f2c... --opset 17
+    mlflow run . -e export_onnx --env-manager local -P prior_run_id=latest
+    brainvq export-onnx --prior_run_id 3f2c... --opset 17
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     setup_logging()
     from brainvq.export.mlflow_export import export_runs
 
-    files, run_id = export_runs(args.vqvae_run_id, args.pixelcnn_run_id, args.opset, args.out_dir or None)
+    files, run_id = export_runs(args.vqvae_run_id, args.prior_run_id, args.opset, args.out_dir or None)
     print(f"run {run_id}: exported {', '.join(p.name for p in files.values())} (artifacts under onnx/)")
 
 

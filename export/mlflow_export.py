@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from brainvq.errors import ConfigError, ModelFileError, RunError
+from brainvq.errors import ConfigError, ModelFileError, RunError, one_line
 
 OPSETS = range(13, 21)  # the legacy exporter's range that onnxruntime 1.31 runs (Gather on int64, opset-13 Split)
 
@@ -17,16 +17,16 @@ def onnx_requirements() -> list[str]:
     return [f"onnx=={version('onnx')}", f"onnxruntime-gpu=={version('onnxruntime-gpu')}"]
 
 
-def export_runs(vqvae_run_id: str, pixelcnn_run_id: str, opset: int = 17, out_dir=None) -> tuple[dict[str, Path], str]:
+def export_runs(vqvae_run_id: str, prior_run_id: str, opset: int = 17, out_dir=None) -> tuple[dict[str, Path], str]:
     """Export the models of two finished runs inside an ``export_onnx`` MLflow run; returns ``(files, run_id)``."""
     import mlflow
     import onnx
 
     from brainvq.export.onnx_graphs import export_models
-    from brainvq.tracking.runs import load_stage_model
+    from brainvq.tracking.runs import PRIOR_STAGE, load_stage_model
     from brainvq.tracking.stage import stage_run
 
-    prior, prior_ckpt, prior_run = load_stage_model(pixelcnn_run_id, "train_pixelcnn")
+    prior, prior_ckpt, prior_run = load_stage_model(prior_run_id, PRIOR_STAGE)
     px_id = prior_run.info.run_id
     recorded = str(prior_ckpt.get("vqvae_run_id") or prior_run.data.tags.get("brainvq.vqvae_run_id") or "")
     vq_ref = (vqvae_run_id or "").strip()
@@ -37,8 +37,8 @@ def export_runs(vqvae_run_id: str, pixelcnn_run_id: str, opset: int = 17, out_di
     if recorded and recorded != vq_id:
         raise RunError(f"prior run {px_id} was trained on VQ-VAE run {recorded}, not {vq_id}; "
                        "pass --vqvae_run_id latest (or the recorded id) to export a matching pair")
-    params = {"vqvae_run_id": vq_id, "pixelcnn_run_id": px_id, "opset": opset}
-    tags = {"brainvq.vqvae_run_id": vq_id, "brainvq.pixelcnn_run_id": px_id}
+    params = {"vqvae_run_id": vq_id, "prior_run_id": px_id, "opset": opset}
+    tags = {"brainvq.vqvae_run_id": vq_id, "brainvq.prior_run_id": px_id}
     with stage_run("export_onnx", params, tags=tags) as run:
         if opset not in OPSETS:  # inside the run: a bad request is recorded as a FAILED export with its reason
             raise ConfigError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
@@ -49,10 +49,9 @@ def export_runs(vqvae_run_id: str, pixelcnn_run_id: str, opset: int = 17, out_di
             raise ConfigError(f"out_dir: cannot create {out} ({exc.strerror or exc})") from None
         try:
             files = export_models(vqvae, prior, out, opset=opset,
-                                  meta={"vqvae_run_id": vq_id, "pixelcnn_run_id": px_id})
+                                  meta={"vqvae_run_id": vq_id, "prior_run_id": px_id})
         except (RuntimeError, ValueError, TypeError, onnx.checker.ValidationError) as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"ONNX export of runs {vq_id}/{px_id} failed ({first})") from None
+            raise ModelFileError(f"ONNX export of runs {vq_id}/{px_id} failed ({one_line(exc)})") from None
         for path in files.values():
             mlflow.log_artifact(str(path), "onnx")
         reqs = onnx_requirements()

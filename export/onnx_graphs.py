@@ -89,7 +89,7 @@ def _stamp(path: Path, meta: dict[str, str]) -> None:
 def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = None) -> dict[str, Path]:
     """Write ``decoder.onnx``, ``prior.onnx``, ``prior_row.onnx`` and ``prior_step.onnx`` to ``out_dir``.
 
-    ``meta`` may carry ``vqvae_run_id`` and ``pixelcnn_run_id``; every file gets the same metadata (codebook size,
+    ``meta`` may carry ``vqvae_run_id`` and ``prior_run_id``; every file gets the same metadata (codebook size,
     code grid, image size, labels, conditional, versions, run ids) and a shared pair id. Returns ``{name: path}``.
     """
     meta = dict(meta or {})
@@ -98,7 +98,7 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vqvae, prior = vqvae.cpu().eval(), prior.cpu().eval()
-    vq_id, px_id = str(meta.get("vqvae_run_id") or ""), str(meta.get("pixelcnn_run_id") or "")
+    vq_id, px_id = str(meta.get("vqvae_run_id") or ""), str(meta.get("prior_run_id") or "")
     pid = pair_id([vq_id, px_id, json.dumps(vc.to_dict(), sort_keys=True), json.dumps(pc.to_dict(), sort_keys=True),
                    _digest(vqvae), _digest(prior)])
     b, (h, w) = 2, pc.code_shape

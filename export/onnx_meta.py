@@ -13,12 +13,30 @@ from brainvq.data.labels import LABELS
 from brainvq.errors import ModelFileError
 
 # name -> file; "decoder" and "prior" are the user-facing graphs, the other two drive the fast sampler.
-FILES = {"decoder": "decoder.onnx", "prior": "prior.onnx", "prior_row": "prior_row.onnx", "prior_step": "prior_step.onnx"}
+FILES = {
+    "decoder": "decoder.onnx",
+    "prior": "prior.onnx",
+    "prior_row": "prior_row.onnx",
+    "prior_step": "prior_step.onnx",
+}
 
 # Keys every file carries (strings). Shapes of caches come from the graphs' own input shapes.
-KEYS = ("brainvq.version", "brainvq.graph", "brainvq.pair_id", "brainvq.vqvae_run_id", "brainvq.pixelcnn_run_id",
-        "brainvq.num_embeddings", "brainvq.code_shape", "brainvq.image_size", "brainvq.labels", "brainvq.conditional",
-        "brainvq.num_layers", "brainvq.hidden_channels", "brainvq.kernel_size", "brainvq.dilation_cycle")
+KEYS = (
+    "brainvq.version",
+    "brainvq.graph",
+    "brainvq.pair_id",
+    "brainvq.vqvae_run_id",
+    "brainvq.prior_run_id",
+    "brainvq.num_embeddings",
+    "brainvq.code_shape",
+    "brainvq.image_size",
+    "brainvq.labels",
+    "brainvq.conditional",
+    "brainvq.num_layers",
+    "brainvq.hidden_channels",
+    "brainvq.kernel_size",
+    "brainvq.dilation_cycle",
+)
 
 
 def pair_id(parts: list[str]) -> str:
@@ -26,17 +44,36 @@ def pair_id(parts: list[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def build_metadata(graph: str, pid: str, version: str, vqvae_run_id: str, pixelcnn_run_id: str, num_embeddings: int,
-                   code_shape: tuple[int, int], image_size: tuple[int, int], conditional: bool, num_layers: int,
-                   hidden_channels: int, kernel_size: int, dilation_cycle: tuple[int, ...]) -> dict[str, str]:
+def build_metadata(
+    graph: str,
+    pid: str,
+    version: str,
+    vqvae_run_id: str,
+    prior_run_id: str,
+    num_embeddings: int,
+    code_shape: tuple[int, int],
+    image_size: tuple[int, int],
+    conditional: bool,
+    num_layers: int,
+    hidden_channels: int,
+    kernel_size: int,
+    dilation_cycle: tuple[int, ...],
+) -> dict[str, str]:
     """The ``metadata_props`` of one exported file."""
     return {
-        "brainvq.version": version, "brainvq.graph": graph, "brainvq.pair_id": pid,
-        "brainvq.vqvae_run_id": vqvae_run_id or "", "brainvq.pixelcnn_run_id": pixelcnn_run_id or "",
-        "brainvq.num_embeddings": str(num_embeddings), "brainvq.code_shape": f"{code_shape[0]}x{code_shape[1]}",
-        "brainvq.image_size": f"{image_size[0]}x{image_size[1]}", "brainvq.labels": json.dumps(LABELS),
-        "brainvq.conditional": str(bool(conditional)).lower(), "brainvq.num_layers": str(num_layers),
-        "brainvq.hidden_channels": str(hidden_channels), "brainvq.kernel_size": str(kernel_size),
+        "brainvq.version": version,
+        "brainvq.graph": graph,
+        "brainvq.pair_id": pid,
+        "brainvq.vqvae_run_id": vqvae_run_id or "",
+        "brainvq.prior_run_id": prior_run_id or "",
+        "brainvq.num_embeddings": str(num_embeddings),
+        "brainvq.code_shape": f"{code_shape[0]}x{code_shape[1]}",
+        "brainvq.image_size": f"{image_size[0]}x{image_size[1]}",
+        "brainvq.labels": json.dumps(LABELS),
+        "brainvq.conditional": str(bool(conditional)).lower(),
+        "brainvq.num_layers": str(num_layers),
+        "brainvq.hidden_channels": str(hidden_channels),
+        "brainvq.kernel_size": str(kernel_size),
         "brainvq.dilation_cycle": ",".join(map(str, dilation_cycle)),
     }
 
@@ -49,16 +86,26 @@ def check_set(metas: dict[str, dict[str, str]]) -> dict[str, str]:
     for name, meta in metas.items():
         missing = [k for k in ("brainvq.pair_id", "brainvq.num_embeddings", "brainvq.code_shape") if k not in meta]
         if missing:
-            raise ModelFileError(f"{FILES.get(name, name)} is not a brainvq export (metadata lacks {', '.join(missing)})")
+            raise ModelFileError(
+                f"{FILES.get(name, name)} is not a brainvq export (metadata lacks {', '.join(missing)})"
+            )
     ref_name = "decoder" if "decoder" in metas else next(iter(metas))
     ref = metas[ref_name]
     for name, meta in metas.items():
         for key, what in (("brainvq.num_embeddings", "codebook size"), ("brainvq.code_shape", "code grid")):
             if meta[key] != ref[key]:
-                raise ModelFileError(f"{FILES[name]} and {FILES[ref_name]} disagree on the {what} "
-                                     f"({meta[key]} vs {ref[key]}): they come from different models")
+                raise ModelFileError(
+                    f"{FILES[name]} and {FILES[ref_name]} disagree on the {what} "
+                    f"({meta[key]} vs {ref[key]}): they come from different models"
+                )
         if meta["brainvq.pair_id"] != ref["brainvq.pair_id"]:
-            runs = lambda m: f"vqvae {m.get('brainvq.vqvae_run_id') or '?'}, prior {m.get('brainvq.pixelcnn_run_id') or '?'}"  # noqa: E731
-            raise ModelFileError(f"{FILES[name]} ({runs(meta)}) and {FILES[ref_name]} ({runs(ref)}) come from different "
-                                 "exports; export decoder and prior together with `brainvq export-onnx`")
+
+            def runs(m: dict[str, str]) -> str:  # files of older exports name the prior brainvq.pixelcnn_run_id
+                prior = m.get("brainvq.prior_run_id") or m.get("brainvq.pixelcnn_run_id") or "?"
+                return f"vqvae {m.get('brainvq.vqvae_run_id') or '?'}, prior {prior}"
+
+            raise ModelFileError(
+                f"{FILES[name]} ({runs(meta)}) and {FILES[ref_name]} ({runs(ref)}) come from different "
+                "exports; export decoder and prior together with `brainvq export-onnx`"
+            )
     return dict(ref)

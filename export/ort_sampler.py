@@ -16,9 +16,9 @@ import numpy as np
 import onnxruntime as ort
 
 from brainvq.data.images import writable_folder, write_slices
-from brainvq.errors import ConfigError, ModelFileError, RunError
+from brainvq.errors import ConfigError, ModelFileError, RunError, one_line
 from brainvq.export.onnx_meta import FILES, LABELS, check_set
-from brainvq.sampling.draw import fast_sample_batch, naive_sample_batch, uniforms
+from brainvq.sampling.draw import check_sampling_args, fast_sample_batch, naive_sample_batch, uniforms
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -41,11 +41,13 @@ def physical_cores() -> int:
 
 
 def resolve_model_dir(spec: str) -> Path:
-    """``latest`` (newest FINISHED export_onnx run), a folder, ``runs:/<id>/onnx`` or ``models:/<name>@<alias>`` (``models:/<name>/<version>``) -> local folder.
+    """``latest`` (newest FINISHED export_onnx run), a folder, ``runs:/<id>/onnx`` or ``models:/<name>@<alias>``
+    (``models:/<name>/<version>``) -> local folder.
 
     A registered model version stands for the export run that created it: that run's ``onnx/`` artifacts are fetched,
     so decoder and prior always come as the pair they were exported as. ``brainvq-sampler`` versions (see
-    ``brainvq.tracking.registry``) are that folder; a version registered from ``decoder_model``/``prior_model`` works too.
+    ``brainvq.tracking.registry``) are that folder; a version registered from ``decoder_model``/``prior_model``
+    works too.
     """
     if spec in ("", "latest"):
         from brainvq.tracking.runs import resolve_run  # torch-free; imports mlflow lazily
@@ -66,7 +68,7 @@ def resolve_model_dir(spec: str) -> Path:
     check_tracking_store()  # one line in seconds when the server is down, not minutes of MLflow retries
     try:
         if spec.startswith("models:/"):
-            ref = spec[len("models:/"):].strip("/")
+            ref = spec[len("models:/") :].strip("/")
             client = MlflowClient()
             if "@" in ref:
                 name, alias = ref.split("@", 1)
@@ -81,8 +83,7 @@ def resolve_model_dir(spec: str) -> Path:
     except RunError:
         raise
     except Exception as exc:  # MlflowException, OSError, bad URI
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise RunError(f"could not fetch {spec} ({first})") from None
+        raise RunError(f"could not fetch {spec} ({one_line(exc)})") from None
 
 
 def _options(threads: int) -> ort.SessionOptions:
@@ -155,18 +156,20 @@ class OnnxSampler:
         try:
             sess = ort.InferenceSession(str(path), sess_options=_options(threads), providers=want)
         except Exception as exc:  # truncated/corrupt protobuf, wrong opset, unreadable file
-            msg = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise ModelFileError(f"{path} is corrupt or not an ONNX model ({msg})") from None
+            raise ModelFileError(f"{path} is corrupt or not an ONNX model ({one_line(exc)})") from None
         finally:
             ort.set_default_logger_severity(3)
         if first:
             ran = sess.get_providers()[0]  # what actually runs: CUDA falls back to CPU silently
             if self.requested == "cuda" and ran != CUDA:
-                raise ConfigError(f"--provider cuda: CUDAExecutionProvider cannot run here ({_no_cuda_reason()}); "
-                                  "use --provider auto or cpu")
+                raise ConfigError(
+                    f"--provider cuda: CUDAExecutionProvider cannot run here ({_no_cuda_reason()}); "
+                    "use --provider auto or cpu"
+                )
             self.providers = [CUDA, CPU] if ran == CUDA else [CPU]
             why = {"cpu": "requested with --provider cpu", "cuda": "requested with --provider cuda"}.get(
-                self.requested, "CUDA is available and loaded" if ran == CUDA else _no_cuda_reason())
+                self.requested, "CUDA is available and loaded" if ran == CUDA else _no_cuda_reason()
+            )
             self.provider_line = f"onnxruntime {ort.__version__}: running on {ran} ({why}; {self.threads} threads)"
         self.sessions[name] = sess
         return sess
@@ -196,39 +199,65 @@ class OnnxSampler:
         sess = self.sessions["prior"]
         return sess.run(["logits"], {"codes": codes, "label": labels})[0]
 
-    def sample_codes(self, n: int, labels: np.ndarray, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-                     batch_size: int = 16, method: str = "fast", max_steps: int | None = None) -> np.ndarray:
+    def sample_codes(
+        self,
+        n: int,
+        labels: np.ndarray,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        batch_size: int = 16,
+        method: str = "fast",
+        max_steps: int | None = None,
+    ) -> np.ndarray:
         """``(n,h,w)`` int64 codes; same seed, same codes as ``brainvq.sampling.sample_codes`` (fast or naive)."""
-        if n < 1 or batch_size < 1:
-            raise ConfigError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
-        if temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature}")
-        if not 0 <= top_k <= self.num_embeddings:
-            raise ConfigError(f"top_k must be in 0..{self.num_embeddings} (0 = no restriction), got {top_k}")
+        check_sampling_args(n, temperature, top_k, self.num_embeddings, batch_size, method)
         u = uniforms(n, self.code_shape, seed)
         out = []
         for s in range(0, n, batch_size):
             lab, ub = np.asarray(labels[s : s + batch_size], dtype=np.int64), u[s : s + batch_size]
             if method == "fast":
                 b = len(lab)
-                out.append(fast_sample_batch(*self._fns(), lab, ub, self.num_embeddings, (b, *self.hcache_tail),
-                                             (b, *self.vcache_tail), temperature, top_k))
-            elif method == "naive":
+                out.append(
+                    fast_sample_batch(
+                        *self._fns(),
+                        lab,
+                        ub,
+                        self.num_embeddings,
+                        (b, *self.hcache_tail),
+                        (b, *self.vcache_tail),
+                        temperature,
+                        top_k,
+                    )
+                )
+            else:  # naive (checked above)
                 out.append(naive_sample_batch(self.full_fn, lab, ub, temperature, top_k, max_steps=max_steps))
-            else:
-                raise ConfigError(f"method must be fast or naive, got {method!r}")
         return np.concatenate(out)
 
     def decode(self, codes: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """``(n,h,w)`` int64 codes -> ``(n,1,H,W)`` float32 images in [0,1]."""
         dec = self.sessions["decoder"]
-        return np.concatenate([dec.run(["image"], {"codes": np.ascontiguousarray(codes[s : s + batch_size])})[0]
-                               for s in range(0, len(codes), batch_size)])
+        return np.concatenate(
+            [
+                dec.run(["image"], {"codes": np.ascontiguousarray(codes[s : s + batch_size])})[0]
+                for s in range(0, len(codes), batch_size)
+            ]
+        )
 
 
-def sample_to_pngs(model_dir: str, out: str, n: int = 16, batch_size: int = 16, label: str = "none",
-                   temperature: float = 1.0, top_k: int = 0, seed: int = 0, provider: str = "auto",
-                   method: str = "fast", threads: int | None = None) -> dict:
+def sample_to_pngs(
+    model_dir: str,
+    out: str,
+    n: int = 16,
+    batch_size: int = 16,
+    label: str = "none",
+    temperature: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    provider: str = "auto",
+    method: str = "fast",
+    threads: int | None = None,
+) -> dict:
     """What ``brainvq sample-onnx`` does; returns timings and paths."""
     t0 = time.perf_counter()
     writable_folder(out)  # before sampling: a bad --out should not cost a sampling run
@@ -240,5 +269,11 @@ def sample_to_pngs(model_dir: str, out: str, n: int = 16, batch_size: int = 16, 
     images = sampler.decode(codes, batch_size)
     t3 = time.perf_counter()
     paths = write_slices(images, out)
-    return {"paths": paths, "load_s": t1 - t0, "sample_s": t2 - t1, "decode_s": t3 - t2,
-            "total_s": time.perf_counter() - t0, "provider": sampler.providers[0]}
+    return {
+        "paths": paths,
+        "load_s": t1 - t0,
+        "sample_s": t2 - t1,
+        "decode_s": t3 - t2,
+        "total_s": time.perf_counter() - t0,
+        "provider": sampler.providers[0],
+    }

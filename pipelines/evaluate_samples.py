@@ -75,9 +75,9 @@ def main(argv=None) -> None:
         params = {k: v for k, v in vars(args).items() if k != "prior_run_id"}
     else:
         from brainvq.stages.vqvae import vqvae_run_splits
-        from brainvq.tracking.runs import load_stage_model
+        from brainvq.tracking.runs import PRIOR_STAGE, load_stage_model
 
-        prior, ckpt, prior_run = load_stage_model(args.prior_run_id, "train_pixelcnn")
+        prior, ckpt, prior_run = load_stage_model(args.prior_run_id, PRIOR_STAGE)
         vqvae, _, vq_run = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")
         splits = vqvae_run_splits(vq_run.data.params)
         params = {k: v for k, v in vars(args).items()

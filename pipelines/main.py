@@ -1,4 +1,4 @@
-"""The whole chain on one command: make_demo_data → train_vqvae → train_pixelcnn → export_onnx → sample →
+"""The whole chain on one command: make_demo_data → train_vqvae → train_prior → export_onnx → sample →
 evaluate_samples, as one parent MLflow run with a child run per step. Steps whose identical parameters already have
 a FINISHED run are reused unless --force true.
 
@@ -39,10 +39,9 @@ def main(argv=None) -> None:
     import os
 
     from brainvq.tracking.stage import stage_run
-    from brainvq.tracking.workflow import PROJECT_DIR, run_step
+    from brainvq.tracking.workflow import run_step
     from brainvq.values import param_str
 
-    steps = [s for s in ("export_onnx", "sample") if (PROJECT_DIR / "export" / f"{s if s != 'sample' else 'sample_onnx'}.py").exists()]
     with stage_run("main", vars(args)) as parent:
         pid, force = parent.info.run_id, args.force
         data_dir = args.data_dir
@@ -50,15 +49,13 @@ def main(argv=None) -> None:
             demo = run_step("make_demo_data", {"seed": args.seed}, pid, force)
             data_dir = demo.data.tags["brainvq.data_dir"]
         vq = run_step("train_vqvae", {"data_dir": data_dir, "image_size": param_str(args.image_size),
-                                      "epochs": args.vqvae_epochs,
-                                      "max_minutes": args.vqvae_max_minutes, "seed": args.seed}, pid, force)
-        prior = run_step("train_pixelcnn", {"vqvae_run_id": vq.info.run_id, "epochs": args.prior_epochs,
-                                            "max_minutes": args.prior_max_minutes, "seed": args.seed}, pid, force)
-        if "export_onnx" in steps:
-            exp = run_step("export_onnx", {"vqvae_run_id": vq.info.run_id, "pixelcnn_run_id": prior.info.run_id}, pid, force)
-            if "sample" in steps:
-                run_step("sample", {"model_dir": f"runs:/{exp.info.run_id}/onnx", "n": 16, "seed": args.seed,
-                                    "out": os.path.abspath("outputs/samples")}, pid, True)
+                                      "epochs": args.vqvae_epochs, "max_minutes": args.vqvae_max_minutes,
+                                      "seed": args.seed}, pid, force)
+        prior = run_step("train_prior", {"vqvae_run_id": vq.info.run_id, "epochs": args.prior_epochs,
+                                         "max_minutes": args.prior_max_minutes, "seed": args.seed}, pid, force)
+        exp = run_step("export_onnx", {"vqvae_run_id": vq.info.run_id, "prior_run_id": prior.info.run_id}, pid, force)
+        run_step("sample", {"model_dir": f"runs:/{exp.info.run_id}/onnx", "n": 16, "seed": args.seed,
+                            "out": os.path.abspath("outputs/samples")}, pid, True)
         ev = run_step("evaluate_samples", {"prior_run_id": prior.info.run_id, "n_samples": args.n_samples,
                                            "seed": args.seed, "split": "test"}, pid, force)
         import mlflow
@@ -69,8 +66,7 @@ def main(argv=None) -> None:
         if args.register:  # last, once every step is FINISHED (see brainvq.tracking.registry)
             from brainvq.tracking.registry import register_pipeline
 
-            export_run_id = exp.info.run_id if "export_onnx" in steps else None
-            for reg in register_pipeline(vq.info.run_id, prior.info.run_id, export_run_id):
+            for reg in register_pipeline(vq.info.run_id, prior.info.run_id, exp.info.run_id):
                 mlflow.set_tag(f"brainvq.registered.{reg.name}", reg.version)
                 print(reg.line())
 

@@ -2,7 +2,7 @@
 version only when it beats the current one on validation figures (see brainvq.tracking.registry).
 
 Examples:
-    brainvq register --vqvae_run_id latest --pixelcnn_run_id latest --export_run_id latest
+    brainvq register --vqvae_run_id latest --prior_run_id latest --export_run_id latest
     brainvq register --export_run_id 9ab1...          # the sampler only
 """
 
@@ -26,9 +26,9 @@ def main(argv=None) -> None:
     from brainvq.errors import ConfigError
     from brainvq.tracking.registry import register_pipeline
 
-    if not (args.vqvae_run_id or args.pixelcnn_run_id or args.export_run_id):
-        raise ConfigError("nothing to register: pass --vqvae_run_id, --pixelcnn_run_id and/or --export_run_id")
-    for reg in register_pipeline(args.vqvae_run_id, args.pixelcnn_run_id, args.export_run_id):
+    if not (args.vqvae_run_id or args.prior_run_id or args.export_run_id):
+        raise ConfigError("nothing to register: pass --vqvae_run_id, --prior_run_id and/or --export_run_id")
+    for reg in register_pipeline(args.vqvae_run_id, args.prior_run_id, args.export_run_id):
         print(reg.line())
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from brainvq.cli.args import run_main, setup_logging
 from brainvq.cli.params import build_parser as build_entry_parser
@@ -24,28 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging()
-    from brainvq.data.images import save_grid, to_uint8
-    from brainvq.errors import ConfigError
+    from brainvq.data.images import writable_folder, write_slices
+    from brainvq.sampling.draw import check_sampling_args
     from brainvq.sampling.generate import generate
-    from brainvq.tracking.runs import load_stage_model
+    from brainvq.tracking.runs import PRIOR_STAGE, load_stage_model
 
-    if args.n < 1 or args.temperature <= 0 or args.top_k < 0 or args.batch_size < 1:
-        raise ConfigError("n and batch_size must be >= 1, temperature > 0 and top_k >= 0")
-    prior, ckpt, _ = load_stage_model(args.prior_run_id, "train_pixelcnn")
+    check_sampling_args(args.n, args.temperature, args.top_k, batch_size=args.batch_size)  # before any download
+    out = writable_folder(args.out)
+    prior, ckpt, _ = load_stage_model(args.prior_run_id, PRIOR_STAGE)
     vqvae, _, _ = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")
     images, _, _ = generate(prior, vqvae, args.n, args.label, args.temperature, args.top_k, args.seed, args.batch_size)
-    from PIL import Image
-
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        pngs = to_uint8(images)
-        for i, img in enumerate(pngs):
-            Image.fromarray(img).save(out / f"sample_{i:03d}.png")
-        cols = min(8, len(pngs))
-        save_grid([pngs[i : i + cols] for i in range(0, len(pngs), cols)], out / "grid.png")
-    except OSError as exc:
-        raise ConfigError(f"cannot write samples to {out}: {exc.strerror or exc}") from None
+    pngs = write_slices(images, out)[:-1]  # the slices, then grid.png
     print(f"wrote {len(pngs)} slices and grid.png to {out}")
 
 

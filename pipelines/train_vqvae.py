@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     model_cfg, train_cfg = vqvae_configs_from_args(args)  # ConfigError on bad values, before any run starts
     params = {k: v for k, v in vars(args).items() if k not in {"storage"} or args.from_study}
     params["image_size"] = "x".join(map(str, model_cfg.image_size))
-    ckpt_dir = checkpoint_dir_for(params)
+    ckpt_dir = checkpoint_dir_for("vqvae", params)
 
     def train(tracker, extra=None):
         return run_train_vqvae(

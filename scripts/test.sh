@@ -7,4 +7,5 @@ python3 -m venv .venv
 python -m pip install --upgrade pip >/dev/null
 python -m pip install torch==2.13.0          # CPU build first: an unpinned torch would pull a multi-GB CUDA build
 python -m pip install -c constraints.txt -e ".[test]"
+python -m ruff check .                      # lint first: line length 120, import order, pyflakes (pyproject.toml)
 python -m pytest -ra --durations=15 "$@"

@@ -55,19 +55,24 @@ def _layer_of(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-@pytest.mark.parametrize("path, layer", list(_modules()), ids=lambda v: str(v).split("/brainvq/")[-1] if isinstance(v, Path) else v)
+@pytest.mark.parametrize(
+    "path, layer", list(_modules()), ids=lambda v: str(v).split("/brainvq/")[-1] if isinstance(v, Path) else v
+)
 def test_imports_point_down_and_only_tracking_imports_mlflow(path, layer):
     rank = LAYERS[layer]
     for line, module in _imports(path):
         where = f"{path.relative_to(REPO)}:{line} imports {module}"
         if module.split(".")[0] == "mlflow":
-            assert layer == "tracking" or layer in ENTRY_FOLDERS, f"{where}: only tracking/ and entry scripts use MLflow"
+            assert layer == "tracking" or layer in ENTRY_FOLDERS, (
+                f"{where}: only tracking/ and entry scripts use MLflow"
+            )
         target = _layer_of(module)
         if target is None or target == layer:
             continue
         assert target in LAYERS, f"{where}: {target} has no place in the layering (README, ARCHITECTURE)"
-        assert LAYERS[target] < rank or (layer in ENTRY_FOLDERS and target in ENTRY_FOLDERS), \
+        assert LAYERS[target] < rank or (layer in ENTRY_FOLDERS and target in ENTRY_FOLDERS), (
             f"{where}: {layer} (layer {rank}) must not import {target} (layer {LAYERS[target]})"
+        )
 
 
 def test_every_library_folder_has_a_layer():
@@ -81,7 +86,9 @@ def test_the_torch_free_sampler_stays_torch_free():
     import subprocess
     import sys
 
-    code = ("import sys, brainvq.export.sample_onnx, brainvq.export.ort_sampler; "
-            "bad = [m for m in ('torch', 'mlflow') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, brainvq.export.sample_onnx, brainvq.export.ort_sampler; "
+        "bad = [m for m in ('torch', 'mlflow') if m in sys.modules]; assert not bad, bad"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -72,28 +72,28 @@ CASES = [
     # parameters
     Case("epochs_negative", _train("data", "--epochs", "-1"), "epochs must be >= 1"),
     Case("n_zero", _sample("onnx", "--n", "0"), "n and batch_size must be >= 1"),
-    Case("dilation_cycle_not_integers", lambda ctx: ["train-pixelcnn", "--vqvae_run_id", ctx["vqvae"],
+    Case("dilation_cycle_not_integers", lambda ctx: ["train-prior", "--vqvae_run_id", ctx["vqvae"],
                                                      "--dilation_cycle", "1,two"],
          "dilation_cycle must be comma-separated integers such as 1,2,4, got '1,two'"),
-    Case("opset_out_of_range", lambda ctx: ["export-onnx", "--pixelcnn_run_id", ctx["prior"], "--opset", "5"],
+    Case("opset_out_of_range", lambda ctx: ["export-onnx", "--prior_run_id", ctx["prior"], "--opset", "5"],
          "opset must be in", starts_run=True),
     Case("out_unwritable", lambda ctx: ["sample-onnx", "--model_dir", str(ctx["onnx"]), "--provider", "cpu",
                                         "--out", str(ctx["blocker"] / "samples")], "out: cannot write samples"),
-    Case("out_dir_unwritable", lambda ctx: ["export-onnx", "--pixelcnn_run_id", ctx["prior"],
+    Case("out_dir_unwritable", lambda ctx: ["export-onnx", "--prior_run_id", ctx["prior"],
                                             "--out_dir", str(ctx["blocker"] / "onnx")],
          "out_dir: cannot create", starts_run=True),
     # runs
-    Case("unknown_run_id", lambda ctx: ["export-onnx", "--pixelcnn_run_id", UNKNOWN_RUN], "unknown MLflow run id"),
+    Case("unknown_run_id", lambda ctx: ["export-onnx", "--prior_run_id", UNKNOWN_RUN], "unknown MLflow run id"),
     # `register` is torch-free, so these run in a second where a training command spends five importing torch
-    Case("run_of_wrong_kind", lambda ctx: ["register", "--pixelcnn_run_id", ctx["vqvae"]],
-         "is a train_vqvae run, expected a train_pixelcnn run"),
+    Case("run_of_wrong_kind", lambda ctx: ["register", "--prior_run_id", ctx["vqvae"]],
+         "is a train_vqvae run, expected a train_prior run"),
     Case("register_failed_run", lambda ctx: ["register", "--vqvae_run_id", ctx["failed_vqvae"]],
          "has status FAILED, expected FINISHED"),
     # model files
     Case("codebook_mismatch", _sample("mixed_onnx"), "disagree on the codebook size"),
     Case("onnx_truncated", _sample("truncated_onnx"), "is corrupt or not an ONNX model"),
-    Case("checkpoint_tampered", lambda ctx: ["export-onnx", "--pixelcnn_run_id", ctx["tampered_prior"]],
-         "checkpoint/pixelcnn.pt is corrupt or not a brainvq checkpoint (weights_only=True refused it: "
+    Case("checkpoint_tampered", lambda ctx: ["export-onnx", "--prior_run_id", ctx["tampered_prior"]],
+         "checkpoint/prior.pt is corrupt or not a brainvq checkpoint (weights_only=True refused it: "
          "Unsupported global: GLOBAL argparse.Namespace)"),
     # tracking store
     Case("tracking_server_unreachable", _train("data"), "MLflow tracking server http://127.0.0.1:1 is unreachable",
@@ -163,9 +163,9 @@ def _tamper(run_id: str) -> None:
     import mlflow
 
     uri = mlflow.get_run(run_id).info.artifact_uri
-    path = Path(urlparse(uri).path if uri.startswith("file:") else uri) / "checkpoint" / "pixelcnn.pt"
+    path = Path(urlparse(uri).path if uri.startswith("file:") else uri) / "checkpoint" / "prior.pt"
     assert path.is_file(), path
-    torch.save({"kind": "pixelcnn", "config": {}, "model": {}, "payload": argparse.Namespace(cmd="rm -rf ~")}, path)
+    torch.save({"kind": "prior", "config": {}, "model": {}, "payload": argparse.Namespace(cmd="rm -rf ~")}, path)
 
 
 def _run_case(case: Case, ctx: dict, chain_db: Path) -> dict:
@@ -194,7 +194,7 @@ def outcomes(tmp_path_factory):
     ctx = {"root": root, "data": write_tiny_adni(root / "adni"), **_bad_data(root / "bad")}
     ctx["blocker"] = root / "a_file"
     ctx["blocker"].write_text("a file where the output folder should go\n")
-    with tiny_store(root) as uri:
+    with tiny_store(root):
         lineage = train_lineage(ctx["data"])
         ctx["tampered_prior"] = train_prior(lineage.vqvae, seed=1)
         _tamper(ctx["tampered_prior"])
@@ -207,7 +207,8 @@ def outcomes(tmp_path_factory):
 
         ctx["onnx"] = download_artifact(lineage.export, "onnx", root / "export")
         before = set(_stage_runs(client))
-    ctx.update(vqvae=lineage.vqvae, prior=lineage.prior, accepted=_accepted_data(root / "accepted"), **_onnx_folders(root, ctx["onnx"]))
+    ctx.update(vqvae=lineage.vqvae, prior=lineage.prior, accepted=_accepted_data(root / "accepted"),
+               **_onnx_folders(root, ctx["onnx"]))
     chain_db = root / "mlflow.db"
     accepted = Case("accepted", _train("accepted"), "")
     runnable = [accepted] + [c for c in CASES if not c.needs_postgres or postgres_available()]  # longest first
@@ -237,8 +238,9 @@ def _check_clean_failure(case: Case, result: dict, before: set) -> None:
     assert client.search_registered_models() == [], f"{case.id}: registered a model"
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.postgres] if c.needs_postgres else [])
-                                  for c in CASES])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.id, marks=[pytest.mark.postgres] if c.needs_postgres else []) for c in CASES]
+)
 def test_bad_input_is_a_one_line_error(case: Case, outcomes):
     results, before = outcomes
     if case.id not in results:

@@ -149,28 +149,28 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_vqvae(adni, tmp_pat
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_prior(adni, tmp_path, capsys):
     from brainvq.cli.configs import prior_configs_from_args
-    from brainvq.engine.prior import fit_pixelcnn
-    from brainvq.pipelines import train_pixelcnn, train_vqvae
+    from brainvq.engine.prior import fit_prior
+    from brainvq.pipelines import train_prior, train_vqvae
     from brainvq.tracking.codes import prior_codes
     from brainvq.tracking.runs import load_stage_model
 
     assert run_main(train_vqvae.main, ["--data_dir", str(adni), "--epochs", "1", *VQVAE]) == 0, capsys.readouterr().err
     (vq_run,) = runs("train_vqvae")
     argv = ["--vqvae_run_id", vq_run.info.run_id, *PRIOR]
-    ckpt = kill_mid_epoch_two([sys.executable, "-m", "brainvq.pipelines.train_pixelcnn", *argv],
-                              ".brainvq/checkpoints/prior/vqvae-*/last.pt", tmp_path)
+    ckpt = kill_mid_epoch_two([sys.executable, "-m", "brainvq.pipelines.train_prior", *argv],
+                              ".brainvq/checkpoints/prior-*/last.pt", tmp_path)
 
-    assert run_main(train_pixelcnn.main, argv + ["--resume", "true"]) == 0, capsys.readouterr().err
-    final = load_checkpoint(ckpt, "pixelcnn")
+    assert run_main(train_prior.main, argv + ["--resume", "true"]) == 0, capsys.readouterr().err
+    final = load_checkpoint(ckpt, "prior")
     assert final["epoch"] == 3 and final["vqvae_run_id"] == vq_run.info.run_id
 
-    args = train_pixelcnn.build_parser().parse_args(argv)
+    args = train_prior.build_parser().parse_args(argv)
     vqvae, _, _ = load_stage_model(vq_run.info.run_id, "train_vqvae")
     model_cfg, train_cfg = prior_configs_from_args(args, vqvae.config)
     codes = prior_codes(vq_run.info.run_id, model_cfg.num_embeddings)  # the codes the killed run encoded
-    full = fit_pixelcnn(model_cfg, replace(train_cfg, num_threads=1, progress=False), codes["train"], codes["val"])
+    full = fit_prior(model_cfg, replace(train_cfg, num_threads=1, progress=False), codes["train"], codes["val"])
     assert_same_weights(final["model"], full.model.state_dict())
-    check_resumed_run("train_pixelcnn", ["prior/train_nll_bits", "prior/val_nll_bits"], 3, full.history,
+    check_resumed_run("train_prior", ["prior/train_nll_bits", "prior/val_nll_bits"], 3, full.history,
                       "prior/codes_per_second")
     assert len(runs("encode_codes")) == 1  # the resumed run reused the killed run's codes
 
@@ -200,4 +200,5 @@ def test_nan_loss_fails_the_run_keeps_the_checkpoint_and_a_truncated_checkpoint_
     assert len(err) == 1 and "cannot resume" in err[0] and str(ckpt.relative_to(tmp_path)) in err[0], err
     assert ckpt.read_bytes() == data[: len(data) // 2]  # left alone for the user to inspect
     failed = [r for r in runs("train_vqvae") if r.info.run_id != run.info.run_id]
-    assert len(failed) == 1 and failed[0].info.status == "FAILED" and "cannot resume" in failed[0].data.tags["brainvq.error"]
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    assert "cannot resume" in failed[0].data.tags["brainvq.error"]

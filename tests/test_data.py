@@ -74,7 +74,9 @@ def test_images_are_float_in_unit_range_and_batched(tiny_adni):
     assert torch.equal(item, x[2]) and torch.equal(s.train[[0, 2, 1]][0], x)  # index lists take the batch path
     assert np.array_equal(s.train.images[2], (x[1, 0] * 255).round().numpy().astype(np.uint8))
     sub = s.train.subset([3, 1])
-    assert sub.paths == [s.train.paths[3], s.train.paths[1]] and torch.equal(sub.batch([0, 1])[0], s.train.batch([3, 1])[0])
+    assert sub.paths == [s.train.paths[3], s.train.paths[1]] and torch.equal(
+        sub.batch([0, 1])[0], s.train.batch([3, 1])[0]
+    )
     assert isinstance(s.test.images, np.memmap)
 
 
@@ -129,7 +131,9 @@ def test_bad_files_fail_with_one_line_error_naming_the_path(tiny_adni, bad):
 def test_skip_bad_skips_and_counts(tiny_adni, caplog):
     (tiny_adni / "train" / "AD" / "zero_000.png").write_bytes(b"")
     (tiny_adni / "train" / "NC" / "text_000.png").write_text("not a PNG")
-    (tiny_adni / "test" / "NC" / "cut_000.png").write_bytes(next((tiny_adni / "test" / "NC").glob("*.png")).read_bytes()[:60])
+    (tiny_adni / "test" / "NC" / "cut_000.png").write_bytes(
+        next((tiny_adni / "test" / "NC").glob("*.png")).read_bytes()[:60]
+    )
     s = load_adni(tiny_adni, image_size=(32, 32), skip_bad=True)
     assert s.skipped == 3 and len(s.train) + len(s.val) == 24 and len(s.test) == 8
     assert not any("zero_" in p or "text_" in p or "cut_" in p for p in s.train.paths + s.val.paths + s.test.paths)

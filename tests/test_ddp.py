@@ -96,8 +96,8 @@ def test_torchrun_vqvae_logs_one_run_and_matches_one_process_with_the_global_bat
 def test_torchrun_prior_logs_one_run_encodes_once_and_matches_one_process(tiny_adni, tmp_path, monkeypatch, capsys):
     from brainvq.cli.args import run_main
     from brainvq.cli.configs import prior_configs_from_args
-    from brainvq.engine.prior import fit_pixelcnn
-    from brainvq.pipelines import train_pixelcnn, train_vqvae
+    from brainvq.engine.prior import fit_prior
+    from brainvq.pipelines import train_prior, train_vqvae
     from brainvq.tracking.codes import prior_codes
     from brainvq.tracking.runs import load_stage_model
 
@@ -107,13 +107,13 @@ def test_torchrun_prior_logs_one_run_encodes_once_and_matches_one_process(tiny_a
     (vq_run,) = all_runs()
     prior_args = ["--vqvae_run_id", vq_run.info.run_id, "--epochs", "2", "--num_layers", "2", "--hidden_channels", "8",
                   "--max_minutes", "0", "--device", "cpu"]
-    proc = torchrun("brainvq.pipelines.train_pixelcnn", *prior_args, "--batch_size", "4")
+    proc = torchrun("brainvq.pipelines.train_prior", *prior_args, "--batch_size", "4")
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     by_stage = {}
     for r in all_runs():
         by_stage.setdefault(r.data.tags["brainvq.stage"], []).append(r)
-    (prior,), (encode,) = by_stage["train_pixelcnn"], by_stage["encode_codes"]  # rank 1 created neither
+    (prior,), (encode,) = by_stage["train_prior"], by_stage["encode_codes"]  # rank 1 created neither
     assert prior.info.status == "FINISHED" and prior.data.tags["brainvq.world_size"] == "2"
     assert encode.data.tags["mlflow.parentRunId"] == prior.info.run_id
     client = MlflowClient()
@@ -121,21 +121,23 @@ def test_torchrun_prior_logs_one_run_encodes_once_and_matches_one_process(tiny_a
            for key in ("prior/train_nll_bits", "prior/val_nll_bits")}
 
     vqvae, _, _ = load_stage_model(vq_run.info.run_id, "train_vqvae")
-    model_cfg, train_cfg = prior_configs_from_args(train_pixelcnn.build_parser().parse_args(
+    model_cfg, train_cfg = prior_configs_from_args(train_prior.build_parser().parse_args(
         [*prior_args, "--batch_size", "8"]), vqvae.config)
     codes = prior_codes(vq_run.info.run_id, model_cfg.num_embeddings)
-    one = fit_pixelcnn(model_cfg, replace(train_cfg, num_threads=1, progress=False), codes["train"], codes["val"],
+    one = fit_prior(model_cfg, replace(train_cfg, num_threads=1, progress=False), codes["train"], codes["val"],
                        codes["test"])
     for key, values in ddp.items():
         np.testing.assert_allclose(values, [h[key] for h in one.history], rtol=RTOL, err_msg=key)
-    np.testing.assert_allclose(prior.data.metrics["prior/test_nll_bits"], one.test_metrics["prior/test_nll_bits"], rtol=RTOL)
-    (ckpt_path,) = Path(tmp_path).glob(".brainvq/checkpoints/prior/vqvae-*/last.pt")
-    ckpt = load_checkpoint(ckpt_path, "pixelcnn")
+    np.testing.assert_allclose(prior.data.metrics["prior/test_nll_bits"], one.test_metrics["prior/test_nll_bits"],
+                               rtol=RTOL)
+    (ckpt_path,) = Path(tmp_path).glob(".brainvq/checkpoints/prior-*/last.pt")
+    ckpt = load_checkpoint(ckpt_path, "prior")
     for name, value in one.model.state_dict().items():
         torch.testing.assert_close(ckpt["model"][name], value, rtol=0, atol=ATOL, msg=name)
 
 
 # --- library level: torch.multiprocessing, every rank's state ----------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -158,8 +160,16 @@ def _prior_configs(batch_size: int):
     from brainvq.models.pixelcnn import PixelCNNConfig
 
     model = PixelCNNConfig(num_embeddings=8, num_layers=2, hidden_channels=8, conditional=True, code_shape=(4, 4))
-    train = PriorTrainConfig(epochs=2, batch_size=batch_size, lr=3e-3, seed=0, label_dropout=0.25, device="cpu",
-                             num_threads=1, progress=False)
+    train = PriorTrainConfig(
+        epochs=2,
+        batch_size=batch_size,
+        lr=3e-3,
+        seed=0,
+        label_dropout=0.25,
+        device="cpu",
+        num_threads=1,
+        progress=False,
+    )
     return model, train
 
 
@@ -167,28 +177,39 @@ def _vqvae_configs(batch_size: int):
     from brainvq.engine.vqvae import TrainConfig
     from brainvq.models.vqvae import VQVAEConfig
 
-    model = VQVAEConfig(latent_dim=8, num_embeddings=16, hidden_channels=16, res_channels=8, num_res_layers=1,
-                        image_size=(32, 32))
+    model = VQVAEConfig(
+        latent_dim=8, num_embeddings=16, hidden_channels=16, res_channels=8, num_res_layers=1, image_size=(32, 32)
+    )
     return model, TrainConfig(epochs=2, batch_size=batch_size, seed=0, device="cpu", num_threads=1, progress=False)
 
 
 def _fit_both(data_dir: Path, batch_size: int) -> dict:
     from brainvq.data import load_adni
-    from brainvq.engine.prior import fit_pixelcnn
+    from brainvq.engine.prior import fit_prior
     from brainvq.engine.vqvae import fit_vqvae
 
     splits = load_adni(data_dir, image_size=(32, 32), val_fraction=0.34, seed=0)
     vq = fit_vqvae(*_vqvae_configs(batch_size), splits.train, splits.val)
     codes = _tiny_codes()
-    prior = fit_pixelcnn(*_prior_configs(batch_size), codes, _tiny_codes(8, seed=1))
-    return {"vqvae": vq.model.state_dict(), "vqvae_history": vq.history,
-            "prior": prior.model.state_dict(), "prior_history": prior.history}
+    prior = fit_prior(*_prior_configs(batch_size), codes, _tiny_codes(8, seed=1))
+    return {
+        "vqvae": vq.model.state_dict(),
+        "vqvae_history": vq.history,
+        "prior": prior.model.state_dict(),
+        "prior_history": prior.history,
+    }
 
 
 def _rank_main(rank: int, world: int, port: int, data_dir: str, out_dir: str) -> None:
     # What torchrun would set for this process.
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     from brainvq.engine import distributed
 
     assert distributed.init_from_env("cpu")
@@ -212,13 +233,17 @@ def test_ddp_ranks_stay_in_sync_and_prior_matches_one_process(tiny_adni, tmp_pat
     one = _fit_both(tiny_adni, batch_size=8)
     for part in ("vqvae", "prior"):
         for name, value in one[part].items():
-            torch.testing.assert_close(ranks[0][part][name].float(), value.float(), rtol=0, atol=ATOL, msg=f"{part}.{name}")
+            torch.testing.assert_close(
+                ranks[0][part][name].float(), value.float(), rtol=0, atol=ATOL, msg=f"{part}.{name}"
+            )
     for key in ("prior/train_nll_bits", "prior/val_nll_bits"):
-        np.testing.assert_allclose([h[key] for h in ranks[0]["prior_history"]], [h[key] for h in one["prior_history"]],
-                                   rtol=RTOL, err_msg=key)
+        np.testing.assert_allclose(
+            [h[key] for h in ranks[0]["prior_history"]], [h[key] for h in one["prior_history"]], rtol=RTOL, err_msg=key
+        )
     for key in ("train/loss", "val/ssim", "val/perplexity"):
-        np.testing.assert_allclose([h[key] for h in ranks[0]["vqvae_history"]], [h[key] for h in one["vqvae_history"]],
-                                   rtol=RTOL, err_msg=key)
+        np.testing.assert_allclose(
+            [h[key] for h in ranks[0]["vqvae_history"]], [h[key] for h in one["vqvae_history"]], rtol=RTOL, err_msg=key
+        )
 
 
 def test_helpers_are_no_ops_in_a_single_process():

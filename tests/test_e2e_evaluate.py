@@ -104,7 +104,7 @@ def test_bad_evaluation_inputs_are_one_line_errors(chain, store, tmp_path, capsy
         (["--prior_run_id", lin.prior, "--n_samples", "4"], "bad parameter: n_samples must be an integer >= 8, got 4"),
         (["--prior_run_id", lin.prior, "--temperature", "0"], "bad parameter: temperature must be a finite number > 0"),
         (["--samples_dir", str(tmp_path / "none"), "--data_dir", str(data)], "samples_dir does not exist"),
-        (["--prior_run_id", lin.export], "expected a train_pixelcnn run"),
+        (["--prior_run_id", lin.export], "expected a train_prior run"),
     ]
     before = len(_evaluations(store))
     for args, message in cases:

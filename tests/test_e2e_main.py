@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, write_tiny_adni
 
 pytestmark = pytest.mark.slow
-STEPS = ["train_vqvae", "encode_codes", "train_pixelcnn", "export_onnx", "sample", "evaluate_samples"]
+STEPS = ["train_vqvae", "encode_codes", "train_prior", "export_onnx", "sample", "evaluate_samples"]
 
 
 def run_main(data_dir, *extra):
@@ -33,7 +33,7 @@ def test_main_pipeline_runs_every_step_as_child_runs_and_reuses_them(tmp_path):
     stages = {r.data.tags.get("brainvq.stage"): r for r in runs}
     for step in STEPS:
         assert step in stages and stages[step].info.status == "FINISHED", step
-    for step in ("train_vqvae", "train_pixelcnn", "export_onnx", "sample", "evaluate_samples"):
+    for step in ("train_vqvae", "train_prior", "export_onnx", "sample", "evaluate_samples"):
         assert stages[step].data.tags.get("mlflow.parentRunId") == parent.info.run_id, step
     m = parent.data.metrics
     for key in ("val/ssim", "test/ssim", "test/ssim_brain", "test/psnr_brain", "prior/val_nll_bits",
@@ -52,7 +52,7 @@ def test_main_pipeline_runs_every_step_as_child_runs_and_reuses_them(tmp_path):
     onnx = {a.path for a in client.list_artifacts(stages["export_onnx"].info.run_id, "onnx")}
     assert {"onnx/decoder.onnx", "onnx/prior.onnx"} <= onnx
     # register=true (the default): each model's first version is its champion
-    for name, step in (("brainvq-vqvae", "train_vqvae"), ("brainvq-prior", "train_pixelcnn"),
+    for name, step in (("brainvq-vqvae", "train_vqvae"), ("brainvq-prior", "train_prior"),
                        ("brainvq-sampler", "export_onnx")):
         assert client.get_model_version_by_alias(name, "champion").run_id == stages[step].info.run_id, name
         assert parent.data.tags[f"brainvq.registered.{name}"] == "1"
@@ -62,6 +62,6 @@ def test_main_pipeline_runs_every_step_as_child_runs_and_reuses_them(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     runs = client.search_runs([exp.experiment_id])
     assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_vqvae"]) == 1
-    assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_pixelcnn"]) == 1
+    assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_prior"]) == 1
     assert "reusing FINISHED run" in again.stderr
     assert len(client.search_model_versions("name = 'brainvq-vqvae'")) == 1  # the same run keeps its version

@@ -1,4 +1,4 @@
-"""Prior stage end to end: codes, `mlflow run . -e train_pixelcnn` on tiny data, sampling, and its bad inputs."""
+"""Prior stage end to end: codes, `mlflow run . -e train_prior` on tiny data, sampling, and its bad inputs."""
 
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ def vqvae_run(tiny_adni, capsys):
     return out.split("run ")[1].split(":")[0]
 
 
-def _prior_runs(client, stage="train_pixelcnn"):
+def _prior_runs(client, stage="train_prior"):
     exps = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(exps, f"tags.`brainvq.stage` = '{stage}'")
 
 
-def test_train_pixelcnn_entry_point_then_sampling(vqvae_run, tmp_path, capsys):
+def test_train_prior_entry_point_then_sampling(vqvae_run, tmp_path, capsys):
     proc = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train_pixelcnn", "--env-manager", "local",
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train_prior", "--env-manager", "local",
          "-P", f"vqvae_run_id={vqvae_run}", "-P", "epochs=12", "-P", "num_layers=3", "-P", "hidden_channels=16",
          "-P", "batch_size=4", "-P", "max_minutes=0"],
         capture_output=True, text=True, timeout=600,
@@ -67,7 +67,22 @@ def test_train_pixelcnn_entry_point_then_sampling(vqvae_run, tmp_path, capsys):
 
     # torch sampling is reproducible for a seed and differs across seeds
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        assert cli(["sample", "--prior_run_id", run.info.run_id, "--n", "3", "--seed", str(seed), "--out", str(tmp_path / name)]) == 0
+        assert (
+            cli(
+                [
+                    "sample",
+                    "--prior_run_id",
+                    run.info.run_id,
+                    "--n",
+                    "3",
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    str(tmp_path / name),
+                ]
+            )
+            == 0
+        )
     a, b, c = (sorted((tmp_path / n).glob("sample_*.png")) for n in "abc")
     assert len(a) == 3 and (tmp_path / "a" / "grid.png").exists()
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
@@ -75,15 +90,39 @@ def test_train_pixelcnn_entry_point_then_sampling(vqvae_run, tmp_path, capsys):
 
     # a prior run is not a VQ-VAE run: one-line error, exit 2
     capsys.readouterr()
-    assert cli(["train-pixelcnn", "--vqvae_run_id", run.info.run_id, "--epochs", "1"]) == 2
+    assert cli(["train-prior", "--vqvae_run_id", run.info.run_id, "--epochs", "1"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainvq")]
-    assert len(err) == 1 and "train_pixelcnn run, expected a train_vqvae run" in err[0]
+    assert len(err) == 1 and "train_prior run, expected a train_vqvae run" in err[0]
+    # the entry point's old name still runs the same script for one release, with a one-line deprecation note
+    old = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(REPO),
+            "-e",
+            "train_pixelcnn",
+            "--env-manager",
+            "local",
+            "-P",
+            f"vqvae_run_id={run.info.run_id}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert old.returncode != 0
+    assert "deprecated: the entry point train_pixelcnn is now train_prior" in old.stderr
+    assert "train_prior: error: run " in old.stderr and "expected a train_vqvae run" in old.stderr
 
 
-def test_unknown_run_id_is_a_one_line_error(capsys):
-    assert cli(["train-pixelcnn", "--vqvae_run_id", "0123456789abcdef0123456789abcdef"]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainvq")]
-    assert len(err) == 1 and "unknown MLflow run id" in err[0]
+def test_unknown_run_id_is_a_one_line_error(capsys, caplog):
+    for command in ("train-prior", "train-pixelcnn"):  # the second: the old name, for one more release
+        assert cli([command, "--vqvae_run_id", "0123456789abcdef0123456789abcdef"]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainvq")]
+        assert len(err) == 1 and "unknown MLflow run id" in err[0]
+    assert caplog.text.count("deprecated: the entry point train_pixelcnn is now train_prior") == 1
     assert cli(["sample", "--prior_run_id", "nope"]) == 2
 
 
@@ -92,7 +131,9 @@ def test_codes_round_trip_and_codebook_mismatch(tmp_path, tiny_adni):
     from brainvq.models.vqvae import VQVAE, VQVAEConfig
 
     splits = load_adni(tiny_adni, image_size=(32, 32), val_fraction=0.34, seed=0)
-    model = VQVAE(VQVAEConfig(latent_dim=8, num_embeddings=16, hidden_channels=16, res_channels=8, image_size=(32, 32))).eval()
+    model = VQVAE(
+        VQVAEConfig(latent_dim=8, num_embeddings=16, hidden_channels=16, res_channels=8, image_size=(32, 32))
+    ).eval()
     codes = encode_dataset(model, splits.test, batch_size=3, progress=False)
     assert codes.shape == (len(splits.test), 8, 8) and codes.dtype == np.int64
     path = save_codes(tmp_path / "test.npz", codes, splits.test.labels, list(splits.test.subjects), 16)

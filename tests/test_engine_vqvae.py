@@ -13,7 +13,9 @@ from brainvq.errors import ModelFileError, TrainingDiverged
 from brainvq.models.checkpoint import atomic_save, load_checkpoint, load_model
 from brainvq.models.vqvae import VQVAE, VQVAEConfig
 
-MODEL = VQVAEConfig(latent_dim=8, num_embeddings=16, hidden_channels=16, res_channels=8, num_res_layers=1, image_size=(32, 32))
+MODEL = VQVAEConfig(
+    latent_dim=8, num_embeddings=16, hidden_channels=16, res_channels=8, num_res_layers=1, image_size=(32, 32)
+)
 
 
 def cfg(**kw) -> TrainConfig:
@@ -29,11 +31,21 @@ def splits(tiny_adni):
 
 def test_fit_learns_and_logs_namespaced_metrics(splits, tmp_path):
     tracker = MemoryTracker()
-    result = fit_vqvae(MODEL, cfg(epochs=4), splits.train, splits.val, splits.test, checkpoint_dir=tmp_path, tracker=tracker)
+    result = fit_vqvae(
+        MODEL, cfg(epochs=4), splits.train, splits.val, splits.test, checkpoint_dir=tmp_path, tracker=tracker
+    )
     assert len(result.history) == 4
     losses = [h["train/loss"] for h in result.history]
     assert losses[-1] < losses[0]
-    for key in ("train/loss", "train/recon_loss", "train/vq_loss", "val/ssim", "val/psnr", "val/perplexity", "val/codebook_usage"):
+    for key in (
+        "train/loss",
+        "train/recon_loss",
+        "train/vq_loss",
+        "val/ssim",
+        "val/psnr",
+        "val/perplexity",
+        "val/codebook_usage",
+    ):
         assert [s for s, _ in tracker.metrics[key]] == [1, 2, 3, 4], key
     assert 0 < result.test_metrics["test/ssim"] <= 1 and result.test_metrics["test/psnr"] > 0
     assert (tmp_path / "last.pt").exists()
@@ -52,6 +64,7 @@ def test_checkpoint_round_trip_rebuilds_model_from_its_config(splits, tmp_path):
 
 def test_resume_continues_without_repeating_epochs_and_matches_uninterrupted(splits, tmp_path):
     full = fit_vqvae(MODEL, cfg(epochs=3), splits.train, splits.val, checkpoint_dir=tmp_path / "full")
+
     # "killed" after epoch 2: a 2-epoch run leaves the same checkpoint an interrupted 3-epoch run would, except the
     # schedule length, so interrupt a 3-epoch run by a callback that raises after epoch 2 instead.
     class Kill(Exception):
@@ -62,10 +75,14 @@ def test_resume_continues_without_repeating_epochs_and_matches_uninterrupted(spl
             raise Kill
 
     with pytest.raises(Kill):
-        fit_vqvae(MODEL, cfg(epochs=3), splits.train, splits.val, checkpoint_dir=tmp_path / "part", callbacks=[kill_after_two])
+        fit_vqvae(
+            MODEL, cfg(epochs=3), splits.train, splits.val, checkpoint_dir=tmp_path / "part", callbacks=[kill_after_two]
+        )
     assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 2
     tracker = MemoryTracker()
-    resumed = fit_vqvae(MODEL, cfg(epochs=3), splits.train, splits.val, checkpoint_dir=tmp_path / "part", resume=True, tracker=tracker)
+    resumed = fit_vqvae(
+        MODEL, cfg(epochs=3), splits.train, splits.val, checkpoint_dir=tmp_path / "part", resume=True, tracker=tracker
+    )
     assert [s for s, _ in tracker.metrics["train/loss"]] == [3]  # only the missing epoch ran
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):

@@ -20,7 +20,9 @@ def test_ssim_matches_scikit_image(shape):
     a, b = _pairs(shape, 0)
     ours = ssim(torch.from_numpy(b), torch.from_numpy(a)).numpy()
     ref = [
-        structural_similarity(a[i, 0], b[i, 0], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+        structural_similarity(
+            a[i, 0], b[i, 0], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+        )
         for i in range(shape[0])
     ]
     np.testing.assert_allclose(ours, ref, atol=1e-3)
@@ -56,8 +58,9 @@ def test_brain_region_ssim_is_scikit_image_map_averaged_over_the_documented_mask
     from scipy import ndimage
 
     a, b = _brain_pairs(3)
-    _, full = structural_similarity(a[0, 0], b[0, 0], gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                    data_range=1.0, full=True)
+    _, full = structural_similarity(
+        a[0, 0], b[0, 0], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, full=True
+    )
     # the rule: target > 0.02, dilated by 3 px (a 7x7 square), map and mask cropped by 5 px like the whole-slice mean
     mask = ndimage.binary_dilation(a[0, 0] > BRAIN_THRESHOLD, np.ones((2 * BRAIN_DILATION + 1,) * 2, bool))
     assert np.array_equal(brain_mask(torch.from_numpy(a))[0, 0].numpy(), mask)
@@ -72,6 +75,8 @@ def test_brain_region_psnr_counts_brain_pixels_only():
     a, b = _brain_pairs(4)
     m = brain_mask(torch.from_numpy(a)).numpy()
     mse = ((a - b) ** 2)[m].mean()
-    assert psnr_brain(torch.from_numpy(b), torch.from_numpy(a)).item() == pytest.approx(10 * np.log10(1 / mse), abs=1e-3)
+    assert psnr_brain(torch.from_numpy(b), torch.from_numpy(a)).item() == pytest.approx(
+        10 * np.log10(1 / mse), abs=1e-3
+    )
     empty = np.zeros_like(a)
     assert torch.isnan(ssim_brain(torch.from_numpy(empty), torch.from_numpy(empty))).all()

@@ -86,7 +86,9 @@ def test_ema_moves_codes_toward_assigned_vectors():
 
 def test_dead_codes_are_restarted_from_encoder_outputs():
     torch.manual_seed(0)
-    q = VectorQuantizer(QuantizerConfig(num_embeddings=8, embedding_dim=2, ema=True, decay=0.9, dead_code_threshold=1.0))
+    q = VectorQuantizer(
+        QuantizerConfig(num_embeddings=8, embedding_dim=2, ema=True, decay=0.9, dead_code_threshold=1.0)
+    )
     q.train()
     z = torch.randn(1, 2, 8, 8)
     q(z)  # initialises from data

@@ -28,12 +28,21 @@ def tiny_models(seed: int = 0, k: int = K, conditional: bool = True):
     torch.manual_seed(seed)
     vq = VQVAE(VQVAEConfig(latent_dim=4, num_embeddings=k, hidden_channels=8, res_channels=4, num_res_layers=1,
                            image_size=IMAGE)).eval()
-    with torch.no_grad():  # seed the codebook from the encoder's own latents (as the EMA init does) so an image uses several codes
+    # seed the codebook from the encoder's own latents (as the EMA init does) so an image uses several codes
+    with torch.no_grad():
         flat = vq.encode(brain_like()).permute(0, 2, 3, 1).reshape(-1, 4)
         vq.quantizer.codebook.copy_(flat[torch.linspace(0, len(flat) - 1, k).long()])
     # dilated layers (1, 2, 1): the exported step graphs read every other cached row/column there
-    prior = GatedPixelCNN(PixelCNNConfig(num_embeddings=k, num_layers=3, hidden_channels=8, conditional=conditional,
-                                         code_shape=CODES, dilation_cycle=(1, 2))).eval()
+    prior = GatedPixelCNN(
+        PixelCNNConfig(
+            num_embeddings=k,
+            num_layers=3,
+            hidden_channels=8,
+            conditional=conditional,
+            code_shape=CODES,
+            dilation_cycle=(1, 2),
+        )
+    ).eval()
     with torch.no_grad():  # position biases start at zero: randomise them so parity covers them
         prior.row_bias.normal_(0, 0.5)
         prior.col_bias.normal_(0, 0.5)
@@ -44,7 +53,7 @@ def tiny_models(seed: int = 0, k: int = K, conditional: bool = True):
 def exported(tmp_path_factory):
     vq, prior = tiny_models()
     out = tmp_path_factory.mktemp("onnx")
-    files = export_models(vq, prior, out, meta={"vqvae_run_id": "vq1", "pixelcnn_run_id": "px1"})
+    files = export_models(vq, prior, out, meta={"vqvae_run_id": "vq1", "prior_run_id": "px1"})
     return vq, prior, out, files
 
 
@@ -68,7 +77,7 @@ def test_files_check_and_carry_metadata(exported):
         assert meta["brainvq.image_size"] == "24x28" and meta["brainvq.conditional"] == "true"
         assert meta["brainvq.dilation_cycle"] == "1,2"
         assert json.loads(meta["brainvq.labels"]) == {"NC": 0, "AD": 1, "none": 2}
-        assert meta["brainvq.vqvae_run_id"] == "vq1" and meta["brainvq.pixelcnn_run_id"] == "px1"
+        assert meta["brainvq.vqvae_run_id"] == "vq1" and meta["brainvq.prior_run_id"] == "px1"
         assert meta["brainvq.version"]
         pair.add(meta["brainvq.pair_id"])
         assert not {"ArgMin", "ArgMax"} & {n.op_type for n in model.graph.node}, name
@@ -138,8 +147,13 @@ def test_unconditional_prior_keeps_the_interface(tmp_path):
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "brainvq.export.sample_onnx", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "brainvq.export.sample_onnx", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
 
 
 def test_sampler_is_torch_free():
@@ -151,16 +165,32 @@ def test_sampler_is_torch_free():
 
 def test_cli_writes_pngs_and_names_the_provider(exported, tmp_path):
     _, _, out, _ = exported
-    r = _cli("--model_dir", str(out), "--n", "3", "--batch_size", "2", "--label", "AD", "--out", str(tmp_path / "s"),
-             "--provider", "auto")
+    r = _cli(
+        "--model_dir",
+        str(out),
+        "--n",
+        "3",
+        "--batch_size",
+        "2",
+        "--label",
+        "AD",
+        "--out",
+        str(tmp_path / "s"),
+        "--provider",
+        "auto",
+    )
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("onnxruntime")]
     assert len(lines) == 1 and "ExecutionProvider (" in lines[0], r.stdout
     if "CPUExecutionProvider" in lines[0]:
         assert "CUDA" in lines[0] or "GPU" in lines[0]  # the reason CUDA did not run
     assert "Failed to" not in r.stdout + r.stderr  # onnxruntime's CUDA error wall stays off the console
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["grid.png", "sample_000.png", "sample_001.png",
-                                                                 "sample_002.png"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "grid.png",
+        "sample_000.png",
+        "sample_001.png",
+        "sample_002.png",
+    ]
     r = _cli("--model_dir", str(out), "--n", "1", "--out", str(tmp_path / "c"), "--provider", "cuda")
     if r.returncode == 0:  # a machine with a working GPU
         assert "running on CUDAExecutionProvider" in r.stdout
@@ -203,36 +233,49 @@ def _finished_run(stage: str, ckpt: dict, path) -> str:
     return run.info.run_id
 
 
-def test_export_stage_logs_a_matching_pair_to_mlflow(tmp_path):
+def test_export_stage_logs_a_matching_pair_to_mlflow(tmp_path, caplog):
     import mlflow
 
     from brainvq.export.export_onnx import export_onnx
 
     vq, prior = tiny_models()
-    vq_id = _finished_run("train_vqvae", {"kind": "vqvae", "config": vq.config.to_dict(), "model": vq.state_dict()},
-                          tmp_path / "a" / "vqvae.pt")
-    px_id = _finished_run("train_pixelcnn", {"kind": "pixelcnn", "config": prior.config.to_dict(),
-                                             "model": prior.state_dict(), "vqvae_run_id": vq_id},
-                          tmp_path / "b" / "pixelcnn.pt")
+    vq_id = _finished_run(
+        "train_vqvae",
+        {"kind": "vqvae", "config": vq.config.to_dict(), "model": vq.state_dict()},
+        tmp_path / "a" / "vqvae.pt",
+    )
+    # A prior run as brainvq 0.1 wrote it (stage train_pixelcnn, checkpoint/pixelcnn.pt of kind pixelcnn), exported
+    # with the old flag: the old names still work for this release, each with its one-line deprecation note.
+    px_id = _finished_run(
+        "train_pixelcnn",
+        {"kind": "pixelcnn", "config": prior.config.to_dict(), "model": prior.state_dict(), "vqvae_run_id": vq_id},
+        tmp_path / "b" / "pixelcnn.pt",
+    )
     vq2, _ = tiny_models(seed=3)  # a newer VQ-VAE run: `latest` must still pick the prior's own VQ-VAE
-    other = _finished_run("train_vqvae", {"kind": "vqvae", "config": vq2.config.to_dict(), "model": vq2.state_dict()},
-                          tmp_path / "c" / "vqvae.pt")
+    other = _finished_run(
+        "train_vqvae",
+        {"kind": "vqvae", "config": vq2.config.to_dict(), "model": vq2.state_dict()},
+        tmp_path / "c" / "vqvae.pt",
+    )
     assert export_onnx(["--pixelcnn_run_id", px_id, "--out_dir", str(tmp_path / "out")]) == 0
+    assert "deprecated: the parameter --pixelcnn_run_id is now --prior_run_id" in caplog.text
+    assert "deprecated: checkpoint kind 'pixelcnn'" in caplog.text
     client = mlflow.tracking.MlflowClient()
-    runs = client.search_runs([r.info.experiment_id for r in [client.get_run(px_id)]],
-                              "tags.`brainvq.stage` = 'export_onnx'")
+    runs = client.search_runs(
+        [r.info.experiment_id for r in [client.get_run(px_id)]], "tags.`brainvq.stage` = 'export_onnx'"
+    )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run = runs[0]
-    assert run.data.params["vqvae_run_id"] == vq_id and run.data.params["pixelcnn_run_id"] == px_id
+    assert run.data.params["vqvae_run_id"] == vq_id and run.data.params["prior_run_id"] == px_id
     names = sorted(a.path for a in client.list_artifacts(run.info.run_id, "onnx"))
     assert names == ["onnx/decoder.onnx", "onnx/prior.onnx", "onnx/prior_row.onnx", "onnx/prior_step.onnx"]
     decoder = mlflow.onnx.load_model(f"runs:/{run.info.run_id}/decoder_model")
     assert {p.key: p.value for p in decoder.metadata_props}["brainvq.vqvae_run_id"] == vq_id
     # the sampler reads the run's onnx/ folder directly
     s = OnnxSampler(resolve_model_dir(f"runs:/{run.info.run_id}/onnx"), "cpu")
-    assert s.meta["brainvq.pixelcnn_run_id"] == px_id
+    assert s.meta["brainvq.prior_run_id"] == px_id
     # a VQ-VAE the prior was not trained on is refused; a bad opset ends the run FAILED with its reason
-    assert export_onnx(["--pixelcnn_run_id", px_id, "--vqvae_run_id", other]) == 2
-    assert export_onnx(["--pixelcnn_run_id", px_id, "--opset", "5"]) == 2
+    assert export_onnx(["--prior_run_id", px_id, "--vqvae_run_id", other]) == 2
+    assert export_onnx(["--prior_run_id", px_id, "--opset", "5"]) == 2
     failed = client.search_runs([run.info.experiment_id], "attributes.status = 'FAILED'")
     assert len(failed) == 1 and "opset" in failed[0].data.tags["brainvq.error"]

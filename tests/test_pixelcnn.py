@@ -38,9 +38,20 @@ def test_config_validation_and_json_roundtrip():
     cfg = PixelCNNConfig(code_shape=[6, 7], dilation_cycle=[1, 2])
     assert cfg.code_shape == (6, 7) and cfg.dilation_cycle == (1, 2)
     assert PixelCNNConfig(**cfg.to_dict()) == cfg
-    assert cfg.dilations[:4] == (1, 2, 1, 2) and PixelCNNConfig(dilation_cycle=(2, 3)).dilations[:3] == (1, 3, 2) and cfg.cache_len == 2
-    for bad in ({"num_embeddings": 1}, {"num_layers": 0}, {"kernel_size": 4}, {"code_shape": (0, 3)},
-                {"dilation_cycle": ()}, {"dilation_cycle": (1, 0)}, {"dilation_cycle": (1.5,)}):
+    assert (
+        cfg.dilations[:4] == (1, 2, 1, 2)
+        and PixelCNNConfig(dilation_cycle=(2, 3)).dilations[:3] == (1, 3, 2)
+        and cfg.cache_len == 2
+    )
+    for bad in (
+        {"num_embeddings": 1},
+        {"num_layers": 0},
+        {"kernel_size": 4},
+        {"code_shape": (0, 3)},
+        {"dilation_cycle": ()},
+        {"dilation_cycle": (1, 0)},
+        {"dilation_cycle": (1.5,)},
+    ):
         with pytest.raises(ValueError):
             PixelCNNConfig(**bad)
 
@@ -56,11 +67,16 @@ def test_forward_shape_and_labels(conditional):
 
 
 @pytest.mark.parametrize("conditional", [True, False])
-@pytest.mark.parametrize("kernel_size, dilation_cycle, layers, shape", [
-    (3, (1,), 4, (8, 8)), (5, (1,), 4, (8, 8)), (3, (2, 1, 3), 4, (8, 8)),
-    # the shipped prior: 12 layers of the default cycle on a grid larger than its largest dilation
-    (3, (1, 2, 4, 8, 16), 12, (20, 24)),
-])
+@pytest.mark.parametrize(
+    "kernel_size, dilation_cycle, layers, shape",
+    [
+        (3, (1,), 4, (8, 8)),
+        (5, (1,), 4, (8, 8)),
+        (3, (2, 1, 3), 4, (8, 8)),
+        # the shipped prior: 12 layers of the default cycle on a grid larger than its largest dilation
+        (3, (1, 2, 4, 8, 16), 12, (20, 24)),
+    ],
+)
 def test_causality_no_blind_spot(conditional, kernel_size, dilation_cycle, layers, shape):
     """d logits(p) / d embedding(q) is exactly 0 for q >= p in raster order, non-zero for earlier q (incl. up-right)."""
     h, w = shape
@@ -96,8 +112,9 @@ def test_causality_no_blind_spot(conditional, kernel_size, dilation_cycle, layer
 
 
 @pytest.mark.parametrize("conditional", [True, False])
-@pytest.mark.parametrize("dilation_cycle, layers, shape", [((1,), 4, (6, 7)), ((2, 1, 3), 4, (6, 7)),
-                                                           ((1, 2, 4, 8, 16), 12, (20, 24))])
+@pytest.mark.parametrize(
+    "dilation_cycle, layers, shape", [((1,), 4, (6, 7)), ((2, 1, 3), 4, (6, 7)), ((1, 2, 4, 8, 16), 12, (20, 24))]
+)
 def test_row_and_step_modules_match_full_forward(conditional, dilation_cycle, layers, shape):
     m = tiny(conditional, shape=shape, k=5, layers=layers, dilation_cycle=dilation_cycle)
     cfg = m.config

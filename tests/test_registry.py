@@ -78,7 +78,7 @@ def test_pipeline_registrations_move_champion_only_when_better(client, lineages)
     assert float(v.tags["test/ssim_brain"]) == pytest.approx(_metric(client, order[0].vqvae, "test/ssim_brain"))
     assert v.tags["brainvq.source_run_id"] == order[0].vqvae and v.run_id == order[0].vqvae
     s = client.get_model_version("brainvq-sampler", "2")
-    assert s.tags["brainvq.pixelcnn_run_id"] == order[1].prior and s.tags["brainvq.pair_id"]
+    assert s.tags["brainvq.prior_run_id"] == order[1].prior and s.tags["brainvq.pair_id"]
     assert float(s.tags["prior/val_nll_bits"]) == pytest.approx(_metric(client, order[1].prior, "prior/val_nll_bits"))
 
     # registering the same runs again (a rerun of a cached pipeline) reuses their versions
@@ -109,7 +109,7 @@ def test_sampler_samples_from_the_champion_without_torch(client, lineages, tmp_p
     from brainvq.export.ort_sampler import OnnxSampler, resolve_model_dir
 
     meta = OnnxSampler(resolve_model_dir(f"models:/brainvq-sampler@{CHAMPION}"), "cpu").meta
-    assert meta["brainvq.pixelcnn_run_id"] == champion.tags["brainvq.pixelcnn_run_id"]
+    assert meta["brainvq.prior_run_id"] == champion.tags["brainvq.prior_run_id"]
     # the real CLI, through MLflow's registry, in a process that must never import torch
     code = ("import sys; from brainvq.export.sample_onnx import sample; "
             "rc = sample(sys.argv[1:]); assert 'torch' not in sys.modules, 'sampler imported torch'; sys.exit(rc)")
@@ -133,7 +133,7 @@ def test_unfinished_or_mismatched_runs_are_refused_before_anything_is_registered
         register_run("vqvae", failed.info.run_id)
     with pytest.raises(RunError, match="expected a export_onnx run"):  # the bad run comes last in the pipeline
         register_pipeline(trained[0].vqvae, trained[0].prior, failed.info.run_id)
-    with pytest.raises(RunError, match="expected a train_pixelcnn run"):
+    with pytest.raises(RunError, match="expected a train_prior run"):
         register_run("prior", trained[0].vqvae)
     with pytest.raises(RunError, match="was trained on VQ-VAE run"):  # a prior from another lineage
         register_pipeline(trained[0].vqvae, trained[1].prior)

@@ -21,7 +21,7 @@ def test_draw_inverse_cdf_and_top_k():
     assert draw(logits, u, temperature=1e-3).tolist() == [3] * 5
     assert draw(logits, u, top_k=1).tolist() == [3] * 5
     assert draw(logits, u).dtype == np.int64
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="temperature"):
         draw(logits, u, temperature=0)
 
 
@@ -63,7 +63,7 @@ def test_fast_equals_naive(conditional, dilation_cycle):
 def test_fast_equals_naive_for_the_shipped_dilated_prior():
     """12 layers of the default cycle 1,2,4,8,16 on a 20x24 grid (larger than the largest dilation), so every cached
     tap of the row and step modules is read and checked."""
-    from brainvq.pipelines.train_pixelcnn import build_parser
+    from brainvq.pipelines.train_prior import build_parser
 
     cycle = tuple(int(d) for d in build_parser().get_default("dilation_cycle").split(","))
     assert max(cycle) == 16

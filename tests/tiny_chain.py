@@ -1,4 +1,4 @@
-"""Tiny real runs of the pipeline stages (train_vqvae → train_pixelcnn → export_onnx), trained in-process through the
+"""Tiny real runs of the pipeline stages (train_vqvae → train_prior → export_onnx), trained in-process through the
 `brainvq` CLI so a test module pays the import cost once. Shared by test_registry.py and test_bad_inputs.py."""
 
 from __future__ import annotations
@@ -55,15 +55,15 @@ def train_vqvae(data_dir: Path, seed: int = 0, epochs: int = 1) -> str:
 def train_prior(vqvae_run_id: str, seed: int = 0, epochs: int = 1) -> str:
     from brainvq.cli import main as cli
 
-    assert cli(["train-pixelcnn", "--vqvae_run_id", vqvae_run_id, *TINY_PRIOR, "--epochs", str(epochs),
+    assert cli(["train-prior", "--vqvae_run_id", vqvae_run_id, *TINY_PRIOR, "--epochs", str(epochs),
                 "--seed", str(seed)]) == 0
-    return latest("train_pixelcnn")
+    return latest("train_prior")
 
 
-def export(pixelcnn_run_id: str) -> str:
+def export(prior_run_id: str) -> str:
     from brainvq.cli import main as cli
 
-    assert cli(["export-onnx", "--pixelcnn_run_id", pixelcnn_run_id]) == 0
+    assert cli(["export-onnx", "--prior_run_id", prior_run_id]) == 0
     return latest("export_onnx")
 
 

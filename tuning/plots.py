@@ -9,6 +9,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from brainvq.errors import one_line
+
 log = logging.getLogger(__name__)
 
 
@@ -56,7 +58,7 @@ def save_plots(study: optuna.Study, out_dir: Path, objective: str, metric: str) 
         try:
             fig = make()
         except Exception as exc:  # Optuna refuses some plots for small/degenerate studies
-            notes.append(f"{name}: skipped ({' '.join(str(exc).split())[:200]})")
+            notes.append(f"{name}: skipped ({one_line(exc)})")
             continue
         path = out_dir / f"{name}.html"
         # "directory": one plotly.min.js beside the HTML files, so the plots open offline without 3 MB each.
@@ -88,15 +90,38 @@ def log_summary(study: optuna.Study, objective: str, metric: str, out_dir: str |
         if objective == "pareto":
             metrics["best/code_bits_per_image"] = best.values[1]
         mlflow.log_metrics(metrics)
-        tags.update({"best_trial_number": str(best.number), "best_trial_run_id": str(best.user_attrs.get("mlflow_run_id", ""))})
-        (out / "best_params.json").write_text(json.dumps(
-            {"study_name": study.study_name, "trial": best.number, "values": best.values, "params": best.params,
-             "mlflow_run_id": best.user_attrs.get("mlflow_run_id")}, indent=2))
+        tags.update(
+            {"best_trial_number": str(best.number), "best_trial_run_id": str(best.user_attrs.get("mlflow_run_id", ""))}
+        )
+        (out / "best_params.json").write_text(
+            json.dumps(
+                {
+                    "study_name": study.study_name,
+                    "trial": best.number,
+                    "values": best.values,
+                    "params": best.params,
+                    "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+                },
+                indent=2,
+            )
+        )
     if objective == "pareto" and best is not None:
         front = sorted(study.best_trials, key=lambda t: t.values[1])
-        (out / "pareto_front.json").write_text(json.dumps(
-            [{"number": t.number, metric: t.values[0], "code_bits_per_image": t.values[1], "params": t.params,
-              "mlflow_run_id": t.user_attrs.get("mlflow_run_id")} for t in front], indent=2))
+        (out / "pareto_front.json").write_text(
+            json.dumps(
+                [
+                    {
+                        "number": t.number,
+                        metric: t.values[0],
+                        "code_bits_per_image": t.values[1],
+                        "params": t.params,
+                        "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                    }
+                    for t in front
+                ],
+                indent=2,
+            )
+        )
     files, notes = save_plots(study, out, objective, metric)
     if notes:
         (out / "plot_notes.txt").write_text("\n".join(notes) + "\n")
@@ -117,5 +142,7 @@ def pruning_note(study: optuna.Study, objective: str, pruner: str) -> str | None
     if any(t.state == TrialState.PRUNED for t in trials):
         return None
     done = sum(1 for t in trials if t.state == TrialState.COMPLETE)
-    return (f"no trial pruned: pruner={pruner} found no trial behind the median of earlier ones at the same epoch "
-            f"({done} complete trials; the median pruner waits for its startup trials)")
+    return (
+        f"no trial pruned: pruner={pruner} found no trial behind the median of earlier ones at the same epoch "
+        f"({done} complete trials; the median pruner waits for its startup trials)"
+    )

@@ -1,8 +1,8 @@
 """Optuna search spaces, suggest functions and objectives for the VQ-VAE and the PixelCNN prior.
 
 Tuning wraps training: every trial builds its configs through the same argument → config code as
-``brainvq train-vqvae`` / ``train-pixelcnn`` (``brainvq.cli.configs``) and trains with the same ``fit_vqvae`` /
-``fit_pixelcnn``. Trial parameter names are those commands' argument names, so ``--from_study`` can replay a trial.
+``brainvq train-vqvae`` / ``train-prior`` (``brainvq.cli.configs``) and trains with the same ``fit_vqvae`` /
+``fit_prior``. Trial parameter names are those commands' argument names, so ``--from_study`` can replay a trial.
 MLflow appears here only to open one nested child run per trial.
 """
 
@@ -23,8 +23,9 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.trial import TrialState
 
-from brainvq.errors import ConfigError, TrainingDiverged
+from brainvq.errors import ConfigError, TrainingDiverged, one_line
 from brainvq.tracking.store import normalise_postgres_uri
+from brainvq.values import intlike
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ OBJECTIVE_METRIC = {"vqvae": "val/ssim", "prior": "prior/val_nll_bits"}
 BITS_METRIC = "code_bits_per_image"
 TRIAL_STAGE = "tune_trial"
 
-# Parameter → type. Names are the argument names of train_vqvae / train_pixelcnn (see module docstring).
+# Parameter → type. Names are the argument names of train_vqvae / train_prior (see module docstring).
 VQVAE_PARAMS = {"latent_dim": int, "num_embeddings": int, "lr": float, "downsample": int, "hidden_channels": int,
                 "num_res_layers": int, "beta": float, "ssim_weight": float, "batch_size": int}
 PRIOR_PARAMS = {"num_layers": int, "hidden_channels": int, "conditional": bool, "lr": float, "batch_size": int}
@@ -95,11 +96,9 @@ def _coerce(value: Any, kind: type, where: str):
         pass
     elif kind is int:
         try:
-            f = float(value)
-        except (TypeError, ValueError):
-            f = math.nan
-        if math.isfinite(f) and f.is_integer():
-            return int(f)
+            return intlike(value)
+        except argparse.ArgumentTypeError:
+            pass
     else:
         try:
             f = float(value)
@@ -125,7 +124,8 @@ def parse_spec(stage: str, name: str, raw: Any, source: str = "space") -> ParamS
         raw = {"choices": [raw]}  # a fixed value is a one-choice categorical, so it lands in trial.params
     extra = set(raw) - {"choices", "low", "high", "log", "step"}
     if extra:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))}; use choices or low/high/log/step")
+        unknown = ", ".join(sorted(map(str, extra)))
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; use choices or low/high/log/step")
     if "choices" in raw:
         if set(raw) - {"choices"}:
             raise ConfigError(f"{where}: give either choices or low/high, not both")
@@ -180,7 +180,7 @@ def load_space(stage: str, path: str | Path | None = None) -> Space:
 
                 override = yaml.safe_load(text)
         except Exception as exc:  # yaml/json syntax errors: report the first line only
-            raise ConfigError(f"{source}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(f"{source}: not valid YAML/JSON ({one_line(exc)})") from None
         if override is None:
             override = {}
         if not isinstance(override, Mapping):
@@ -207,13 +207,28 @@ def _args(command: str, values: Mapping[str, Any], **fixed) -> argparse.Namespac
     return args
 
 
-def vqvae_configs(trial: optuna.Trial, space: Space, *, image_size=(240, 256), epochs: int = 30,
-                  max_minutes: float = 0.0, seed: int = 0, device: str = "auto"):
+def vqvae_configs(
+    trial: optuna.Trial,
+    space: Space,
+    *,
+    image_size=(240, 256),
+    epochs: int = 30,
+    max_minutes: float = 0.0,
+    seed: int = 0,
+    device: str = "auto",
+):
     """``(VQVAEConfig, TrainConfig)`` of a trial; ConfigError when the sampled combination is invalid."""
     from brainvq.cli.configs import vqvae_configs_from_args
 
-    args = _args("train-vqvae", suggest_params(trial, space), image_size=tuple(image_size),
-                 epochs=epochs, max_minutes=max_minutes, seed=seed, device=device)
+    args = _args(
+        "train-vqvae",
+        suggest_params(trial, space),
+        image_size=tuple(image_size),
+        epochs=epochs,
+        max_minutes=max_minutes,
+        seed=seed,
+        device=device,
+    )
     return vqvae_configs_from_args(args)
 
 
@@ -222,13 +237,22 @@ def suggest_vqvae(trial: optuna.Trial, space: Space, *, image_size=(240, 256)):
     return vqvae_configs(trial, space, image_size=image_size)[0]
 
 
-def prior_configs(trial: optuna.Trial, space: Space, vqvae_config, *, epochs: int = 40, max_minutes: float = 0.0,
-                  seed: int = 0, device: str = "auto"):
+def prior_configs(
+    trial: optuna.Trial,
+    space: Space,
+    vqvae_config,
+    *,
+    epochs: int = 40,
+    max_minutes: float = 0.0,
+    seed: int = 0,
+    device: str = "auto",
+):
     """``(PixelCNNConfig, PriorTrainConfig)`` of a trial for the codes of ``vqvae_config``."""
     from brainvq.cli.configs import prior_configs_from_args
 
-    args = _args("train-pixelcnn", suggest_params(trial, space), epochs=epochs,
-                 max_minutes=max_minutes, seed=seed, device=device)
+    args = _args(
+        "train-prior", suggest_params(trial, space), epochs=epochs, max_minutes=max_minutes, seed=seed, device=device
+    )
     return prior_configs_from_args(args, vqvae_config)
 
 
@@ -251,10 +275,6 @@ def pruning_callback(trial: optuna.Trial, metric: str, enabled: bool = True) -> 
     return report
 
 
-def one_line(exc: BaseException) -> str:
-    return (" ".join(str(exc).split()) or type(exc).__name__)[:500]
-
-
 @contextlib.contextmanager
 def trial_run(trial: optuna.Trial, study_name: str, extra_tags: Mapping[str, str] | None = None):
     """A nested MLflow child run for one trial, tagged with its Optuna number and final state.
@@ -266,8 +286,13 @@ def trial_run(trial: optuna.Trial, study_name: str, extra_tags: Mapping[str, str
 
     from brainvq.tracking.runs import STAGE_TAG
 
-    tags = {STAGE_TAG: TRIAL_STAGE, "optuna.study_name": study_name, "optuna.trial_number": str(trial.number),
-            "optuna.state": "RUNNING", **(extra_tags or {})}
+    tags = {
+        STAGE_TAG: TRIAL_STAGE,
+        "optuna.study_name": study_name,
+        "optuna.trial_number": str(trial.number),
+        "optuna.state": "RUNNING",
+        **(extra_tags or {}),
+    }
     run = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags=tags)
     trial.set_user_attr("mlflow_run_id", run.info.run_id)
     try:
@@ -292,9 +317,23 @@ def trial_run(trial: optuna.Trial, study_name: str, extra_tags: Mapping[str, str
 class Objective:
     """Callable objective for ``study.optimize``. Holds the data, loaded once per worker process."""
 
-    def __init__(self, stage: str, objective: str, space: Space, study_name: str, *, epochs: int,
-                 max_minutes: float, seed: int, data=None, vqvae_config=None, device: str = "auto",
-                 image_size=(240, 256), prune: bool = True, before_trial: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        stage: str,
+        objective: str,
+        space: Space,
+        study_name: str,
+        *,
+        epochs: int,
+        max_minutes: float,
+        seed: int,
+        data=None,
+        vqvae_config=None,
+        device: str = "auto",
+        image_size=(240, 256),
+        prune: bool = True,
+        before_trial: Callable[[], None] | None = None,
+    ) -> None:
         self.stage, self.objective, self.space, self.study_name = stage, objective, space, study_name
         self.epochs, self.max_minutes, self.seed, self.device = epochs, max_minutes, seed, device
         self.data, self.vqvae_config, self.image_size = data, vqvae_config, tuple(image_size)
@@ -323,13 +362,25 @@ class Objective:
             t0 = time.monotonic()
             try:
                 if self.stage == "vqvae":
-                    model_cfg, train_cfg = vqvae_configs(trial, self.space, image_size=self.image_size,
-                                                         epochs=self.epochs, max_minutes=self.max_minutes,
-                                                         seed=self.seed, device=self.device)
+                    model_cfg, train_cfg = vqvae_configs(
+                        trial,
+                        self.space,
+                        image_size=self.image_size,
+                        epochs=self.epochs,
+                        max_minutes=self.max_minutes,
+                        seed=self.seed,
+                        device=self.device,
+                    )
                 else:
-                    model_cfg, train_cfg = prior_configs(trial, self.space, self.vqvae_config, epochs=self.epochs,
-                                                         max_minutes=self.max_minutes, seed=self.seed,
-                                                         device=self.device)
+                    model_cfg, train_cfg = prior_configs(
+                        trial,
+                        self.space,
+                        self.vqvae_config,
+                        epochs=self.epochs,
+                        max_minutes=self.max_minutes,
+                        seed=self.seed,
+                        device=self.device,
+                    )
             finally:  # log what was sampled even when it is an invalid combination
                 mlflow.log_params({k: param_str(v) for k, v in trial.params.items()})
             # No per-batch progress bars: a sweep's log is one line per trial (Optuna's), not N x epochs bars.
@@ -340,20 +391,31 @@ class Objective:
             if self.stage == "vqvae":
                 from brainvq.engine.vqvae import fit_vqvae
 
-                result = fit_vqvae(model_cfg, train_cfg, self.data.train, self.data.val, None,
-                                   tracker=tracker, callbacks=callbacks)
+                result = fit_vqvae(
+                    model_cfg, train_cfg, self.data.train, self.data.val, None, tracker=tracker, callbacks=callbacks
+                )
             else:
-                from brainvq.engine.prior import fit_pixelcnn
+                from brainvq.engine.prior import fit_prior
 
-                result = fit_pixelcnn(model_cfg, train_cfg, self.data["train"], self.data["val"], None,
-                                      tracker=tracker, callbacks=callbacks)
+                result = fit_prior(
+                    model_cfg,
+                    train_cfg,
+                    self.data["train"],
+                    self.data["val"],
+                    None,
+                    tracker=tracker,
+                    callbacks=callbacks,
+                )
             if not result.history or metric not in result.history[-1]:
                 raise ConfigError(f"trial {trial.number} produced no {metric} (empty validation split?)")
             value = float(result.history[-1][metric])
             if not math.isfinite(value):
                 raise TrainingDiverged(f"{metric} is {value}")
-            final = {"objective/" + metric: value, "trial/seconds": time.monotonic() - t0,
-                     "trial/epochs": len(result.history)}
+            final = {
+                "objective/" + metric: value,
+                "trial/seconds": time.monotonic() - t0,
+                "trial/epochs": len(result.history),
+            }
             trial.set_user_attr(metric, value)
             trial.set_user_attr("stopped_by_time_budget", bool(result.stopped_early))
             if self.stage == "vqvae":
@@ -381,8 +443,12 @@ def budget_used(study: optuna.Study) -> int:
     retry takes their place)."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    return sum(1 for t in trials if t.state in (*finished_states(), TrialState.RUNNING)
-               and not (t.state == TrialState.FAIL and t.number in retried))
+    return sum(
+        1
+        for t in trials
+        if t.state in (*finished_states(), TrialState.RUNNING)
+        and not (t.state == TrialState.FAIL and t.number in retried)
+    )
 
 
 def make_pruner(name: str, epochs: int, n_trials: int) -> optuna.pruners.BasePruner:
@@ -390,8 +456,7 @@ def make_pruner(name: str, epochs: int, n_trials: int) -> optuna.pruners.BasePru
     if name == "median":
         # Few startup trials and no warm-up so short sweeps (tests, smoke runs) can prune at all; long sweeps
         # still compare against at least a handful of finished trials.
-        return optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, n_trials // 3)),
-                                           n_warmup_steps=epochs // 4)
+        return optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, n_trials // 3)), n_warmup_steps=epochs // 4)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, epochs), reduction_factor=3)
     if name == "none":
@@ -440,13 +505,18 @@ def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 0, 
     if not url:
         raise ConfigError("storage must not be empty (default sqlite:///optuna.db)")
     if url.split(":", 1)[0].split("+")[0] not in {"sqlite", "postgresql", "mysql", "oracle", "mssql"}:
-        raise ConfigError(f"storage must be an SQLAlchemy URL such as sqlite:///optuna.db or "
-                          f"postgresql://user@host/db, got {safe_url(url)!r}")
+        raise ConfigError(
+            f"storage must be an SQLAlchemy URL such as sqlite:///optuna.db or "
+            f"postgresql://user@host/db, got {safe_url(url)!r}"
+        )
     url = normalise_postgres_uri(url)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval > 0:
-        kwargs = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period or 2 * heartbeat_interval,
-                      heartbeat_stale_trial_callback=_StaleTrial(max_retry))
+        kwargs = dict(
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period or 2 * heartbeat_interval,
+            heartbeat_stale_trial_callback=_StaleTrial(max_retry),
+        )
     last: Exception | None = None
     for attempt in range(3):  # several workers starting together can race on creating the tables
         try:
@@ -494,8 +564,9 @@ class TrialSlot:
             self.conn.close()
 
 
-def optimize(study: optuna.Study, objective: Objective, n_trials: int, timeout_s: float = 0.0,
-             slot: TrialSlot | None = None) -> int:
+def optimize(
+    study: optuna.Study, objective: Objective, n_trials: int, timeout_s: float = 0.0, slot: TrialSlot | None = None
+) -> int:
     """Run trials until the study holds ``n_trials`` counted trials (all workers together) or ``timeout_s`` passes.
 
     One ``study.optimize(n_trials=1)`` per trial keeps the heartbeat (which needs optimize, not ask/tell) and lets the
@@ -512,7 +583,9 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, timeout_s
             slot.acquire()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                fail_stale_trials(study)  # a killed worker's stale trial: FAIL + retry, before counting (no-op without heartbeat)
+                fail_stale_trials(
+                    study
+                )  # a killed worker's stale trial: FAIL + retry, before counting (no-op without heartbeat)
             if budget_used(study) >= n_trials:
                 break
             try:
@@ -556,23 +629,35 @@ def open_study(storage, args: argparse.Namespace, directions: list[str]) -> optu
     import os
 
     parallel = not is_sqlite(args.storage)
-    study = optuna.create_study(storage=storage, study_name=args.study_name, directions=directions,
-                                load_if_exists=True, pruner=make_pruner(args.pruner, args.epochs_per_trial, args.n_trials))
-    want = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
-            for d in directions]
+    study = optuna.create_study(
+        storage=storage,
+        study_name=args.study_name,
+        directions=directions,
+        load_if_exists=True,
+        pruner=make_pruner(args.pruner, args.epochs_per_trial, args.n_trials),
+    )
+    want = [
+        optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
+        for d in directions
+    ]
     if list(study.directions) != want:
         have = ", ".join(d.name.lower() for d in study.directions)
-        raise ConfigError(f"study {args.study_name!r} already exists with direction(s) {have}, not "
-                          f"{', '.join(directions)}: pick another study_name for stage={args.stage} objective={args.objective}")
+        raise ConfigError(
+            f"study {args.study_name!r} already exists with direction(s) {have}, not "
+            f"{', '.join(directions)}: pick another study_name for stage={args.stage} objective={args.objective}"
+        )
     trials = study.get_trials(deepcopy=False)
     if not parallel and any(t.state == TrialState.RUNNING for t in trials):
-        log.warning("study %s on SQLite has RUNNING trials: if another worker is running, stop it — Optuna's FAQ warns "
-                    "that SQLite fails with 'database is locked' under parallel workers; use PostgreSQL for many workers",
-                    args.study_name)
+        log.warning(
+            "study %s on SQLite has RUNNING trials: if another worker is running, stop it — Optuna's FAQ warns "
+            "that SQLite fails with 'database is locked' under parallel workers; use PostgreSQL for many workers",
+            args.study_name,
+        )
     # A fresh sampler seed per resume (and per worker on a shared database), else every invocation would replay
     # the same random start-up points; one worker on SQLite stays reproducible.
     seed = args.seed + len(trials) + (os.getpid() if parallel else 0)
     # constant_liar: parallel TPE workers avoid sampling next to each other's running trials.
-    study.sampler = optuna.samplers.TPESampler(seed=seed % 2**31, constant_liar=parallel,
-                                               n_startup_trials=min(10, max(2, args.n_trials // 3)))
+    study.sampler = optuna.samplers.TPESampler(
+        seed=seed % 2**31, constant_liar=parallel, n_startup_trials=min(10, max(2, args.n_trials // 3))
+    )
     return study

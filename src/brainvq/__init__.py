@@ -3,4 +3,4 @@
 Kept import-light on purpose: ``brainvq.export.sample_onnx`` imports this package and must not pull in torch.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -33,3 +33,15 @@ class TrackingError(BrainVQError):
 
 class RegistryError(BrainVQError):
     """A model could not be registered (nothing is left half-registered)."""
+
+
+MESSAGE_LIMIT = 200  # characters of a foreign exception's message kept in a one-line error
+
+
+def one_line(exc: BaseException | str, limit: int | None = MESSAGE_LIMIT) -> str:
+    """The one way a message is put on one line: whitespace (newlines included) collapsed, cut to ``limit``
+    characters with an ellipsis; an exception without a message gives its type's name."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"

@@ -4,6 +4,8 @@ params all go through these (one name, one spelling, one parser per kind of valu
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 
 from brainvq.errors import ConfigError
 
@@ -20,13 +22,13 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
-def intlike(value: str) -> int:
-    """An integer that also accepts MLflow's float spelling (``17.0``) but not ``17.5``."""
+def intlike(value: str | int | float) -> int:
+    """The one integer parser: also accepts MLflow's float spelling (``17.0``), never ``17.5``, ``inf`` or ``true``."""
     try:
-        f = float(value)
-    except ValueError:
+        f = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if not f.is_integer():
+    if not math.isfinite(f) or not f.is_integer():
         raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
     return int(f)
 
@@ -49,7 +51,9 @@ def int_tuple(name: str, value) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in str(value).replace(" ", "").split(","))
     except ValueError:
-        raise ConfigError(f"bad parameter: {name} must be comma-separated integers such as 1,2,4, got {value!r}") from None
+        raise ConfigError(
+            f"bad parameter: {name} must be comma-separated integers such as 1,2,4, got {value!r}"
+        ) from None
 
 
 def param_str(value: object) -> str:
@@ -68,3 +72,11 @@ def run_param(params: dict, name: str, cast=str, default=None):
     """
     value = params.get(name)
     return default if value in (None, "", "''", '""') else cast(value)
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one deprecation note: an old name keeps working for one release (this one), with one warning line."""
+    from brainvq import __version__
+
+    logging.getLogger("brainvq").warning("deprecated: %s is now %s; brainvq %s still reads the old name, the next "
+                                         "release will not", old, new, __version__)

@@ -12,17 +12,38 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-from brainvq.errors import BrainVQError
+from brainvq.errors import BrainVQError, one_line
+
+
+def _flags(name: str) -> list[str]:
+    return [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+
+
+class _StoreWithLegacy(argparse.Action):
+    """Stores the value; an older flag name (``legacy``) still works, with the one-line deprecation note."""
+
+    def __init__(self, *args, legacy: Sequence[str] = (), **kwargs):
+        self.legacy = tuple(legacy)
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self.legacy:
+            from brainvq.values import deprecated
+
+            deprecated(f"the parameter {option_string}", f"--{self.dest}")
+        setattr(namespace, self.dest, values)
 
 
 def add_param(parser: argparse.ArgumentParser, name: str, aliases: Sequence[str] = (), **kwargs) -> argparse.Action:
-    """Add ``--name`` (and ``--name-with-dashes`` when different, and any older ``aliases``) with ``dest=name``."""
-    flags = []
-    for n in (name, *aliases):
-        flags += [f"--{n}"] + ([f"--{n.replace('_', '-')}"] if "_" in n else [])
-    if "default" in kwargs and "help" in kwargs and kwargs["default"] not in (None, argparse.SUPPRESS):
+    """Add ``--name`` (and ``--name-with-dashes`` when different) with ``dest=name``. Older names in ``aliases`` are
+    accepted too, with a one-line deprecation note."""
+    if ("default" in kwargs and "help" in kwargs and kwargs["default"] not in (None, argparse.SUPPRESS)
+            and "default" not in kwargs["help"]):
         kwargs["help"] = f"{kwargs['help']} (default: %(default)s)"
-    return parser.add_argument(*flags, dest=name, **kwargs)
+    if aliases:
+        legacy = [f for a in aliases for f in _flags(a)]
+        return parser.add_argument(*_flags(name), *legacy, dest=name, action=_StoreWithLegacy, legacy=legacy, **kwargs)
+    return parser.add_argument(*_flags(name), dest=name, **kwargs)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -33,7 +54,9 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def run_main(fn: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None, prog: str = "brainvq") -> int:
+def run_main(
+    fn: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None, prog: str = "brainvq"
+) -> int:
     """Run ``fn(argv)``; a ``BrainVQError`` becomes one line on stderr and exit code 2.
 
     Set ``BRAINVQ_DEBUG=1`` to see the full traceback instead.
@@ -48,7 +71,7 @@ def run_main(fn: Callable[[Sequence[str] | None], object], argv: Sequence[str] |
     except BrainVQError as exc:
         if os.environ.get("BRAINVQ_DEBUG"):
             traceback.print_exc()
-        msg = scrub(" ".join(str(exc).split()))  # always one line, never the tracking store's password
+        msg = scrub(one_line(exc, limit=None))  # always one line, never the tracking store's password
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -59,7 +59,7 @@ def apply_study_best(args: argparse.Namespace, study_name: str, storage: str) ->
 
 
 def prior_configs_from_args(args: argparse.Namespace, vqvae_config):
-    """``(PixelCNNConfig, PriorTrainConfig)`` from ``train_pixelcnn`` arguments and the VQ-VAE it models."""
+    """``(PixelCNNConfig, PriorTrainConfig)`` from ``train_prior`` arguments and the VQ-VAE it models."""
     from brainvq.engine.prior import PriorTrainConfig
     from brainvq.models.pixelcnn import PixelCNNConfig
 

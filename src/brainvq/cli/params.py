@@ -53,6 +53,9 @@ class EntryPoint:
     prog: str  # `brainvq <command>`
     script: str  # path from the repository root
     params: tuple[Param, ...]
+    # Older names (MLproject entry, and the command with dashes) still run for one release, through the script
+    # ``<name>.py`` beside ``script`` that adds a one-line deprecation note.
+    legacy: tuple[str, ...] = ()
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
@@ -82,9 +85,9 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("force", "bool", False, "rerun steps even when a matching FINISHED run exists"),
         P("image_size", "size", (240, 256), "HxW slices are padded/cropped to"),
         P("vqvae_epochs", "int", 30, "epochs of train_vqvae (the time budget usually ends first)"),
-        P("prior_epochs", "int", 40, "epochs of train_pixelcnn"),
+        P("prior_epochs", "int", 40, "epochs of train_prior"),
         P("vqvae_max_minutes", "float", 7.0, "time budget of train_vqvae"),
-        P("prior_max_minutes", "float", 6.5, "time budget of train_pixelcnn"),
+        P("prior_max_minutes", "float", 6.5, "time budget of train_prior"),
         P("n_samples", "int", 256, "slices generated for evaluation, compared with as many real held-out slices"),
         P("seed", "int", 0, "seed for every step"),
         P("register", "bool", True,
@@ -126,7 +129,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("vqvae_run_id", "str", "latest", "train_vqvae run ID, or latest (newest FINISHED one)"),
         P("batch_size", "int", 32, "slices per encoder batch"),
     )),
-    EntryPoint("train_pixelcnn", "brainvq train-pixelcnn", "pipelines/train_pixelcnn.py", (
+    EntryPoint("train_prior", "brainvq train-prior", "pipelines/train_prior.py", legacy=("train_pixelcnn",), params=(
         P("vqvae_run_id", "str", "latest", "train_vqvae run ID, or latest"),
         P("epochs", "int", 40, "training epochs", field=f"{TP}.epochs"),
         P("batch_size", "int", 4, "code grids per step", field=f"{TP}.batch_size"),
@@ -145,7 +148,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("device", "str", "auto", "auto, cpu, cuda or mps", field=f"{TP}.device"),
     )),
     EntryPoint("evaluate_samples", "brainvq evaluate-samples", "pipelines/evaluate_samples.py", (
-        P("prior_run_id", "str", "latest", "train_pixelcnn run ID, or latest (ignored with samples_dir)"),
+        P("prior_run_id", "str", "latest", "train_prior run ID, or latest (ignored with samples_dir)"),
         P("samples_dir", "str", "", "folder of generated PNGs to score instead of a prior run"),
         P("data_dir", "str", "", "ADNI-layout root the samples_dir slices are compared with; empty = the demo set"),
         P("val_fraction", "float", 0.2, "with samples_dir: share of training subjects in val"),
@@ -161,7 +164,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
     EntryPoint("export_onnx", "brainvq export-onnx", "export/export_onnx.py", (
         P("vqvae_run_id", "str", "latest",
           "train_vqvae run ID or latest (latest/empty: the VQ-VAE the prior was trained on)"),
-        P("pixelcnn_run_id", "str", "latest", "train_pixelcnn run ID, or latest"),
+        P("prior_run_id", "str", "latest", "train_prior run ID, or latest", aliases=("pixelcnn_run_id",)),
         P("opset", "int", 17, "ONNX opset"),
         P("out_dir", "str", "", "where to write the .onnx files (default: a temporary folder)"),
     )),
@@ -177,11 +180,12 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("seed", "int", 0, "random seed (same seed, same codes as `brainvq sample`)"),
         P("out", "str", "samples_onnx", "output folder for sample_000.png... and grid.png"),
         P("provider", "str", "auto", "onnxruntime execution provider", choices=("auto", "cuda", "cpu")),
-        P("method", "str", "fast", "fast: cached row/step graphs; naive: full prior.onnx once per code (reference, slow)",
+        P("method", "str", "fast",
+          "fast: cached row/step graphs; naive: full prior.onnx once per code (reference, slow)",
           choices=("fast", "naive")),
     )),
     EntryPoint("", "brainvq sample", "pipelines/sample.py", (
-        P("prior_run_id", "str", "latest", "train_pixelcnn run ID, or latest"),
+        P("prior_run_id", "str", "latest", "train_prior run ID, or latest"),
         P("n", "int", 16, "number of slices"),
         P("label", "str", "both", "class to generate (both = alternate)", choices=("AD", "NC", "none", "both")),
         P("temperature", "float", 1.0, "softmax temperature (>0)"),
@@ -192,7 +196,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
     )),
     EntryPoint("", "brainvq register", "pipelines/register.py", (
         P("vqvae_run_id", "str", "", "train_vqvae run ID or latest; empty = skip"),
-        P("pixelcnn_run_id", "str", "", "train_pixelcnn run ID or latest; empty = skip"),
+        P("prior_run_id", "str", "", "train_prior run ID or latest; empty = skip", aliases=("pixelcnn_run_id",)),
         P("export_run_id", "str", "", "export_onnx run ID or latest; empty = skip"),
     )),
     EntryPoint("tune", "brainvq tune", "tuning/tune.py", (
@@ -227,7 +231,7 @@ def entry_point(command: str) -> EntryPoint:
     if command in ENTRY_POINTS:
         return ENTRY_POINTS[command]
     for e in ENTRY_POINTS.values():
-        if command == e.name:
+        if command == e.name or command in e.legacy or command in [n.replace("_", "-") for n in e.legacy]:
             return e
     raise KeyError(command)
 
@@ -251,21 +255,27 @@ def _yaml_scalar(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _entry_lines(name: str, script: str, params: list[Param], comment: str = "") -> list[str]:
+    lines = [f"  {name}:{comment}", "    parameters:"]
+    for p in params:
+        default = p.spelled() if p.mlproject_type() == "float" else _yaml_scalar(p.spelled())
+        lines.append(f"      {p.name}: {{type: {p.mlproject_type()}, default: {default}}}")
+    command = " ".join([f"python {script}"] + [f"--{p.name} {{{p.name}}}" for p in params])
+    return lines + [f"    command: {_yaml_scalar(command)}", ""]
+
+
 def render_mlproject() -> str:
-    """The MLproject file: every entry point's parameters and command, in table order."""
+    """The MLproject file: every entry point's parameters and command, in table order, then the legacy names."""
     lines = ["# Generated from brainvq.cli.params by `python -m brainvq.cli.params > MLproject`: edit the table, not",
              "# this file (tests/test_params.py fails when they differ).", "name: brainvq", "",
              "conda_env: conda.yaml", "", "entry_points:"]
     for e in ENTRY_POINTS.values():
-        if not e.name:
-            continue
-        params = [p for p in e.params if p.mlproject]
-        lines += [f"  {e.name}:", "    parameters:"]
-        for p in params:
-            default = p.spelled() if p.mlproject_type() == "float" else _yaml_scalar(p.spelled())
-            lines.append(f"      {p.name}: {{type: {p.mlproject_type()}, default: {default}}}")
-        command = " ".join([f"python {e.script}"] + [f"--{p.name} {{{p.name}}}" for p in params])
-        lines += [f"    command: {_yaml_scalar(command)}", ""]
+        if e.name:
+            lines += _entry_lines(e.name, e.script, [p for p in e.params if p.mlproject])
+    for e in ENTRY_POINTS.values():
+        for old in e.legacy:
+            lines += _entry_lines(old, f"{e.script.rsplit('/', 1)[0]}/{old}.py", [p for p in e.params if p.mlproject],
+                                  f"  # deprecated name of {e.name}, read for one more release")
     return "\n".join(lines)
 
 

@@ -76,15 +76,18 @@ def _scan(root: str | os.PathLike, split: str, skip_bad: bool) -> tuple[list[Sam
         raise DataError(f"{folder} mixes AD/NC subfolders with loose PNG files; use one layout")
     samples = labelled or flat
     if not samples:
-        raise DataError(f"no PNG files in {folder} (expected {folder}/AD/*.png and {folder}/NC/*.png, or {folder}/*.png)")
+        raise DataError(
+            f"no PNG files in {folder} (expected {folder}/AD/*.png and {folder}/NC/*.png, or {folder}/*.png)"
+        )
     empty = {s.path for s in samples if os.stat(s.path).st_size == 0}
     if empty and not skip_bad:
         raise DataError(f"empty (zero-byte) image file: {min(empty)}")
     return [s for s in samples if s.path not in empty], len(empty)
 
 
-def split_by_subject(subjects: Sequence[str], val_fraction: float, seed: int,
-                     labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_by_subject(
+    subjects: Sequence[str], val_fraction: float, seed: int, labels: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Train and val slice indices with every subject wholly on one side; stratified by label, deterministic by seed.
 
     Each label group gives ``round(n_subjects * val_fraction)`` subjects to val (at least one when the fraction is
@@ -100,7 +103,7 @@ def split_by_subject(subjects: Sequence[str], val_fraction: float, seed: int,
     rng = np.random.default_rng(seed)
     val_subjects: set[str] = set()
     for lab in sorted(set(label_of.values())):
-        group = sorted(s for s, l in label_of.items() if l == lab)
+        group = sorted(s for s, la in label_of.items() if la == lab)
         rng.shuffle(group)
         n_val = int(round(len(group) * val_fraction))
         if val_fraction > 0 and n_val == 0 and len(group) > 1:
@@ -141,8 +144,14 @@ class SliceDataset(torch.utils.data.Dataset):
     the whole split.
     """
 
-    def __init__(self, images: np.ndarray, labels: Sequence[int], subjects: Sequence[str], paths: Sequence[str],
-                 rows: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: Sequence[int],
+        subjects: Sequence[str],
+        paths: Sequence[str],
+        rows: np.ndarray | None = None,
+    ) -> None:
         self._base = images  # (M, H, W) uint8, usually a memmap
         self._rows = None if rows is None else np.asarray(rows, dtype=np.int64)  # (N,) rows of _base, or all
         self._images = images if rows is None else None
@@ -224,8 +233,9 @@ def _decode_all(samples: list[Sample], size: tuple[int, int], desc: str) -> tupl
 
     # PIL releases the GIL while inflating PNGs, so threads use every core without pickling arrays between processes.
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        for i, kind, err in tqdm(pool.map(one, range(len(samples))), total=len(samples), desc=desc, unit="img",
-                                 leave=False):
+        for i, kind, err in tqdm(
+            pool.map(one, range(len(samples))), total=len(samples), desc=desc, unit="img", leave=False
+        ):
             if err is None:
                 kinds[kind] = kinds.get(kind, 0) + 1
             else:
@@ -259,8 +269,9 @@ def _build_cache(samples: list[Sample], size: tuple[int, int], img_path: Path, m
     return meta
 
 
-def _open_split(root: str | os.PathLike, split: str, size: tuple[int, int], skip_bad: bool,
-                cache_dir: str | os.PathLike | None) -> tuple[SliceDataset, int, dict]:
+def _open_split(
+    root: str | os.PathLike, split: str, size: tuple[int, int], skip_bad: bool, cache_dir: str | os.PathLike | None
+) -> tuple[SliceDataset, int, dict]:
     """One split from the cache (decoding it first if needed); returns ``(dataset, skipped, kinds)``."""
     samples, empty = _scan(root, split, skip_bad)
     cache = Path(cache_dir).expanduser() if cache_dir else cache_root() / "slices"
@@ -280,8 +291,13 @@ def _open_split(root: str | os.PathLike, split: str, size: tuple[int, int], skip
     return ds, empty + len(meta["bad"]), meta["kinds"]
 
 
-def load_split(root: str | os.PathLike, split: str, image_size=(240, 256), skip_bad: bool = False,
-               cache_dir: str | os.PathLike | None = None) -> tuple[SliceDataset, int]:
+def load_split(
+    root: str | os.PathLike,
+    split: str,
+    image_size=(240, 256),
+    skip_bad: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[SliceDataset, int]:
     """One split (``train`` or ``test``) from the decoded-image cache; returns ``(dataset, skipped files)``."""
     ds, skipped, kinds = _open_split(root, split, tuple(int(s) for s in image_size), skip_bad, cache_dir)
     warn_conversions(kinds, Path(root) / split)
@@ -290,9 +306,15 @@ def load_split(root: str | os.PathLike, split: str, image_size=(240, 256), skip_
     return ds, skipped
 
 
-def load_adni(root: str | os.PathLike, image_size=(240, 256), val_fraction: float = 0.2, seed: int = 0,
-              skip_bad: bool = False, cache_dir: str | os.PathLike | None = None,
-              max_train_images: int = 0) -> ADNISplits:
+def load_adni(
+    root: str | os.PathLike,
+    image_size=(240, 256),
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    skip_bad: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    max_train_images: int = 0,
+) -> ADNISplits:
     """Train/val/test slices of an ADNI-layout folder; val is carved from train by subject (see
     :func:`split_by_subject`), and ``max_train_images`` > 0 caps train (see :func:`cap_by_subject`).
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from brainvq.errors import ModelFileError
+from brainvq.errors import ModelFileError, one_line
 
 SPLITS = ("train", "val", "test")
 
@@ -36,7 +36,7 @@ def load_codes(path: Path, num_embeddings: int | None = None) -> tuple[CodeSet, 
         with np.load(path, allow_pickle=False) as z:
             codes, labels, subjects, k = z["codes"], z["labels"], list(z["subjects"]), int(z["num_embeddings"])
     except (OSError, KeyError, ValueError) as exc:
-        raise ModelFileError(f"codes file {path} is unreadable ({str(exc).splitlines()[0][:100]})") from None
+        raise ModelFileError(f"codes file {path} is unreadable ({one_line(exc)})") from None
     if num_embeddings is not None and k != num_embeddings:
         raise ModelFileError(f"codes file {path} comes from a codebook of {k} entries, expected {num_embeddings}")
     if codes.size and (codes.min() < 0 or codes.max() >= k):

@@ -154,7 +154,8 @@ def _render(t1: np.ndarray, z_lo: int, p: _Draw, n_slices: int, size: tuple[int,
 
 def _enlarge_ventricles(img: np.ndarray, brain: np.ndarray, mm: float, px: float) -> np.ndarray:
     """Push tissue away from the deep dark interior (ventricles) by ~``mm``: a smooth displacement, no seams."""
-    deep = ndimage.uniform_filter(brain.astype(np.float32), size=(1, 2 * int(12 * px) + 1, 2 * int(12 * px) + 1)) > 0.999
+    window = 2 * int(12 * px) + 1
+    deep = ndimage.uniform_filter(brain.astype(np.float32), size=(1, window, window)) > 0.999
     csf = (deep & (img < 0.4)).astype(np.float32)  # (S,H,W) ventricle CSF inferred from low intensity inside
     g = ndimage.gaussian_filter(csf, sigma=(0, 3 * px, 3 * px))
     gr, gc = np.gradient(g, axis=(1, 2))
@@ -196,8 +197,15 @@ def _subject(tpl: dict, rng: np.random.Generator, ad: bool, cfg: DemoConfig) -> 
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def make_demo_data(out: str | os.PathLike, train_subjects: int = 50, test_subjects: int = 14, seed: int = 0,
-                   slices_per_subject: int = 20, image_size=(240, 256), progress: bool = True) -> Path:
+def make_demo_data(
+    out: str | os.PathLike,
+    train_subjects: int = 50,
+    test_subjects: int = 14,
+    seed: int = 0,
+    slices_per_subject: int = 20,
+    image_size=(240, 256),
+    progress: bool = True,
+) -> Path:
     """Write the demo set to ``out`` (created; must be empty or absent). Deterministic for a seed."""
     try:
         cfg = DemoConfig(train_subjects, test_subjects, seed, slices_per_subject, tuple(image_size))
@@ -212,7 +220,9 @@ def make_demo_data(out: str | os.PathLike, train_subjects: int = 50, test_subjec
         raise DataError(f"cannot create output folder {out} ({exc.strerror})") from None
     tpl = load_template(cfg.slices_per_subject)
     jobs = [(split, i) for split, n in (("train", cfg.train_subjects), ("test", cfg.test_subjects)) for i in range(n)]
-    for number, (split, i) in enumerate(tqdm(jobs, desc="demo subjects", unit="subject", disable=not progress, leave=False)):
+    for number, (split, i) in enumerate(
+        tqdm(jobs, desc="demo subjects", unit="subject", disable=not progress, leave=False)
+    ):
         ad = i % 2 == 1  # alternate classes: half AD, half NC in each split
         label = "AD" if ad else "NC"
         # One generator per subject keyed by (seed, split, index): a subject looks the same whatever the set size.
@@ -222,7 +232,9 @@ def make_demo_data(out: str | os.PathLike, train_subjects: int = 50, test_subjec
         folder.mkdir(parents=True, exist_ok=True)
         for k, img in enumerate(_subject(tpl, rng, ad, cfg)):
             Image.fromarray(img).save(folder / f"{subject}_{k:03d}.png", optimize=False, compress_level=1)
-    (out / MARKER).write_text(json.dumps({"version": VERSION, "generator": GENERATOR_REVISION, **asdict(cfg)}, default=list))
+    (out / MARKER).write_text(
+        json.dumps({"version": VERSION, "generator": GENERATOR_REVISION, **asdict(cfg)}, default=list)
+    )
     return out
 
 
@@ -265,7 +277,8 @@ def ensure_demo_data(**params) -> Path:
 
 
 def preview_grid(root: str | os.PathLike, per_class: int = 6) -> np.ndarray:
-    """uint8 ``(2*H, per_class*W)`` picture of train slices: NC in the top row, AD below (each subject's middle slice)."""
+    """uint8 ``(2*H, per_class*W)`` picture of train slices: NC in the top row, AD below (each subject's middle
+    slice)."""
     rows = []
     for label in ("NC", "AD"):
         by_subject: dict[str, list[Path]] = {}

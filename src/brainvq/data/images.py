@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from brainvq.errors import ConfigError, DataError
+from brainvq.errors import ConfigError, DataError, one_line
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes for 16-bit PNGs (newer PIL reads them as "I")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
@@ -59,8 +59,7 @@ def decode(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray, 
     except UnidentifiedImageError:
         raise DataError(f"not an image file: {path}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        reason = (str(exc).splitlines() or ["unreadable"])[0][:80]
-        raise DataError(f"corrupt or unreadable image file: {path} ({reason})") from None
+        raise DataError(f"corrupt or unreadable image file: {path} ({one_line(exc) or 'unreadable'})") from None
     if a.ndim != 2:
         raise DataError(f"unexpected image shape {a.shape} in {path}")
     return fit(a, size), kind

@@ -1,7 +1,8 @@
-"""Pieces shared by the VQ-VAE and prior training loops: device, seeding, schedule, time budget, checkpoints."""
+"""Pieces of the training loop (``engine.loop``): device, threads, seeding, schedule, time budget, checkpoints."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -17,6 +18,7 @@ import torch
 
 from brainvq.errors import ConfigError, ModelFileError, TrainingDiverged
 from brainvq.models.checkpoint import atomic_save, load_checkpoint
+from brainvq.values import intlike
 
 
 class Callback(Protocol):
@@ -49,10 +51,11 @@ def configure_threads(num_threads: int = 0) -> int:
     otherwise the cores shared out among the processes on this node (``LOCAL_WORLD_SIZE``, 1 outside torchrun).
     """
     if num_threads <= 0:
-        env = os.environ.get("OMP_NUM_THREADS", "").strip()
-        if env.isdigit() and int(env) > 0:
-            num_threads = int(env)
-        else:
+        try:
+            num_threads = intlike(os.environ.get("OMP_NUM_THREADS", ""))
+        except argparse.ArgumentTypeError:  # unset or not a number
+            num_threads = 0
+        if num_threads <= 0:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             num_threads = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     torch.set_num_threads(max(1, num_threads))
@@ -105,15 +108,6 @@ def check_finite(loss: torch.Tensor, epoch: int, step: int, checkpoint: Path | N
         raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch} step {step}{where}")
 
 
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy_seed_state": torch.tensor(np.random.get_state()[1].astype(np.int64))}
-
-
-def restore_rng(state: dict) -> None:
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-
-
 def save_training_checkpoint(path: Path, **payload) -> Path:
     """Atomically write a resumable checkpoint (plain tensors and builtins only, loadable with weights_only=True)."""
     saved = atomic_save(payload, path)
@@ -146,9 +140,10 @@ def run_callbacks(callbacks: Iterable[Callable], epoch: int, metrics: dict[str, 
         cb(epoch, metrics)
 
 
-def checkpoint_dir_for(params: dict, root: str | Path = ".brainvq/checkpoints") -> Path:
-    """Stable local folder for a configuration, so ``resume=true`` finds a killed run's checkpoint."""
+def checkpoint_dir_for(kind: str, params: dict, root: str | Path = ".brainvq/checkpoints") -> Path:
+    """Stable local folder ``root/<kind>-<digest of params>`` for a configuration, so ``resume=true`` finds a killed
+    run's checkpoint."""
     keep = {k: v for k, v in sorted(params.items()) if k not in {"resume", "checkpoint_dir", "max_minutes"}}
     digest = hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return Path(root) / f"vqvae-{digest}"
+    return Path(root) / f"{kind}-{digest}"
 

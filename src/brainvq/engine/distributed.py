@@ -59,7 +59,9 @@ def init_from_env(device: str = "auto", timeout_minutes: float = 30.0) -> bool:
     elif dev.type == "cpu":
         backend = "gloo"
     else:
-        raise ConfigError(f"device={device} resolves to {dev.type}: distributed training runs on cuda (NCCL) or cpu (gloo)")
+        raise ConfigError(
+            f"device={device} resolves to {dev.type}: distributed training runs on cuda (NCCL) or cpu (gloo)"
+        )
     global _owned
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     _owned = True
@@ -196,8 +198,10 @@ def global_batch_size(batch_size: int, n: int) -> int:
     if n == 0:
         raise ConfigError("the training split is empty")
     if n < world:
-        raise ConfigError(f"the training split has {n} item(s), fewer than the {world} distributed processes: "
-                          "use more data (max_train_images) or fewer processes")
+        raise ConfigError(
+            f"the training split has {n} item(s), fewer than the {world} distributed processes: "
+            "use more data (max_train_images) or fewer processes"
+        )
     return min(batch_size * world, n)
 
 
@@ -228,7 +232,9 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     # The EMA buffers are all-reduced inside the quantiser, so ranks already agree on every buffer; DDP's per-forward
     # buffer broadcast would only overwrite them with rank 0's identical copy (buffers are still synced at init).
     return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False,
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=False,
     )
 
 

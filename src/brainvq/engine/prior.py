@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from brainvq.data.codes import CodeSet
-from brainvq.engine import distributed
-from brainvq.engine.common import (
-    batches,
-    check_finite,
-    configure_threads,
-    cosine_lr,
-    epoch_order,
-    load_training_checkpoint,
-    resolve_device,
-    restore_rng,
-    run_callbacks,
-    save_training_checkpoint,
-    seed_everything,
-)
+from brainvq.engine import distributed, loop
+from brainvq.engine.loop import LoopResult, StepOutput
 from brainvq.engine.tracker import NullTracker, Tracker
+from brainvq.models.checkpoint import PRIOR_KIND
 from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 
 log = logging.getLogger(__name__)
@@ -57,24 +43,12 @@ class PriorTrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.max_minutes < 0:
-            raise ValueError(f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
+        loop.check_settings(self)
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 
 
-class PriorFitResult(NamedTuple):
-    model: GatedPixelCNN
-    history: list[dict[str, float]]
-    test_metrics: dict[str, float]
-    checkpoint: Path | None
-    stopped_early: bool
+PriorFitResult = LoopResult  # model, history, test_metrics, checkpoint, stopped_early
 
 
 def model_labels(labels: np.ndarray | torch.Tensor, config: PixelCNNConfig) -> torch.Tensor:
@@ -157,7 +131,7 @@ def baseline_bits(train: CodeSet, test: CodeSet, num_embeddings: int, val: CodeS
             "prior/position_pseudocount": alpha}
 
 
-def fit_pixelcnn(
+def fit_prior(
     model_config: PixelCNNConfig,
     train_config: PriorTrainConfig,
     train: CodeSet,
@@ -170,113 +144,40 @@ def fit_pixelcnn(
     tracker: Tracker = NullTracker(),
     callbacks: Iterable[Callable[[int, dict], None]] = (),
 ) -> PriorFitResult:
-    """Train the prior by maximum likelihood; logs ``prior/train_nll_bits`` and ``prior/val_nll_bits`` per epoch and
-    ``prior/test_nll_bits`` at the end. Under torchrun: DDP over global batches of ``batch_size x world_size``,
-    metrics averaged over ranks, checkpoint and ``tracker`` on rank 0 only (see ``engine.distributed``)."""
+    """Train the prior by maximum likelihood with :func:`brainvq.engine.loop.fit`; logs ``prior/train_nll_bits`` and
+    ``prior/val_nll_bits`` per epoch and ``prior/test_nll_bits`` with its baselines at the end."""
     tc = train_config
-    seed_everything(tc.seed)  # the same seed on every rank: identical init and label dropout
-    configure_threads(tc.num_threads)
-    device = distributed.training_device(resolve_device(tc.device))
-    if not distributed.is_main():
-        tracker = NullTracker()
-    model = GatedPixelCNN(model_config).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    gen = torch.Generator().manual_seed(tc.seed)
-    extra = dict(extra_checkpoint or {})
+    cfg = model_config
 
-    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    history: list[dict[str, float]] = []
-    start_epoch, spent = 0, 0.0
-    if resume and ckpt_path is not None:
-        # Rank 0 reads the checkpoint and hands it (or its error) to the others: other nodes need not share its disk.
-        ckpt = distributed.on_main(lambda: load_training_checkpoint(ckpt_path, "pixelcnn"))
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            restore_rng(ckpt.get("rng", {}))
-            if "gen" in ckpt.get("rng", {}):
-                gen.set_state(ckpt["rng"]["gen"])
-            start_epoch = int(ckpt["epoch"])
-            history = json.loads(ckpt.get("history", "[]"))
-            spent = float(ckpt.get("elapsed_seconds", 0.0))
-            log.info("resumed prior from %s at epoch %d", ckpt_path, start_epoch)
-            if int(ckpt.get("world_size", 1)) != distributed.world_size():
-                log.warning("checkpoint was written by %s process(es), resuming with %d: the global batch changes",
-                            ckpt.get("world_size", 1), distributed.world_size())
+    def build(config: PixelCNNConfig, device: torch.device) -> GatedPixelCNN:
+        return GatedPixelCNN(config).to(device)
 
-    net = distributed.wrap(model, device)  # DDP under torchrun, else the model itself
-    budget = distributed.make_budget(tc.max_minutes, spent_before=spent)
-    bs = distributed.global_batch_size(tc.batch_size, len(train))  # min(batch_size, len(train)) for one process
-    steps_per_epoch = max(1, len(train) // bs)
-    total_steps = tc.epochs * steps_per_epoch
-    step = start_epoch * steps_per_epoch
-    stopped_early = False
-    for epoch in range(start_epoch, tc.epochs):
-        if budget.exhausted():
-            stopped_early = True
-            break
-        model.train()
-        t0 = time.monotonic()
-        loss_sum, n_batches = 0.0, 0
-        bar = tqdm(list(batches(epoch_order(len(train), tc.seed, epoch), bs)), desc=f"prior epoch {epoch + 1}/{tc.epochs}",
-                   disable=not tc.progress or not distributed.is_main(), leave=False, unit="batch")
-        for idx in bar:
-            # Label dropout is drawn for the whole global batch on every rank, then each rank keeps its chunk: the
-            # same draws as one process with the global batch.
-            labels = model_labels(train.labels[idx], model_config)
-            if model_config.conditional and tc.label_dropout > 0:
-                drop = torch.rand(len(labels), generator=gen) < tc.label_dropout
-                labels[drop] = model_config.num_classes
-            part = distributed.shard_slice(len(idx))
-            codes = torch.as_tensor(train.codes[idx[part]], device=device)
-            labels = labels[part]
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(tc.lr, max(step / total_steps, budget.fraction()))
-            logits = net(codes, labels.to(device)).logits
-            loss = F.cross_entropy(logits, codes)
-            mean_loss = distributed.all_reduce_mean(loss.detach())  # global batch; NaN anywhere stops every rank
-            check_finite(mean_loss, epoch + 1, step, ckpt_path)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            n_batches += 1
-            loss_sum += mean_loss.item()
-            bar.set_postfix(bits=f"{mean_loss.item() / LN2:.3f}")
-            if budget.exhausted():
-                stopped_early = True
-                break
-        bar.close()
-        metrics = {
-            "prior/train_nll_bits": loss_sum / max(1, n_batches) / LN2,
-            "prior/lr": opt.param_groups[0]["lr"],
-            "prior/codes_per_second": n_batches * bs * train.codes[0].size / max(1e-9, time.monotonic() - t0),
-        }
-        if val is not None and len(val):
-            metrics["prior/val_nll_bits"] = nll_bits(model, val, device=device, shard=True)
-        history.append({"epoch": epoch + 1, **metrics})
-        # Checkpoint before logging (see fit_vqvae): a kill in between never leaves an epoch logged but not saved.
-        if ckpt_path is not None and distributed.is_main():
-            save_training_checkpoint(
-                ckpt_path, kind="pixelcnn", config=model_config.to_dict(), model=model.state_dict(),
-                optimizer=opt.state_dict(), epoch=epoch + 1,
-                rng={"torch": torch.get_rng_state(), "gen": gen.get_state()}, history=json.dumps(history),
-                elapsed_seconds=budget.elapsed, train_config=json.dumps(asdict(tc)),
-                world_size=distributed.world_size(), **extra,
-            )
-        tracker.log_metrics(metrics, step=epoch + 1)
-        log.info("prior epoch %d/%d train %.4f val %s bits/code", epoch + 1, tc.epochs, metrics["prior/train_nll_bits"],
-                 f"{metrics.get('prior/val_nll_bits', float('nan')):.4f}")
-        run_callbacks(callbacks, epoch + 1, metrics)
-        if stopped_early:
-            break
+    def step(net, model, idx, device, gen) -> StepOutput:
+        # Label dropout is drawn for the whole global batch on every rank, then each rank keeps its chunk: the
+        # same draws as one process with the global batch.
+        labels = model_labels(train.labels[idx], cfg)
+        if cfg.conditional and tc.label_dropout > 0:
+            drop = torch.rand(len(labels), generator=gen) < tc.label_dropout
+            labels[drop] = cfg.num_classes
+        part = distributed.shard_slice(len(idx))
+        codes = torch.as_tensor(train.codes[idx[part]], device=device)
+        loss = F.cross_entropy(net(codes, labels[part].to(device)).logits, codes)
+        return StepOutput(loss, loss.detach()[None], {"bits": f"{loss.item() / LN2:.3f}"})
 
-    test_metrics: dict[str, float] = {}
-    if test is not None and len(test):
-        test_metrics = {"prior/test_nll_bits": nll_bits(model, test, device=device, shard=True),
-                        "prior/test_nll_bits_uncond": nll_bits(model, test, device=device, shard=True,
-                                                               unconditional=True),
-                        **baseline_bits(train, test, model_config.num_embeddings, val)}
-        tracker.log_metrics(test_metrics, step=len(history))
-    return PriorFitResult(distributed.unwrap(net).eval(), history, test_metrics, ckpt_path, stopped_early)
+    def epoch_metrics(means: dict[str, float], n_batches: int, seconds: float, lr: float) -> dict[str, float]:
+        batch = distributed.global_batch_size(tc.batch_size, len(train))
+        return {"prior/train_nll_bits": means["loss"] / LN2, "prior/lr": lr,
+                "prior/codes_per_second": n_batches * batch * train.codes[0].size / max(1e-9, seconds)}
+
+    def evaluate(model: GatedPixelCNN, split: str) -> dict[str, float]:
+        device = next(model.parameters()).device
+        if split == "val":
+            return {"prior/val_nll_bits": nll_bits(model, val, device=device, shard=True)}
+        return {"prior/test_nll_bits": nll_bits(model, test, device=device, shard=True),
+                "prior/test_nll_bits_uncond": nll_bits(model, test, device=device, shard=True, unconditional=True),
+                **baseline_bits(train, test, model.config.num_embeddings, val)}
+
+    spec = loop.Model(PRIOR_KIND, "prior", build, step, ("loss",), epoch_metrics, evaluate, clip_grad_norm=1.0)
+    return loop.fit(spec, model_config, tc, len(train), has_val=val is not None and len(val) > 0,
+                    has_test=test is not None and len(test) > 0, checkpoint_dir=checkpoint_dir, resume=resume,
+                    extra_checkpoint=extra_checkpoint, tracker=tracker, callbacks=callbacks)

@@ -13,7 +13,12 @@ from typing import Any
 
 import torch
 
-from brainvq.errors import ModelFileError
+from brainvq.errors import ModelFileError, one_line
+from brainvq.values import deprecated
+
+PRIOR_KIND = "prior"
+# Kinds written by older brainvq releases, read for one more release (with a deprecation note) under today's name.
+LEGACY_KINDS = {"pixelcnn": PRIOR_KIND}
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -50,20 +55,24 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint safely; ``kind`` (``"vqvae"``, ``"pixelcnn"``, ``"critic"``) is checked when given."""
+    """Load a checkpoint safely; ``kind`` (``"vqvae"``, ``"prior"``, ``"critic"``) is checked when given. A legacy
+    kind (``"pixelcnn"``) is read as today's name, with a one-line deprecation note."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, random bytes
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = one_line(exc)
         if "WeightsUnpickler error:" in str(exc):  # torch's refusal of a foreign pickle names the culprit further down
             culprit = str(exc).split("WeightsUnpickler error:", 1)[1].split(" was not an allowed global")[0]
-            reason = f"weights_only=True refused it: {' '.join(culprit.split())[:120]}"
+            reason = f"weights_only=True refused it: {one_line(culprit, limit=120)}"
         raise ModelFileError(f"checkpoint {path} is corrupt or not a brainvq checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise ModelFileError(f"checkpoint {path} is not a brainvq checkpoint (missing 'config'/'model')")
+    if ckpt.get("kind") in LEGACY_KINDS:
+        deprecated(f"checkpoint kind {ckpt['kind']!r} ({path})", repr(LEGACY_KINDS[ckpt["kind"]]))
+        ckpt["kind"] = LEGACY_KINDS[ckpt["kind"]]
     if kind is not None and ckpt.get("kind") != kind:
         raise ModelFileError(f"checkpoint {path} holds a {ckpt.get('kind')!r} model, expected {kind!r}")
     return ckpt
@@ -77,7 +86,7 @@ def build_model(ckpt: dict, path: str | os.PathLike = "<checkpoint>"):
             from brainvq.models.vqvae import VQVAE, VQVAEConfig
 
             model = VQVAE(VQVAEConfig(**ckpt["config"]))
-        elif kind == "pixelcnn":
+        elif kind == PRIOR_KIND:
             from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 
             model = GatedPixelCNN(PixelCNNConfig(**ckpt["config"]))
@@ -91,8 +100,7 @@ def build_model(ckpt: dict, path: str | os.PathLike = "<checkpoint>"):
     except ModelFileError:
         raise
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"checkpoint {path} does not match its config ({first})") from None
+        raise ModelFileError(f"checkpoint {path} does not match its config ({one_line(exc)})") from None
     return model.eval()
 
 

@@ -43,7 +43,7 @@ class PixelCNNConfig:
     # Layer i > 0 dilates both stacks by dilation_cycle[i % len]; (1,) is the plain gated PixelCNN. A cycle such as
     # (1, 2, 4, 8, 16) widens what a code sees (rows above, codes to its left: ~12 -> ~60 codes over 12 layers) at
     # the same cost per layer, as WaveNet does (van den Oord et al. 2016, https://arxiv.org/abs/1609.03499).
-    # train_pixelcnn defaults to that cycle; the field defaults to (1,) so checkpoints written before it existed
+    # train_prior defaults to that cycle; the field defaults to (1,) so checkpoints written before it existed
     # (whose config lacks the key) still rebuild the model they were trained as.
     dilation_cycle: tuple[int, ...] = (1,)
 
@@ -257,7 +257,8 @@ class PixelCNNRowStep(nn.Module):
         self.num_layers, self.ctx, self.c, self.k = cfg.num_layers, cfg.context, cfg.hidden_channels, cfg.kernel_size
         self.dilations, self.cache_len = cfg.dilations, cfg.cache_len
         self.register_buffer("emb", _padded_embedding(model))
-        self.register_buffer("v_w", _frozen(torch.stack([vertical_weight(m) for m in model.v_convs])))  # (L,2C,k*(ctx+1)*C)
+        v_w = torch.stack([vertical_weight(m) for m in model.v_convs])  # (L,2C,k*(ctx+1)*C)
+        self.register_buffer("v_w", _frozen(v_w))
         self.register_buffer("v_b", _frozen(torch.stack([m.bias for m in model.v_convs])))  # (L,2C)
         self.register_buffer("vh_w", _frozen(torch.stack([pointwise_weight(m) for m in model.v_to_h])))  # (L,2C,2C)
         self.register_buffer("vh_b", _frozen(torch.stack([m.bias for m in model.v_to_h])))  # (L,2C)
@@ -315,10 +316,12 @@ class PixelCNNStep(nn.Module):
         self.register_buffer("emb", _padded_embedding(model))
         for i, m in enumerate(model.h_convs):
             self.register_buffer(f"h_w{i}", _frozen(horizontal_weight(m)))
-        self.register_buffer("res_w", _frozen(torch.stack([pointwise_weight(m) for m in model.h_res]))
-                             if model.h_res else torch.zeros(0))  # (L-1,C,C)
-        self.register_buffer("res_b", _frozen(torch.stack([m.bias for m in model.h_res])) if model.h_res
-                             else torch.zeros(0))  # (L-1,C)
+        self.register_buffer(
+            "res_w", _frozen(torch.stack([pointwise_weight(m) for m in model.h_res])) if model.h_res else torch.zeros(0)
+        )  # (L-1,C,C)
+        self.register_buffer(
+            "res_b", _frozen(torch.stack([m.bias for m in model.h_res])) if model.h_res else torch.zeros(0)
+        )  # (L-1,C)
         # All skip 1x1 convs as one matmul over the concatenated gates: fewer graph nodes per step.
         skip_w, skip_b = skip_weight(model)
         self.register_buffer("skip_w", _frozen(skip_w))  # (C,L*C)

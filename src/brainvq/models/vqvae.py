@@ -70,7 +70,11 @@ class VQVAEConfig:
 
     def quantizer_config(self) -> QuantizerConfig:
         return QuantizerConfig(
-            num_embeddings=self.num_embeddings, embedding_dim=self.latent_dim, beta=self.beta, ema=self.ema, decay=self.decay
+            num_embeddings=self.num_embeddings,
+            embedding_dim=self.latent_dim,
+            beta=self.beta,
+            ema=self.ema,
+            decay=self.decay,
         )
 
     @property

@@ -1,4 +1,5 @@
-"""Training losses. The SSIM *metric* lives in ``brainvq.quality.metrics`` (torchmetrics); this is a cheaper loss term."""
+"""Training losses. The SSIM *metric* lives in ``brainvq.quality.metrics`` (torchmetrics); this is a cheaper loss
+term."""
 
 from __future__ import annotations
 

@@ -8,9 +8,12 @@ uniform landing within float rounding of a CDF boundary). Must never import torc
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
+
+from brainvq.errors import ConfigError
 
 # (codes_row (B,w) int64, vcache, labels (B,) int64, row (1,) int64) -> (vrow (w,B,L,2C), vcache)
 RowFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
@@ -18,6 +21,21 @@ RowFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], "tuple[np.nda
 StepFn = Callable[[np.ndarray, np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 # (codes (B,h,w) int64, labels (B,) int64) -> logits (B,K,h,w)
 FullFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def check_sampling_args(n: int, temperature: float, top_k: int, num_embeddings: int | None = None,
+                        batch_size: int = 1, method: str = "fast") -> None:
+    """The one check of sampling arguments, for the torch sampler, the onnxruntime sampler and both CLIs: a bad value
+    is a one-line :class:`ConfigError` naming the parameter, raised before any model runs."""
+    if n < 1 or batch_size < 1:
+        raise ConfigError(f"bad parameter: n and batch_size must be >= 1, got {n} and {batch_size}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ConfigError(f"bad parameter: temperature must be a finite number > 0, got {temperature}")
+    if top_k < 0 or (num_embeddings is not None and top_k > num_embeddings):
+        upper = num_embeddings if num_embeddings is not None else "K"
+        raise ConfigError(f"bad parameter: top_k must be in 0..{upper} (0 = no restriction), got {top_k}")
+    if method not in ("fast", "naive"):
+        raise ConfigError(f"bad parameter: method must be 'fast' or 'naive', got {method!r}")
 
 
 def uniforms(n: int, code_shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -30,8 +48,7 @@ def draw(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int
 
     ``logits (B,K)``, ``u (B,)`` in [0, 1) ``-> (B,)`` int64. Deterministic given ``u``.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_sampling_args(1, temperature, top_k)
     z = np.asarray(logits, dtype=np.float64) / float(temperature)  # (B,K)
     k = z.shape[1]
     if 0 < top_k < k:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from brainvq.errors import ConfigError
-from brainvq.sampling.draw import draw, fast_sample_batch, naive_sample_batch, uniforms
+from brainvq.sampling.draw import check_sampling_args, draw, fast_sample_batch, naive_sample_batch, uniforms
 
 __all__ = ["draw", "sample_codes", "torch_step_fns"]
 
@@ -34,14 +34,7 @@ def torch_step_fns(prior):
 
 def _check(prior, n: int, labels: np.ndarray, temperature: float, top_k: int, method: str) -> np.ndarray:
     cfg = prior.config
-    if n < 1:
-        raise ConfigError(f"n must be >= 1, got {n}")
-    if temperature <= 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
-    if not 0 <= top_k <= cfg.num_embeddings:
-        raise ConfigError(f"top_k must be in 0..{cfg.num_embeddings} (0 = no restriction), got {top_k}")
-    if method not in ("fast", "naive"):
-        raise ConfigError(f"method must be 'fast' or 'naive', got {method!r}")
+    check_sampling_args(n, temperature, top_k, cfg.num_embeddings, method=method)
     labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), (n,)).copy()
     if not cfg.conditional:
         labels[:] = cfg.null_label  # unconditional priors ignore labels

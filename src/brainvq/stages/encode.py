@@ -34,12 +34,15 @@ def encode_all_splits(vqvae: VQVAE, vqvae_params: dict, out_dir: Path, batch_siz
     ``max_train_images``) and write ``out_dir/{split}.npz``."""
     splits = vqvae_run_splits(vqvae_params)
     if tuple(splits.train.images.shape[1:]) != tuple(vqvae.config.image_size):
-        raise ConfigError(f"data image size {splits.train.images.shape[1:]} != VQ-VAE image_size {vqvae.config.image_size}")
+        raise ConfigError(
+            f"data image size {splits.train.images.shape[1:]} != VQ-VAE image_size {vqvae.config.image_size}"
+        )
     files = {}
     for name in SPLITS:
         data = getattr(splits, name)
         codes = encode_dataset(vqvae, data, batch_size, progress)
-        files[name] = save_codes(Path(out_dir) / f"{name}.npz", codes, data.labels, list(data.subjects),
-                                 vqvae.config.num_embeddings)
+        files[name] = save_codes(
+            Path(out_dir) / f"{name}.npz", codes, data.labels, list(data.subjects), vqvae.config.num_embeddings
+        )
         log.info("encoded %s: %d grids of %s", name, len(codes), codes.shape[1:])
     return files

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from brainvq.data.images import save_grid
-from brainvq.models.checkpoint import atomic_save
+from brainvq.models.checkpoint import PRIOR_KIND, atomic_save
 from brainvq.sampling.generate import generate
 
 if TYPE_CHECKING:
@@ -57,22 +57,29 @@ def save_vqvae_report(result: FitResult, splits: ADNISplits, model_config: VQVAE
         recon = result.model(x.to(next(result.model.parameters()).device)).recon.cpu().numpy()
     files = {
         "reconstructions": save_grid([x.numpy(), recon], out / "reconstructions.png"),
-        "loss_curve": save_loss_curve(result.history, ["train/loss", "val/ssim", "val/perplexity"], out / "loss_curve.png"),
+        "loss_curve": save_loss_curve(
+            result.history, ["train/loss", "val/ssim", "val/perplexity"], out / "loss_curve.png"
+        ),
     }
     cfg = {"model": model_config.to_dict(), "train": asdict(train_config), "test": result.test_metrics}
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     files["config"] = out / "config.json"
     files["checkpoint"] = atomic_save(
-        {"kind": "vqvae", "config": model_config.to_dict(), "model": result.model.state_dict(),
-         "metrics": json.dumps(result.test_metrics)},
+        {
+            "kind": "vqvae",
+            "config": model_config.to_dict(),
+            "model": result.model.state_dict(),
+            "metrics": json.dumps(result.test_metrics),
+        },
         out / "checkpoint" / "vqvae.pt",
     )
     return files
 
 
-def save_prior_report(result, vqvae, train_config, vqvae_run_id: str, out_dir: str | Path, n_per_row: int = 8,
-                      seed: int = 0) -> dict[str, Path]:
-    """``samples.png`` (AD row above NC row when conditional), ``loss_curve.png``, ``checkpoint/pixelcnn.pt``."""
+def save_prior_report(
+    result, vqvae, train_config, vqvae_run_id: str, out_dir: str | Path, n_per_row: int = 8, seed: int = 0
+) -> dict[str, Path]:
+    """``samples.png`` (AD row above NC row when conditional), ``loss_curve.png``, ``checkpoint/prior.pt``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prior = result.model
@@ -85,12 +92,19 @@ def save_prior_report(result, vqvae, train_config, vqvae_run_id: str, out_dir: s
         rows = [imgs[:n_per_row], imgs[n_per_row:]]
     files = {
         "samples": save_grid(rows, out / "samples.png"),
-        "loss_curve": save_loss_curve(result.history, ["prior/train_nll_bits", "prior/val_nll_bits"], out / "loss_curve.png"),
+        "loss_curve": save_loss_curve(
+            result.history, ["prior/train_nll_bits", "prior/val_nll_bits"], out / "loss_curve.png"
+        ),
     }
     files["checkpoint"] = atomic_save(
-        {"kind": "pixelcnn", "config": prior.config.to_dict(), "model": prior.state_dict(),
-         "vqvae_run_id": vqvae_run_id, "train_config": json.dumps(asdict(train_config)),
-         "metrics": json.dumps(result.test_metrics)},
-        out / "checkpoint" / "pixelcnn.pt",
+        {
+            "kind": PRIOR_KIND,
+            "config": prior.config.to_dict(),
+            "model": prior.state_dict(),
+            "vqvae_run_id": vqvae_run_id,
+            "train_config": json.dumps(asdict(train_config)),
+            "metrics": json.dumps(result.test_metrics),
+        },
+        out / "checkpoint" / "prior.pt",
     )
     return files

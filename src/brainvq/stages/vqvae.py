@@ -23,12 +23,29 @@ def run_train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, *, dat
     from brainvq.engine import distributed
 
     with distributed.local_main_first():  # one process per node builds the decoded-image cache (or the demo set)
-        splits = load_splits(data_dir, model_config.image_size, val_fraction, train_config.seed, max_train_images, skip_bad)
-    tracker.log_metrics({"data/train_images": len(splits.train), "data/val_images": len(splits.val),
-                         "data/test_images": len(splits.test), "data/skipped_files": splits.skipped})
-    result = fit_vqvae(model_config, train_config, splits.train, splits.val, splits.test,
-                       checkpoint_dir=checkpoint_dir, resume=resume, extra_checkpoint=extra_checkpoint, tracker=tracker,
-                       callbacks=callbacks)
+        splits = load_splits(
+            data_dir, model_config.image_size, val_fraction, train_config.seed, max_train_images, skip_bad
+        )
+    tracker.log_metrics(
+        {
+            "data/train_images": len(splits.train),
+            "data/val_images": len(splits.val),
+            "data/test_images": len(splits.test),
+            "data/skipped_files": splits.skipped,
+        }
+    )
+    result = fit_vqvae(
+        model_config,
+        train_config,
+        splits.train,
+        splits.val,
+        splits.test,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        extra_checkpoint=extra_checkpoint,
+        tracker=tracker,
+        callbacks=callbacks,
+    )
     if not distributed.is_main():
         return result, {}
     from brainvq.stages.reports import save_vqvae_report
@@ -39,9 +56,15 @@ def run_train_vqvae(model_config: VQVAEConfig, train_config: TrainConfig, *, dat
 
 def vqvae_run_splits(vqvae_params: dict):
     """The train/val/test splits exactly as a VQ-VAE run made them, from its logged MLflow params."""
+
     def p(name, cast, default):
         return run_param(vqvae_params, name, cast, default)
 
-    return load_splits(p("data_dir", str, ""), image_size(p("image_size", str, "240x256")),
-                       p("val_fraction", float, 0.1), p("seed", int, 0), p("max_train_images", int, 0),
-                       p("skip_bad", str2bool, False))
+    return load_splits(
+        p("data_dir", str, ""),
+        image_size(p("image_size", str, "240x256")),
+        p("val_fraction", float, 0.1),
+        p("seed", int, 0),
+        p("max_train_images", int, 0),
+        p("skip_bad", str2bool, False),
+    )

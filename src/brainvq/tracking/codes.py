@@ -18,7 +18,11 @@ def encode_codes(vqvae_run_id: str, batch_size: int = 32) -> str:
     from brainvq.tracking.runs import load_stage_model
 
     vqvae, _, vq_run = load_stage_model(vqvae_run_id, "train_vqvae")
-    params = {"vqvae_run_id": vq_run.info.run_id, "batch_size": batch_size, "num_embeddings": vqvae.config.num_embeddings}
+    params = {
+        "vqvae_run_id": vq_run.info.run_id,
+        "batch_size": batch_size,
+        "num_embeddings": vqvae.config.num_embeddings,
+    }
     with stage_run("encode_codes", params, tags={"brainvq.vqvae_run_id": vq_run.info.run_id}) as run:
         with tempfile.TemporaryDirectory() as tmp:
             files = encode_all_splits(vqvae, vq_run.data.params, tmp, batch_size)

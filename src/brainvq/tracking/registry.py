@@ -6,7 +6,7 @@ test split never chooses: test figures are copied into version tags for the repo
 registered model   a version is                                         ranked on (the first that decides)
 =================  ===================================================  ==========================================
 brainvq-vqvae      the ``train_vqvae`` run's logged PyTorch ``model``   ``val/ssim``, higher wins
-brainvq-prior      the ``train_pixelcnn`` run's logged ``model``        ``prior/val_nll_bits``, lower wins
+brainvq-prior      the ``train_prior`` run's logged ``model``           ``prior/val_nll_bits``, lower wins
 brainvq-sampler    the ``export_onnx`` run's ``onnx/`` folder: decoder,  ``val/c2st_accuracy`` (the realism test on
                    prior and the fast sampler's graphs, one pair         the validation split under the default
                                                                          evaluation protocol), lower wins when the
@@ -32,7 +32,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from brainvq.errors import BrainVQError, RegistryError, RunError
+from brainvq.errors import BrainVQError, RegistryError, RunError, one_line
+from brainvq.tracking.runs import PRIOR_STAGE
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -52,7 +53,7 @@ class ModelSpec:
 SPECS = {
     "vqvae": ModelSpec("brainvq-vqvae", "train_vqvae", (("val/ssim", "max"),),
                        ("val/ssim", "val/ssim_brain", "test/ssim", "test/ssim_brain", "test/psnr", "test/psnr_brain")),
-    "prior": ModelSpec("brainvq-prior", "train_pixelcnn", (("prior/val_nll_bits", "min"),),
+    "prior": ModelSpec("brainvq-prior", PRIOR_STAGE, (("prior/val_nll_bits", "min"),),
                        ("prior/val_nll_bits", "prior/test_nll_bits", "prior/position_unigram_bits",
                         "prior/unigram_bits", "prior/uniform_bits")),
     "sampler": ModelSpec("brainvq-sampler", "export_onnx",
@@ -111,7 +112,7 @@ def plan_run(kind: str, run_id: str) -> Plan:
     """Check that ``run_id`` (or ``latest``) is a FINISHED run of the kind's stage with what a version needs."""
     import mlflow
 
-    from brainvq.tracking.runs import find_stage_runs, resolve_run
+    from brainvq.tracking.runs import find_stage_runs, prior_run_id_tag, resolve_run
 
     spec = SPECS[kind]
     run = resolve_run(run_id, spec.stage)  # RunError unless FINISHED and of the right stage
@@ -123,11 +124,11 @@ def plan_run(kind: str, run_id: str) -> Plan:
         missing = [f for f in ONNX_FILES if f not in names]
         if missing:
             raise RunError(f"export_onnx run {rid} lacks onnx/{', onnx/'.join(missing)}; export again")
-        # tags, not params: under `mlflow run -P pixelcnn_run_id=latest` the param says "latest", the tag the run ID
-        px_id = run.data.tags.get("brainvq.pixelcnn_run_id", "")
+        # tags, not params: under `mlflow run -P prior_run_id=latest` the param says "latest", the tag the run ID
+        px_id = prior_run_id_tag(run.data.tags)
         if not px_id:  # resolve_run("") would mean the newest prior, not this export's
-            raise RunError(f"export_onnx run {rid} does not record its prior (tag brainvq.pixelcnn_run_id)")
-        metrics = dict(resolve_run(px_id, "train_pixelcnn").data.metrics)
+            raise RunError(f"export_onnx run {rid} does not record its prior (tag brainvq.prior_run_id)")
+        metrics = dict(resolve_run(px_id, PRIOR_STAGE).data.metrics)
         protocol = default_protocol()
         evaluated = [r for r in find_stage_runs("evaluate_samples", tags={"brainvq.prior_run_id": px_id,
                                                                           PROTOCOL_TAG: protocol})
@@ -137,7 +138,7 @@ def plan_run(kind: str, run_id: str) -> Plan:
             metrics.update({k: v for k, v in first.data.metrics.items() if k.startswith(("val/c2st", "gen/c2st"))})
             tags.update({PROTOCOL_TAG: protocol, "brainvq.eval_run_id": first.info.run_id})
         tags.update({"brainvq.vqvae_run_id": run.data.tags.get("brainvq.vqvae_run_id", ""),
-                     "brainvq.pixelcnn_run_id": px_id, "brainvq.pair_id": run.data.tags.get("brainvq.pair_id", "")})
+                     "brainvq.prior_run_id": px_id, "brainvq.pair_id": run.data.tags.get("brainvq.pair_id", "")})
         plan = Plan(spec, rid, source=f"runs:/{rid}/onnx")
     else:
         metrics = dict(run.data.metrics)
@@ -169,25 +170,22 @@ def _create_version(client, plan: Plan):
     name = plan.spec.name
     created_model = False
     try:  # create-or-accept rather than get-then-create: two pipelines may register the first version at once
-        client.create_registered_model(name, description=f"brainvq {plan.spec.stage} models (see brainvq.tracking.registry)")
+        description = f"brainvq {plan.spec.stage} models (see brainvq.tracking.registry)"
+        client.create_registered_model(name, description=description)
         created_model = True
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise RegistryError(f"cannot create registered model {name} ({_first_line(exc)})") from None
+            raise RegistryError(f"cannot create registered model {name} ({one_line(exc)})") from None
     try:
-        mv = client.create_model_version(name, plan.source, run_id=plan.run_id, tags=plan.tags,
-                                         model_id=plan.model_id)
+        mv = client.create_model_version(name, plan.source, run_id=plan.run_id, tags=plan.tags, model_id=plan.model_id)
         if mv.status != "READY":
             raise RegistryError(f"version {mv.version} ended {mv.status} ({mv.status_message or 'no message'})")
         return mv
     except Exception as exc:
         _roll_back(client, name, plan.run_id, created_model)
-        raise RegistryError(f"registering run {plan.run_id} as {name} failed ({_first_line(exc)}); "
-                            "nothing was registered") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise RegistryError(
+            f"registering run {plan.run_id} as {name} failed ({one_line(exc)}); nothing was registered"
+        ) from None
 
 
 def _roll_back(client, name: str, run_id: str, drop_model: bool) -> None:
@@ -223,8 +221,10 @@ def compare(new: dict[str, str], champion: dict[str, str], criteria) -> tuple[bo
         a, b = float(new[metric]), float(champion[metric])
         ia, ib = _interval(new, metric), _interval(champion, metric)
         if ia is not None and ib is not None and ia[0] <= ib[1] and ib[0] <= ia[1]:
-            notes.append(f"{metric} {a:.4g} [{ia[0]:.3g}, {ia[1]:.3g}] ties champion's {b:.4g} "
-                         f"[{ib[0]:.3g}, {ib[1]:.3g}] (intervals overlap)")
+            notes.append(
+                f"{metric} {a:.4g} [{ia[0]:.3g}, {ia[1]:.3g}] ties champion's {b:.4g} "
+                f"[{ib[0]:.3g}, {ib[1]:.3g}] (intervals overlap)"
+            )
             continue
         better = a > b if direction == "max" else a < b
         return better, "; ".join(notes + [f"{metric} {a:.4g} vs champion's {b:.4g}"])
@@ -276,12 +276,14 @@ def register_planned(plan: Plan) -> Registration:
     except BrainVQError:
         raise
     except Exception as exc:  # MlflowException, a dropped connection: one line, not a traceback
-        raise RegistryError(f"registering run {plan.run_id} as {plan.spec.name} failed ({_first_line(exc)})") from None
+        raise RegistryError(f"registering run {plan.run_id} as {plan.spec.name} failed ({one_line(exc)})") from None
     try:
         return _promote(client, plan, mv)
     except Exception as exc:  # the version is complete; only the alias could not be moved
-        raise RegistryError(f"{plan.spec.name} version {mv.version} is registered but the {CHAMPION} alias could not "
-                            f"be updated ({_first_line(exc)})") from None
+        raise RegistryError(
+            f"{plan.spec.name} version {mv.version} is registered but the {CHAMPION} alias could not "
+            f"be updated ({one_line(exc)})"
+        ) from None
 
 
 def register_run(kind: str, run_id: str) -> Registration:
@@ -289,18 +291,26 @@ def register_run(kind: str, run_id: str) -> Registration:
     return register_planned(plan_run(kind, run_id))
 
 
-def register_pipeline(vqvae_run_id: str | None = None, pixelcnn_run_id: str | None = None,
-                      export_run_id: str | None = None) -> list[Registration]:
+def register_pipeline(
+    vqvae_run_id: str | None = None, prior_run_id: str | None = None, export_run_id: str | None = None
+) -> list[Registration]:
     """Register a pipeline's runs; every run (and that they belong together) is checked before the first version is
     created."""
-    plans = {kind: plan_run(kind, rid) for kind, rid in
-             (("vqvae", vqvae_run_id), ("prior", pixelcnn_run_id), ("sampler", export_run_id)) if rid}
+    plans = {
+        kind: plan_run(kind, rid)
+        for kind, rid in (("vqvae", vqvae_run_id), ("prior", prior_run_id), ("sampler", export_run_id))
+        if rid
+    }
     vq, px, ex = (plans.get(k) for k in ("vqvae", "prior", "sampler"))
-    links = [(px, "brainvq.vqvae_run_id", vq, "prior run {} was trained on VQ-VAE run {}, not {}"),
-             (ex, "brainvq.pixelcnn_run_id", px, "export run {} exported prior run {}, not {}"),
-             (ex, "brainvq.vqvae_run_id", vq, "export run {} exported VQ-VAE run {}, not {}")]
+    links = [
+        (px, "brainvq.vqvae_run_id", vq, "prior run {} was trained on VQ-VAE run {}, not {}"),
+        (ex, "brainvq.prior_run_id", px, "export run {} exported prior run {}, not {}"),
+        (ex, "brainvq.vqvae_run_id", vq, "export run {} exported VQ-VAE run {}, not {}"),
+    ]
     for later, tag, earlier, message in links:
         if later and earlier and later.tags.get(tag) != earlier.run_id:
-            raise RunError(message.format(later.run_id, later.tags.get(tag) or "?", earlier.run_id)
-                           + "; register the runs of one pipeline together")
+            raise RunError(
+                message.format(later.run_id, later.tags.get(tag) or "?", earlier.run_id)
+                + "; register the runs of one pipeline together"
+            )
     return [register_planned(p) for p in plans.values()]

@@ -9,10 +9,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from brainvq.errors import RunError
+from brainvq.errors import RunError, one_line
 
 STAGE_TAG = "brainvq.stage"
-CHECKPOINT_ARTIFACT = {"train_vqvae": "checkpoint/vqvae.pt", "train_pixelcnn": "checkpoint/pixelcnn.pt"}
+PRIOR_STAGE = "train_prior"
+# Stage names of older brainvq releases, found under today's name (their runs keep their tags and artifacts).
+LEGACY_STAGES = {PRIOR_STAGE: ("train_pixelcnn",)}
+CHECKPOINT_ARTIFACT = {"train_vqvae": "checkpoint/vqvae.pt", PRIOR_STAGE: "checkpoint/prior.pt",
+                       "train_pixelcnn": "checkpoint/pixelcnn.pt"}
+CHECKPOINT_KIND = {"train_vqvae": "vqvae", PRIOR_STAGE: "prior"}
+
+
+def stage_names(stage: str) -> tuple[str, ...]:
+    """``stage`` and the names its runs carried in older releases."""
+    return (stage, *LEGACY_STAGES.get(stage, ()))
+
+
+def prior_run_id_tag(tags: dict[str, str]) -> str:
+    """The prior run a run or ONNX file records (``brainvq.prior_run_id``; ``brainvq.pixelcnn_run_id`` before)."""
+    return tags.get("brainvq.prior_run_id") or tags.get("brainvq.pixelcnn_run_id") or ""
 
 
 def _client():
@@ -47,12 +62,13 @@ def resolve_run(run_id: str, stage: str, experiment_name: str | None = None):
     client = _client()
     run_id = (run_id or "").strip()
     if run_id in ("", "latest"):
-        runs = client.search_runs(
+        runs = [r for name in stage_names(stage) for r in client.search_runs(
             _experiment_ids(client, experiment_name),
-            filter_string=f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.`{STAGE_TAG}` = '{name}' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
-        )
+        )]
+        runs.sort(key=lambda r: r.info.start_time, reverse=True)
         if not runs:
             raise RunError(f"no FINISHED {stage} run found for run id 'latest'; run `mlflow run . -e {stage}` first")
         return runs[0]
@@ -61,7 +77,7 @@ def resolve_run(run_id: str, stage: str, experiment_name: str | None = None):
     except MlflowException:
         raise RunError(f"unknown MLflow run id {run_id!r} (tracking URI {_tracking_uri()})") from None
     got = run.data.tags.get(STAGE_TAG)
-    if got != stage:
+    if got not in stage_names(stage):
         raise RunError(f"run {run_id} is a {got or 'non-brainvq'} run, expected a {stage} run")
     if run.info.status != "FINISHED":
         raise RunError(f"run {run_id} ({stage}) has status {run.info.status}, expected FINISHED")
@@ -80,16 +96,19 @@ def download_artifact(run_id: str, artifact_path: str, dst_dir: str | os.PathLik
     from mlflow.exceptions import MlflowException
 
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst_dir and str(dst_dir))
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=dst_dir and str(dst_dir)
+        )
     except (MlflowException, OSError) as exc:
-        raise RunError(f"run {run_id} has no artifact {artifact_path!r} ({str(exc).splitlines()[0][:120]})") from None
+        raise RunError(f"run {run_id} has no artifact {artifact_path!r} ({one_line(exc)})") from None
     return Path(local)
 
 
 def fetch_checkpoint(run_id: str, stage: str, dst_dir: str | os.PathLike | None = None) -> tuple[Path, object]:
     """Resolve ``run_id`` for ``stage`` and download its checkpoint: returns ``(path, run)``."""
     run = resolve_run(run_id, stage)
-    return download_artifact(run.info.run_id, CHECKPOINT_ARTIFACT[stage], dst_dir), run
+    artifact = CHECKPOINT_ARTIFACT[run.data.tags.get(STAGE_TAG, stage)]
+    return download_artifact(run.info.run_id, artifact, dst_dir), run
 
 
 def load_stage_model(run_id: str, stage: str):
@@ -99,22 +118,30 @@ def load_stage_model(run_id: str, stage: str):
 
     path, run = fetch_checkpoint(run_id, stage)
     try:
-        model, ckpt = load_model(path, kind={"train_vqvae": "vqvae", "train_pixelcnn": "pixelcnn"}[stage])
+        model, ckpt = load_model(path, kind=CHECKPOINT_KIND[stage])
     except ModelFileError as exc:  # name the run's artifact, not the temporary download folder
-        where = f"runs:/{run.info.run_id}/{CHECKPOINT_ARTIFACT[stage]}"
+        where = f"runs:/{run.info.run_id}/{CHECKPOINT_ARTIFACT[run.data.tags.get(STAGE_TAG, stage)]}"
         raise ModelFileError(str(exc).replace(str(path), where)) from None
     return model, ckpt, run
 
 
-def find_stage_runs(stage: str, tags: dict[str, str] | None = None, params: dict[str, str] | None = None,
-                    status: str = "FINISHED", experiment_name: str | None = None) -> list:
+def find_stage_runs(
+    stage: str,
+    tags: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    status: str = "FINISHED",
+    experiment_name: str | None = None,
+) -> list:
     """FINISHED runs of a stage whose tags/params match exactly, newest first (public search API only)."""
     client = _client()
     clauses = [f"tags.`{STAGE_TAG}` = '{stage}'", f"attributes.status = '{status}'"]
     clauses += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
     clauses += [f"params.`{k}` = '{v}'" for k, v in (params or {}).items()]
-    return client.search_runs(_experiment_ids(client, experiment_name), filter_string=" and ".join(clauses),
-                              order_by=["attributes.start_time DESC"])
+    return client.search_runs(
+        _experiment_ids(client, experiment_name),
+        filter_string=" and ".join(clauses),
+        order_by=["attributes.start_time DESC"],
+    )
 
 
 def download_codes(vqvae_run_id: str) -> Path | None:

@@ -11,6 +11,7 @@ from typing import Iterator, Mapping
 
 import mlflow
 
+from brainvq.errors import one_line
 from brainvq.tracking.runs import STAGE_TAG
 from brainvq.values import param_str
 
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def stage_run(stage: str, params: Mapping[str, object], tags: Mapping[str, str] | None = None,
               nested: bool = False, run_name: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, under ``mlflow run``, attach to) the stage's run; an exception ends it FAILED with the error logged."""
+    """Start (or, under ``mlflow run``, attach to) the stage's run; an exception ends it FAILED with the error
+    logged."""
     from brainvq.tracking.store import check_tracking_store
 
     check_tracking_store()  # an unreachable store is a one-line error before any work, not minutes of retries
@@ -28,7 +30,7 @@ def stage_run(stage: str, params: Mapping[str, object], tags: Mapping[str, str] 
     if attach and mlflow.active_run() is None:
         run = mlflow.start_run(run_id=attach)
         # start_run() with no run_id would attach to MLFLOW_RUN_ID again: nested stages (encode_codes inside
-        # train_pixelcnn) must get runs of their own.
+        # train_prior) must get runs of their own.
         os.environ.pop("MLFLOW_RUN_ID", None)
     else:
         run = mlflow.start_run(nested=nested or mlflow.active_run() is not None, run_name=run_name or stage)
@@ -40,9 +42,8 @@ def stage_run(stage: str, params: Mapping[str, object], tags: Mapping[str, str] 
         mlflow.log_params({k: param_str(v) for k, v in params.items() if k not in logged})
         yield run
     except BaseException as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
         try:
-            mlflow.set_tag("brainvq.error", msg[:4000])
+            mlflow.set_tag("brainvq.error", one_line(exc, limit=4000))
             mlflow.log_text("".join(traceback.format_exception(exc)), "error.txt")
         except Exception:  # the tracking server itself may be what failed
             log.debug("could not log the error to MLflow", exc_info=True)
@@ -84,11 +85,14 @@ def link_resumed_run(checkpoint: str | os.PathLike, kind: str) -> str | None:
             if client.get_run(previous).info.status == "RUNNING":  # SIGKILL, OOM killer, lost node: no end_run()
                 client.set_terminated(previous, "KILLED")
         except MlflowException as exc:  # e.g. written under another tracking store
-            log.warning("could not update the run %s that wrote %s: %s", previous, checkpoint, str(exc).splitlines()[0])
+            log.warning("could not update the run %s that wrote %s: %s", previous, checkpoint, one_line(exc))
     mlflow.set_tags(tags)
     for entry in json.loads(ckpt.get("history", "[]")):
-        metrics = {k: float(v) for k, v in entry.items()
-                   if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(float(v))}
+        metrics = {
+            k: float(v)
+            for k, v in entry.items()
+            if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(float(v))
+        }
         if metrics:
             mlflow.log_metrics(metrics, step=int(entry["epoch"]))
     return previous

@@ -15,7 +15,7 @@ import os
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-from brainvq.errors import TrackingError
+from brainvq.errors import TrackingError, one_line
 
 PROBE_TIMEOUT_S = 5
 # Bounded but still patient: about 1+2+4+8 s of back-off (plus jitter) per request, enough to ride out a server
@@ -60,7 +60,7 @@ def _reason(exc: BaseException) -> str:
     errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
     if errno:
         return errno.group(1).strip()
-    return text[:200] or type(exc).__name__
+    return one_line(exc)
 
 
 def _check_http(uri: str) -> None:

@@ -21,7 +21,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[3]  # repo root (MLproject) in a 
 def _matching_run(client: MlflowClient, experiment_id: str, entry_point: str, parameters: dict[str, str]):
     clauses = [f"tags.`{STAGE_TAG}` = '{entry_point}'", "attributes.status = 'FINISHED'"]
     clauses += [f"params.`{k}` = '{v}'" for k, v in parameters.items()]
-    runs = client.search_runs([experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=1
+    )
     return runs[0] if runs else None
 
 
@@ -39,8 +41,13 @@ def run_step(entry_point: str, parameters: dict[str, object], parent_run_id: str
     child = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent_run_id}, run_name=entry_point)
     log.info("step %s: starting run %s", entry_point, child.info.run_id)
     submitted = mlflow.projects.run(
-        str(PROJECT_DIR), entry_point=entry_point, parameters=params, env_manager="local",
-        experiment_id=experiment_id, run_id=child.info.run_id, synchronous=True,
+        str(PROJECT_DIR),
+        entry_point=entry_point,
+        parameters=params,
+        env_manager="local",
+        experiment_id=experiment_id,
+        run_id=child.info.run_id,
+        synchronous=True,
     )
     client.set_tag(parent_run_id, f"brainvq.step.{entry_point}", submitted.run_id)
     return client.get_run(submitted.run_id)
