@@ -61,7 +61,7 @@ class LoopResult(NamedTuple):
     stopped_early: bool  # time budget hit
 
 
-class Model(NamedTuple):
+class TrainSpec(NamedTuple):
     """What one model brings to :func:`fit`; the loop knows nothing else about it."""
 
     kind: str  # checkpoint kind
@@ -78,7 +78,7 @@ class Model(NamedTuple):
 
 
 def fit(
-    spec: Model,
+    spec: TrainSpec,
     model_config,
     train_config,
     n_train: int,

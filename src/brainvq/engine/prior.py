@@ -177,7 +177,7 @@ def fit_prior(
                 "prior/test_nll_bits_uncond": nll_bits(model, test, device=device, shard=True, unconditional=True),
                 **baseline_bits(train, test, model.config.num_embeddings, val)}
 
-    spec = loop.Model(PRIOR_KIND, "prior", build, step, ("loss",), epoch_metrics, evaluate, clip_grad_norm=1.0)
+    spec = loop.TrainSpec(PRIOR_KIND, "prior", build, step, ("loss",), epoch_metrics, evaluate, clip_grad_norm=1.0)
     return loop.fit(spec, model_config, tc, len(train), has_val=val is not None and len(val) > 0,
                     has_test=test is not None and len(test) > 0, checkpoint_dir=checkpoint_dir, resume=resume,
                     extra_checkpoint=extra_checkpoint, tracker=tracker, callbacks=callbacks)

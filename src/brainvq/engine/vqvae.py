@@ -159,7 +159,7 @@ def fit_vqvae(
             ).items()
         }
 
-    spec = loop.Model("vqvae", "vqvae", build, step, ("loss", "recon_loss", "vq_loss"), epoch_metrics, evaluate)
+    spec = loop.TrainSpec("vqvae", "vqvae", build, step, ("loss", "recon_loss", "vq_loss"), epoch_metrics, evaluate)
     result = loop.fit(
         spec,
         model_config,
