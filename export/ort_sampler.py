@@ -211,7 +211,7 @@ class OnnxSampler:
         max_steps: int | None = None,
     ) -> np.ndarray:
         """``(n,h,w)`` int64 codes; same seed, same codes as ``brainvq.sampling.sample_codes`` (fast or naive)."""
-        check_sampling_args(n, temperature, top_k, self.num_embeddings, batch_size, method)
+        check_sampling_args(n, temperature, top_k, self.num_embeddings, batch_size, method, seed)
         u = uniforms(n, self.code_shape, seed)
         out = []
         for s in range(0, n, batch_size):

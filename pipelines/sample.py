@@ -28,7 +28,8 @@ def main(argv=None) -> None:
     from brainvq.sampling.generate import generate
     from brainvq.tracking.runs import PRIOR_STAGE, load_stage_model
 
-    check_sampling_args(args.n, args.temperature, args.top_k, batch_size=args.batch_size)  # before any download
+    # before any download
+    check_sampling_args(args.n, args.temperature, args.top_k, batch_size=args.batch_size, seed=args.seed)
     out = writable_folder(args.out)
     prior, ckpt, _ = load_stage_model(args.prior_run_id, PRIOR_STAGE)
     vqvae, _, _ = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")

@@ -27,8 +27,9 @@ def _codes(n: int = 16) -> CodeSet:
 
 
 @pytest.mark.parametrize("config", [TrainConfig, PriorTrainConfig])
-@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("lr", 0.0), ("max_minutes", -1.0),
-                                         ("max_minutes", float("nan"))])
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("lr", 0.0), ("lr", float("nan")),
+                                         ("max_minutes", -1.0), ("max_minutes", float("nan")),
+                                         ("max_minutes", float("inf")), ("seed", -1)])
 def test_both_training_configs_reject_the_loops_bad_settings(config, field, value):
     with pytest.raises(ValueError, match=field):
         config(**{field: value})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainvq.errors import ConfigError
+from brainvq.errors import ConfigError, ModelFileError
 from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 from brainvq.sampling.torch_sampler import draw, sample_codes
 
@@ -21,8 +21,12 @@ def test_draw_inverse_cdf_and_top_k():
     assert draw(logits, u, temperature=1e-3).tolist() == [3] * 5
     assert draw(logits, u, top_k=1).tolist() == [3] * 5
     assert draw(logits, u).dtype == np.int64
-    with pytest.raises(ConfigError, match="temperature"):
-        draw(logits, u, temperature=0)
+    # never codes from NaN probabilities: a temperature that overflows the logits, or NaN, or a broken prior
+    for bad in (0, float("nan"), float("inf"), 1e-310):
+        with pytest.raises(ConfigError, match="temperature"):
+            draw(logits, u, temperature=bad)
+    with pytest.raises(ModelFileError, match="non-finite logits"):
+        draw(np.full((5, 4), np.nan), u)
 
 
 def test_draw_matches_softmax_frequencies():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,15 +37,17 @@ log = logging.getLogger(__name__)
 
 def check_settings(config) -> None:
     """The loop's own settings, shared by every training config (``epochs``, ``batch_size``, ``lr``,
-    ``max_minutes``): called from their ``__post_init__``, so a bad value fails when the config is built."""
+    ``max_minutes``, ``seed``): called from their ``__post_init__``, so a bad value fails when the config is built."""
     if config.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
     if not config.lr > 0:
         raise ValueError(f"lr must be > 0, got {config.lr}")
-    if not config.max_minutes >= 0:
-        raise ValueError(f"max_minutes must be >= 0 (0 = no limit), got {config.max_minutes}")
+    if not 0 <= config.max_minutes < math.inf:
+        raise ValueError(f"max_minutes must be a finite number >= 0 (0 = no limit), got {config.max_minutes}")
+    if config.seed < 0:  # numpy's generators refuse negative seeds, deep inside the first epoch
+        raise ValueError(f"seed must be >= 0, got {config.seed}")
 
 
 class StepOutput(NamedTuple):

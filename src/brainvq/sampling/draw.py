@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from brainvq.errors import ConfigError
+from brainvq.errors import ConfigError, ModelFileError
 
 # (codes_row (B,w) int64, vcache, labels (B,) int64, row (1,) int64) -> (vrow (w,B,L,2C), vcache)
 RowFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
@@ -24,7 +24,7 @@ FullFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def check_sampling_args(n: int, temperature: float, top_k: int, num_embeddings: int | None = None,
-                        batch_size: int = 1, method: str = "fast") -> None:
+                        batch_size: int = 1, method: str = "fast", seed: int = 0) -> None:
     """The one check of sampling arguments, for the torch sampler, the onnxruntime sampler and both CLIs: a bad value
     is a one-line :class:`ConfigError` naming the parameter, raised before any model runs."""
     if n < 1 or batch_size < 1:
@@ -36,6 +36,8 @@ def check_sampling_args(n: int, temperature: float, top_k: int, num_embeddings: 
         raise ConfigError(f"bad parameter: top_k must be in 0..{upper} (0 = no restriction), got {top_k}")
     if method not in ("fast", "naive"):
         raise ConfigError(f"bad parameter: method must be 'fast' or 'naive', got {method!r}")
+    if seed < 0:  # numpy's generators refuse negative seeds, deep inside the first draw
+        raise ConfigError(f"bad parameter: seed must be >= 0, got {seed}")
 
 
 def uniforms(n: int, code_shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -49,7 +51,14 @@ def draw(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int
     ``logits (B,K)``, ``u (B,)`` in [0, 1) ``-> (B,)`` int64. Deterministic given ``u``.
     """
     check_sampling_args(1, temperature, top_k)
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)  # (B,K)
+    logits = np.asarray(logits, dtype=np.float64)  # (B,K)
+    if not np.isfinite(logits).all():  # never emit codes from NaN probabilities
+        raise ModelFileError("the prior produced non-finite logits: its weights are damaged or it diverged")
+    with np.errstate(over="ignore"):
+        z = logits / float(temperature)  # (B,K)
+    if not np.isfinite(z).all():  # e.g. temperature 1e-310: softmax would be NaN and every code 0
+        raise ConfigError(f"bad parameter: temperature {temperature} is too small (logits / temperature overflow); "
+                          "use 0.01 or more for near-greedy sampling")
     k = z.shape[1]
     if 0 < top_k < k:
         kth = np.partition(z, k - top_k, axis=1)[:, k - top_k, None]  # (B,1): k-th largest

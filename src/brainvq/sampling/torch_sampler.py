@@ -32,9 +32,9 @@ def torch_step_fns(prior):
     return row_fn, step_fn
 
 
-def _check(prior, n: int, labels: np.ndarray, temperature: float, top_k: int, method: str) -> np.ndarray:
+def _check(prior, n: int, labels: np.ndarray, temperature: float, top_k: int, method: str, seed: int) -> np.ndarray:
     cfg = prior.config
-    check_sampling_args(n, temperature, top_k, cfg.num_embeddings, method=method)
+    check_sampling_args(n, temperature, top_k, cfg.num_embeddings, method=method, seed=seed)
     labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), (n,)).copy()
     if not cfg.conditional:
         labels[:] = cfg.null_label  # unconditional priors ignore labels
@@ -53,7 +53,7 @@ def sample_codes(prior, n: int, labels, temperature: float = 1.0, top_k: int = 0
     """
     from tqdm.auto import tqdm
 
-    labels = _check(prior, n, labels, temperature, top_k, method)
+    labels = _check(prior, n, labels, temperature, top_k, method, seed)
     prior.eval()
     cfg = prior.config
     h, _ = cfg.code_shape
