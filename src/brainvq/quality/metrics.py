@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import (
-    multiscale_structural_similarity_index_measure,
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
+
+# torchmetrics is imported where it is used: importing it pulls in scipy.signal and its plotting (~2 s on 2 CPU
+# cores), which every command that never measures an image (a bad-parameter error, sampling, export) would pay.
 
 SIGMA = 1.5
 # scikit-image's window for gaussian weights: 2 * int(truncate * sigma + 0.5) + 1 with truncate = 3.5.
@@ -31,6 +29,8 @@ BRAIN_DILATION = 3
 
 def ssim_map(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """SSIM map ``(B,C,H-10,W-10)`` for images in [0,1], border cropped as scikit-image does."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     _, full = structural_similarity_index_measure(
         pred.float(), target.float(), gaussian_kernel=True, sigma=SIGMA, kernel_size=WIN,
         data_range=1.0, reduction="none", return_full_image=True,
@@ -70,6 +70,8 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB ``(B,)`` for images in [0,1]."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return peak_signal_noise_ratio(
         pred.float(), target.float(), data_range=1.0, reduction="none", dim=(1, 2, 3)
     )
@@ -78,6 +80,8 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image multi-scale SSIM ``(B,)`` (Wang et al. 2003), images in [0,1] and at least 176 px a side
     (torchmetrics checks ``side // 16 > 10`` for 5 scales and an 11-px window)."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
     return multiscale_structural_similarity_index_measure(
         pred.float(), target.float(), data_range=1.0, reduction="none", normalize="relu"
     )
