@@ -11,6 +11,7 @@ cases can run side by side (they are mostly interpreter and torch start-up) with
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,9 @@ CASES = [
     Case("png_zero_byte", _train("zero_byte"), "empty (zero-byte) image file", starts_run=True),
     Case("png_truncated", _train("truncated"), "corrupt or unreadable image file", starts_run=True),
     Case("png_not_an_image", _train("not_image"), "not an image file", starts_run=True),
+    # a few hundred bytes that declare 40,000 x 40,000 pixels: PIL's DecompressionBombError is not an OSError
+    Case("png_decompression_bomb", _train("bomb"), "corrupt or unreadable image file", starts_run=True),
+    Case("png_dangling_symlink", _train("dangling"), "unreadable image file", starts_run=True),
     # parameters
     Case("epochs_negative", _train("data", "--epochs", "-1"), "epochs must be >= 1"),
     Case("n_zero", _sample("onnx", "--n", "0"), "n and batch_size must be >= 1"),
@@ -128,7 +132,25 @@ def _bad_data(root: Path) -> dict[str, Path]:
             good = next((paths[name] / "train" / "AD").glob("*.png")).read_bytes()
             content = good[: len(good) // 2]
         bad.write_bytes(content)
+    paths["bomb"] = write_tiny_adni(root / "bomb", subjects_per_class=1, slices=2)
+    _bomb_png(paths["bomb"] / "train" / "AD" / "trainAD000_009.png", 40_000, 40_000)
+    paths["dangling"] = write_tiny_adni(root / "dangling", subjects_per_class=1, slices=2)
+    (paths["dangling"] / "train" / "AD" / "trainAD000_009.png").symlink_to(root / "moved_away.png")
     return paths
+
+
+def _bomb_png(path: Path, width: int, height: int) -> None:
+    """A valid 1x1 PNG whose header is rewritten to declare ``width`` x ``height`` (CRC fixed up)."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
+    path.write_bytes(bytes(data))
 
 
 def _accepted_data(root: Path) -> Path:

@@ -51,17 +51,17 @@ def cache_root() -> Path:
 def scan_split(root: str | os.PathLike, split: str, skip_bad: bool = False) -> list[Sample]:
     """A split's slices in a deterministic (sorted) order; labels from ``AD``/``NC`` subfolders, or -1 when flat.
 
-    Zero-byte files raise :class:`DataError` (or are dropped with a logged count when ``skip_bad``); corrupt
-    contents are only found when decoding (:func:`load_adni`).
+    Zero-byte and unreadable files raise :class:`DataError` (or are dropped with a logged count when ``skip_bad``);
+    corrupt contents are only found when decoding (:func:`load_adni`).
     """
     samples, empty = _scan(root, split, skip_bad)
     if empty:
-        log.warning("%s: skipped %d zero-byte file(s)", Path(root) / split, empty)
+        log.warning("%s: skipped %d zero-byte or unreadable file(s)", Path(root) / split, empty)
     return samples
 
 
 def _scan(root: str | os.PathLike, split: str, skip_bad: bool) -> tuple[list[Sample], int]:
-    """:func:`scan_split` that returns the number of zero-byte files it dropped instead of logging it."""
+    """:func:`scan_split` that returns the number of zero-byte or unreadable files it dropped instead of logging it."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data_dir does not exist or is not a folder: {root}")
@@ -79,10 +79,22 @@ def _scan(root: str | os.PathLike, split: str, skip_bad: bool) -> tuple[list[Sam
         raise DataError(
             f"no PNG files in {folder} (expected {folder}/AD/*.png and {folder}/NC/*.png, or {folder}/*.png)"
         )
-    empty = {s.path for s in samples if os.stat(s.path).st_size == 0}
-    if empty and not skip_bad:
-        raise DataError(f"empty (zero-byte) image file: {min(empty)}")
-    return [s for s in samples if s.path not in empty], len(empty)
+    sizes = {s.path: _size(s.path) for s in samples}
+    bad = {path for path, size in sizes.items() if size <= 0}
+    if bad and not skip_bad:
+        first = min(bad)
+        if sizes[first] == 0:
+            raise DataError(f"empty (zero-byte) image file: {first}")
+        raise DataError(f"unreadable image file: {first} (a dangling link, or no permission to read it)")
+    return [s for s in samples if s.path not in bad], len(bad)
+
+
+def _size(path: str) -> int:
+    """The file's size in bytes; -1 when it cannot be read (a dangling symlink, a folder without permission)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 def split_by_subject(

@@ -45,7 +45,8 @@ def to_grey_uint8(im: Image.Image) -> tuple[np.ndarray, str]:
 def decode(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray, str]:
     """Read one image as uint8 grey ``size`` (H, W); returns ``(array, kind)`` (see :func:`to_grey_uint8`).
 
-    Raises :class:`DataError` naming the file for a zero-byte, truncated, corrupt or non-image file.
+    Raises :class:`DataError` naming the file for a zero-byte, truncated, corrupt, unreadable or non-image file,
+    whatever exception the image library raises for it (a decompression bomb's is not an ``OSError``).
     """
     path = Path(path)
     try:
@@ -58,7 +59,7 @@ def decode(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray, 
         raise
     except UnidentifiedImageError:
         raise DataError(f"not an image file: {path}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # any failure to decode this one file is a fault of the file
         raise DataError(f"corrupt or unreadable image file: {path} ({one_line(exc) or 'unreadable'})") from None
     if a.ndim != 2:
         raise DataError(f"unexpected image shape {a.shape} in {path}")
