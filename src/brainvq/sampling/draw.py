@@ -52,11 +52,12 @@ def draw(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int
     """
     check_sampling_args(1, temperature, top_k)
     logits = np.asarray(logits, dtype=np.float64)  # (B,K)
-    if not np.isfinite(logits).all():  # never emit codes from NaN probabilities
-        raise ModelFileError("the prior produced non-finite logits: its weights are damaged or it diverged")
     with np.errstate(over="ignore"):
         z = logits / float(temperature)  # (B,K)
-    if not np.isfinite(z).all():  # e.g. temperature 1e-310: softmax would be NaN and every code 0
+    if not np.isfinite(z).all():  # never emit codes from NaN probabilities; one check per code, the cause only then
+        if not np.isfinite(logits).all():
+            raise ModelFileError("the prior produced non-finite logits: its weights are damaged or it diverged")
+        # e.g. temperature 1e-310: softmax would be NaN and every code 0
         raise ConfigError(f"bad parameter: temperature {temperature} is too small (logits / temperature overflow); "
                           "use 0.01 or more for near-greedy sampling")
     k = z.shape[1]

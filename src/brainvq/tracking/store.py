@@ -56,7 +56,7 @@ def scrub(text: str, uri: str | None = None) -> str:
 
 def _reason(exc: BaseException) -> str:
     """A short cause: ``Connection refused`` rather than urllib3's nested repr."""
-    text = " ".join(str(exc).split())
+    text = one_line(exc, limit=None)
     errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
     if errno:
         return errno.group(1).strip()
