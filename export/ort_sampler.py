@@ -257,10 +257,11 @@ def sample_to_pngs(
     provider: str = "auto",
     method: str = "fast",
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """What ``brainvq sample-onnx`` does; returns timings and paths."""
     t0 = time.perf_counter()
-    writable_folder(out)  # before sampling: a bad --out should not cost a sampling run
+    writable_folder(out, overwrite=overwrite)  # before sampling: a bad --out should not cost a sampling run
     sampler = OnnxSampler(resolve_model_dir(model_dir), provider, threads)
     print(sampler.provider_line, flush=True)
     t1 = time.perf_counter()
@@ -268,7 +269,7 @@ def sample_to_pngs(
     t2 = time.perf_counter()
     images = sampler.decode(codes, batch_size)
     t3 = time.perf_counter()
-    paths = write_slices(images, out)
+    paths = write_slices(images, out, overwrite=overwrite)
     return {
         "paths": paths,
         "load_s": t1 - t0,

@@ -54,8 +54,9 @@ def main(argv=None) -> None:
         prior = run_step("train_prior", {"vqvae_run_id": vq.info.run_id, "epochs": args.prior_epochs,
                                          "max_minutes": args.prior_max_minutes, "seed": args.seed}, pid, force)
         exp = run_step("export_onnx", {"vqvae_run_id": vq.info.run_id, "prior_run_id": prior.info.run_id}, pid, force)
+        # outputs/samples is this chain's own folder: each run's samples replace the last run's, whole
         run_step("sample", {"model_dir": f"runs:/{exp.info.run_id}/onnx", "n": 16, "seed": args.seed,
-                            "out": os.path.abspath("outputs/samples")}, pid, True)
+                            "out": os.path.abspath("outputs/samples"), "overwrite": True}, pid, True)
         ev = run_step("evaluate_samples", {"prior_run_id": prior.info.run_id, "n_samples": args.n_samples,
                                            "seed": args.seed, "split": "test"}, pid, force)
         import mlflow

@@ -30,11 +30,11 @@ def main(argv=None) -> None:
 
     # before any download
     check_sampling_args(args.n, args.temperature, args.top_k, batch_size=args.batch_size, seed=args.seed)
-    out = writable_folder(args.out)
+    out = writable_folder(args.out, overwrite=args.overwrite)
     prior, ckpt, _ = load_stage_model(args.prior_run_id, PRIOR_STAGE)
     vqvae, _, _ = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")
     images, _, _ = generate(prior, vqvae, args.n, args.label, args.temperature, args.top_k, args.seed, args.batch_size)
-    pngs = write_slices(images, out)[:-1]  # the slices, then grid.png
+    pngs = write_slices(images, out, overwrite=args.overwrite)[:-1]  # the slices, then grid.png
     print(f"wrote {len(pngs)} slices and grid.png to {out}")
 
 

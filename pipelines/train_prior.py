@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging()
-    from brainvq.cli.configs import prior_configs_from_args
+    from brainvq.cli.configs import prior_configs_from_args, prior_train_config_from_args
     from brainvq.engine import distributed
     from brainvq.engine.common import checkpoint_dir_for
     from brainvq.engine.prior import fit_prior
@@ -32,8 +32,9 @@ def main(argv=None) -> None:
     from brainvq.tracking.codes import logged_codes, prior_codes
     from brainvq.tracking.models import log_prior_run
     from brainvq.tracking.runs import PRIOR_STAGE, load_stage_model
-    from brainvq.tracking.stage import link_resumed_run, stage_run
+    from brainvq.tracking.stage import claim_checkpoint, link_resumed_run, stage_run
 
+    prior_train_config_from_args(args)  # a bad lr or seed is one line before any run is looked up
     distributed.init_from_env(args.device)  # no-op unless launched by torchrun with several processes
     try:
         loaded = {}
@@ -48,6 +49,8 @@ def main(argv=None) -> None:
         model_cfg, train_cfg = prior_configs_from_args(args, vqvae.config)
         params = {**vars(args), "vqvae_run_id": vq_id}
         ckpt_dir = checkpoint_dir_for(PRIOR_KIND, params)
+        # Before the run starts: never overwrite a killed training's checkpoint, never "resume" a finished one.
+        distributed.on_main(lambda: claim_checkpoint(ckpt_dir / "last.pt", PRIOR_KIND, args.resume), share=False)
         if not distributed.is_main():
             # Other torchrun ranks train in lock-step with rank 0 on the codes it logged, but never touch MLflow.
             distributed.on_main(lambda: None, share=False)  # waits for rank 0's codes (or fails with its error)

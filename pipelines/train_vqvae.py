@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     from brainvq.engine.tracker import NullTracker
     from brainvq.stages.vqvae import run_train_vqvae
     from brainvq.tracking.models import log_vqvae_model
-    from brainvq.tracking.stage import link_resumed_run, stage_run
+    from brainvq.tracking.stage import claim_checkpoint, link_resumed_run, stage_run
     from brainvq.tracking.tracker import MlflowTracker
 
     if args.from_study:
@@ -49,6 +49,8 @@ def main(argv=None) -> None:
 
     distributed.init_from_env(args.device)  # no-op unless launched by torchrun with several processes
     try:
+        # Before the run starts: never overwrite a killed training's checkpoint, never "resume" a finished one.
+        distributed.on_main(lambda: claim_checkpoint(ckpt_dir / "last.pt", "vqvae", args.resume), share=False)
         if not distributed.is_main():
             # Other torchrun ranks train in lock-step with rank 0 but never touch MLflow: one run per job.
             train(NullTracker())

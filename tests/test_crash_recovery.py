@@ -132,6 +132,13 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_vqvae(adni, tmp_pat
     # A kill inside atomic_save leaves a partial temp file beside last.pt, never a partial last.pt: plant one.
     partial = ckpt.parent / ".last.pt.k1ll3d.tmp"
     partial.write_bytes(ckpt.read_bytes()[:1000])
+    # The same configuration without resume must not overwrite the killed run's checkpoint, nor start a run.
+    saved = ckpt.read_bytes()
+    assert run_main(main, argv, prog="train_vqvae") == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and "holds epoch 1 of run" in err[0] and "(RUNNING), which did not finish: continue it " \
+        "with resume=true, or delete" in err[0], err
+    assert ckpt.read_bytes() == saved and len(runs("train_vqvae")) == 1
 
     assert run_main(main, argv + ["--resume", "true"]) == 0, capsys.readouterr().err
     assert not partial.exists()  # cleaned up by the next successful save, and never loaded
@@ -145,12 +152,17 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_vqvae(adni, tmp_pat
     assert_same_weights(final["model"], full.model.state_dict())
     check_resumed_run("train_vqvae", ["train/loss", "train/recon_loss", "val/ssim", "val/perplexity"], 3,
                       full.history, "train/images_per_second")
+    # resume continues only a run that did not finish: the resumed run FINISHED, so there is nothing to continue.
+    assert run_main(main, argv + ["--resume", "true"], prog="train_vqvae") == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and "which FINISHED after epoch 3; there is nothing to continue" in err[0], err
+    assert len(runs("train_vqvae")) == 2
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_prior(adni, tmp_path, capsys):
     from brainvq.cli.configs import prior_configs_from_args
     from brainvq.engine.prior import fit_prior
-    from brainvq.pipelines import train_prior, train_vqvae
+    from brainvq.pipelines import cleanup, train_prior, train_vqvae
     from brainvq.tracking.codes import prior_codes
     from brainvq.tracking.runs import load_stage_model
 
@@ -159,6 +171,16 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_prior(adni, tmp_pat
     argv = ["--vqvae_run_id", vq_run.info.run_id, *PRIOR]
     ckpt = kill_mid_epoch_two([sys.executable, "-m", "brainvq.pipelines.train_prior", *argv],
                               ".brainvq/checkpoints/prior-*/last.pt", tmp_path)
+    # The killed process left its run RUNNING: `brainvq cleanup` sees that the process is gone and closes it.
+    (killed,) = runs("train_prior")
+    assert killed.info.status == "RUNNING"
+    assert run_main(cleanup.main, ["--dry_run", "true"]) == 0
+    assert f"run {killed.info.run_id} (train_prior): would close KILLED (its process" in capsys.readouterr().out
+    assert MlflowClient().get_run(killed.info.run_id).info.status == "RUNNING"
+    assert run_main(cleanup.main, []) == 0
+    assert f"run {killed.info.run_id} (train_prior): closed KILLED" in capsys.readouterr().out
+    killed = MlflowClient().get_run(killed.info.run_id)
+    assert killed.info.status == "KILLED" and "brainvq cleanup" in killed.data.tags["brainvq.error"]
 
     assert run_main(train_prior.main, argv + ["--resume", "true"]) == 0, capsys.readouterr().err
     final = load_checkpoint(ckpt, "prior")
@@ -199,6 +221,4 @@ def test_nan_loss_fails_the_run_keeps_the_checkpoint_and_a_truncated_checkpoint_
     err = error_lines(capsys)
     assert len(err) == 1 and "cannot resume" in err[0] and str(ckpt.relative_to(tmp_path)) in err[0], err
     assert ckpt.read_bytes() == data[: len(data) // 2]  # left alone for the user to inspect
-    failed = [r for r in runs("train_vqvae") if r.info.run_id != run.info.run_id]
-    assert len(failed) == 1 and failed[0].info.status == "FAILED"
-    assert "cannot resume" in failed[0].data.tags["brainvq.error"]
+    assert [r.info.run_id for r in runs("train_vqvae")] == [run.info.run_id]  # refused before a run starts

@@ -194,3 +194,147 @@ def test_max_train_images_keeps_whole_subjects_first(tiny_adni):
     idx = cap_by_subject(["a"] * 4 + ["b"] * 4 + ["c"] * 4, 6, seed=0)
     assert len(idx) == 6 and len(set(idx.tolist())) == 6
     assert cap_by_subject(["x"] * 10, 3, seed=1).tolist() == cap_by_subject(["x"] * 10, 3, seed=1).tolist()
+
+
+# ----------------------------------------------------------------------------------- nothing silent (issue 13)
+
+
+def _load_warned(root, **kwargs):
+    """``load_adni`` and the messages of the warnings it gave (every one, not just the first of a kind)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = load_adni(root, image_size=(8, 8), **kwargs)
+    return splits, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def _subjects(folder, names, value=100, dtype=np.uint8, ext=".png"):
+    for name in names:
+        _write(folder / f"{name}_000{ext}", np.full((8, 8), value, dtype))
+
+
+def test_png_extension_in_any_case_is_read_in_sorted_order(tmp_path):
+    for split in ("train", "test"):
+        _write(tmp_path / split / "AD" / f"{split}b_1.PNG", np.full((8, 8), 10, np.uint8))
+        _write(tmp_path / split / "AD" / f"{split}a_1.Png", np.full((8, 8), 20, np.uint8))
+        _write(tmp_path / split / "NC" / f"{split}c_1.png", np.full((8, 8), 30, np.uint8))
+        _write(tmp_path / "flat" / split / "z_0.PNG", np.full((8, 8), 40, np.uint8))
+    samples = scan_split(tmp_path, "train")
+    assert [os.path.basename(s.path) for s in samples] == ["traina_1.Png", "trainb_1.PNG", "trainc_1.png"]
+    assert [s.label for s in samples] == [1, 1, 0]
+    s, messages = _load_warned(tmp_path, val_fraction=0.0)
+    assert len(s.train) == 3 and s.train.images[:, 0, 0].tolist() == [20, 10, 30] and not messages
+    assert len(scan_split(tmp_path / "flat", "test")) == 1  # the flat layout too
+
+
+def test_other_folders_and_files_in_a_split_are_skipped_with_one_warning(tmp_path):
+    for split in ("train", "test"):
+        _subjects(tmp_path / split / "AD", ["ad1", "ad2"])
+        _subjects(tmp_path / split / "NC", ["nc1", "nc2"])
+    _subjects(tmp_path / "train" / "CN", ["cn1", "cn2", "cn3"])  # ADNI's spelling of NC
+    _subjects(tmp_path / "train" / "nc", ["low1"])
+    _subjects(tmp_path / "train" / "MCI", ["mci1", "mci2"])
+    _subjects(tmp_path / "train" / "AD" / "more", ["deep1"])  # a nested folder
+    (tmp_path / "train" / "notes.txt").write_text("scanner notes")
+    (tmp_path / "train" / "AD" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    s, messages = _load_warned(tmp_path, val_fraction=0.0)
+    assert len(s.train) == 4 and sorted(set(s.train.labels.tolist())) == [0, 1]
+    (line,) = [m for m in messages if "skipped" in m]  # one line for the split, none for the clean test split
+    assert line == (f"{tmp_path / 'train'}: skipped 4 folder(s) that are not AD or NC (CN: 3 PNGs, MCI: 2 PNGs, "
+                    "nc: 1 PNGs, …) and 2 non-PNG file(s) (notes.txt, AD/.DS_Store); their 7 PNGs are NOT read "
+                    "(class folders must be named exactly AD and NC)")
+    # the flat layout: only the stray file is named, and nothing says PNGs are lost
+    _write(tmp_path / "flat" / "train" / "s_0.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "flat" / "train" / "labels.csv").write_text("s,AD\n")
+    with pytest.warns(UserWarning, match=r"^\S+/flat/train: skipped 1 non-PNG file\(s\) \(labels.csv\)$"):
+        scan_split(tmp_path / "flat", "train")
+
+
+def test_a_split_with_only_other_class_folders_is_an_error_naming_them(tmp_path):
+    _subjects(tmp_path / "train" / "CN", ["cn1", "cn2"])
+    _subjects(tmp_path / "train" / "MCI", ["m1"])
+    with pytest.raises(DataError) as err:
+        scan_split(tmp_path, "train")
+    msg = str(err.value)
+    assert msg.startswith(f"no PNG files in {tmp_path / 'train'} ") and "\n" not in msg
+    assert msg.endswith("; folder(s) not named AD or NC hold PNGs: CN (2 PNGs), MCI (1 PNGs)")
+
+
+def test_a_split_with_one_class_warns_with_the_count(tmp_path):
+    _subjects(tmp_path / "train" / "AD", ["a1", "a2", "a3"])
+    (tmp_path / "train" / "NC").mkdir()  # present but empty
+    _subjects(tmp_path / "test" / "AD", ["t1"])
+    _subjects(tmp_path / "test" / "NC", ["t2"])
+    _, messages = _load_warned(tmp_path, val_fraction=0.0)
+    assert [m for m in messages if "one class" in m] == [
+        f"{tmp_path / 'train'}: one class only: 3 AD slices and no NC slices"
+    ]
+
+
+def test_an_empty_validation_split_warns_only_when_one_was_asked_for(tmp_path):
+    for split in ("train", "test"):  # one subject per class: no class can give val a subject
+        _subjects(tmp_path / split / "AD", [f"{split}a"])
+        _subjects(tmp_path / split / "NC", [f"{split}n"])
+    s, messages = _load_warned(tmp_path, val_fraction=0.2)
+    assert len(s.val) == 0
+    assert [m for m in messages if "validation" in m] == [
+        f"{tmp_path}: val_fraction=0.2 gave an empty validation split (0 of 2 train slices, from 2 subject(s)): a "
+        "subject is never split, and a class gives val a subject only when it has 2 or more"
+    ]
+    assert not [m for m in _load_warned(tmp_path, val_fraction=0.0)[1] if "validation" in m]
+
+
+def test_subjects_in_both_train_and_test_warn_with_count_and_names(tmp_path):
+    for split in ("train", "test"):
+        _subjects(tmp_path / split / "AD", ["s1", "s2", "s3", "s4", f"{split}only"])
+        _subjects(tmp_path / split / "NC", ["s5"])
+    _, messages = _load_warned(tmp_path, val_fraction=0.0)
+    assert [m for m in messages if "both" in m] == [
+        f"{tmp_path}: 5 subject(s) are in both train and test (s1, s2, s3, …); test scores will be optimistic"
+    ]
+
+
+def test_16bit_images_are_scaled_by_their_effective_bit_depth(tmp_path):
+    # One depth per load: the largest a 16-bit image needs, so a 12-bit export's dim slices (max under 1024) are not
+    # stretched 4x brighter than their neighbours.
+    values = {"b8": 200, "b10": 1000, "b12a": 4000, "b12b": 2048, "blank": 0}
+    for split in ("train", "test"):  # flat, a subject per file: no warning but the conversion's
+        for name, v in values.items():
+            _write(tmp_path / split / f"{name}-{split}_0.png", np.full((8, 8), v, np.uint16))
+    s, messages = _load_warned(tmp_path, val_fraction=0.0)
+    pixel = {os.path.basename(p).split("-")[0]: int(s.train.images[i, 0, 0]) for i, p in enumerate(s.train.paths)}
+    assert pixel == {k: round(v / 4095 * 255) for k, v in values.items()}
+    assert messages == [f"8 16-bit images under {tmp_path} holding 12-bit values were scaled by 4095, not 65535"]
+    eight = tmp_path / "eight"  # 8-bit values in 16-bit files (a converter's habit): as if they were 8-bit
+    for split in ("train", "test"):
+        _write(eight / split / f"a{split}_0.png", np.full((8, 8), 200, np.uint16))
+    s, messages = _load_warned(eight, val_fraction=0.0)
+    assert int(s.train.images[0, 0, 0]) == 200
+    assert messages == [f"2 16-bit images under {eight} holding 8-bit values were scaled by 255, not 65535"]
+    full = tmp_path / "full"  # one full-range image sets the depth of the whole load
+    for split in ("train", "test"):
+        _write(full / split / f"a{split}_0.png", np.full((8, 8), 40000, np.uint16))
+        _write(full / split / f"b{split}_0.png", np.full((8, 8), 1000, np.uint16))
+    s, messages = _load_warned(full, val_fraction=0.0)
+    assert sorted(int(v) for v in s.train.images[:, 0, 0]) == [round(1000 / 65535 * 255), round(40000 / 65535 * 255)]
+    assert messages == []
+    # full-range 16-bit input and colour: the colour line as before, and nothing about 16 bits
+    rgb = tmp_path / "rgb"
+    for split in ("train", "test"):
+        _write(rgb / split / f"deep{split}_0.png", np.full((8, 8), 40000, np.uint16))
+        _write(rgb / split / f"rgb{split}_0.png", np.full((8, 8, 3), 200, np.uint8))
+    assert _load_warned(rgb, val_fraction=0.0)[1] == [f"2 colour (RGB/RGBA) images under {rgb} were converted to grey"]
+
+
+def test_odd_file_names_give_one_line_errors(tmp_path):
+    for split in ("train", "test"):
+        _subjects(tmp_path / split / "NC", ["ok"])
+    (tmp_path / "train" / "NC" / "line\nbreak_0.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"^empty \(zero-byte\) image file: \S+/line\\nbreak_0.png$"):
+        load_adni(tmp_path, image_size=(8, 8))
+    (tmp_path / "train" / "NC" / "line\nbreak_0.png").unlink()
+    undecodable = os.path.join(os.fsencode(tmp_path / "train" / "NC"), b"\xff\xfe_0.png")
+    with open(undecodable, "wb") as fh:
+        fh.write(b"not a png")  # a name that is not UTF-8: the cache key and the message must still cope
+    with pytest.raises(DataError, match=r"^not an image file: \S+/\\udcff\\udcfe_0.png$"):
+        load_adni(tmp_path, image_size=(8, 8))
+    assert len(load_adni(tmp_path, image_size=(8, 8), skip_bad=True, val_fraction=0.0).train) == 1

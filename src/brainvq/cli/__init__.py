@@ -26,6 +26,7 @@ COMMANDS = {
     "tune": ("brainvq.tuning.tune", "Optuna sweep over the VQ-VAE or the prior, tracked in MLflow"),
     "pipeline": ("brainvq.pipelines.main", "run the whole chain (what `mlflow run .` runs)"),
     "register": ("brainvq.pipelines.register", "register finished runs as model versions; move `champion` when better"),
+    "cleanup": ("brainvq.pipelines.cleanup", "close runs that killed processes left RUNNING as KILLED"),
 }
 
 

@@ -13,6 +13,7 @@ import traceback
 from typing import Callable, Sequence
 
 from brainvq.errors import BrainVQError, one_line
+from brainvq.logs import one_line_warnings, quiet_libraries
 
 
 def _flags(name: str) -> list[str]:
@@ -34,6 +35,18 @@ class _StoreWithLegacy(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line like every other error (argparse prints the whole usage first), and a
+    flag is never guessed from its prefix: ``--epoch 3`` is an error, not ``--epochs 3``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def add_param(parser: argparse.ArgumentParser, name: str, aliases: Sequence[str] = (), **kwargs) -> argparse.Action:
     """Add ``--name`` (and ``--name-with-dashes`` when different) with ``dest=name``. Older names in ``aliases`` are
     accepted too, with a one-line deprecation note."""
@@ -52,6 +65,8 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    quiet_libraries()  # after basicConfig: the root handler it creates gets the filter too
+    one_line_warnings()
 
 
 def run_main(
@@ -66,6 +81,8 @@ def run_main(
     from brainvq.tracking.store import apply_http_defaults, scrub
 
     apply_http_defaults()  # a CLI user wants a dead tracking server reported in seconds, not after minutes of retries
+    quiet_libraries()
+    one_line_warnings()
     try:
         fn(argv)
     except BrainVQError as exc:

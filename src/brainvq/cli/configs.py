@@ -58,16 +58,24 @@ def apply_study_best(args: argparse.Namespace, study_name: str, storage: str) ->
     return params
 
 
+def prior_train_config_from_args(args: argparse.Namespace):
+    """``PriorTrainConfig`` from ``train_prior`` arguments: needs no VQ-VAE, so a bad value is reported before the
+    VQ-VAE run is even looked up."""
+    from brainvq.engine.prior import PriorTrainConfig
+
+    int_tuple("dilation_cycle", args.dilation_cycle)
+    return _build(PriorTrainConfig, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  max_minutes=args.max_minutes, device=args.device)
+
+
 def prior_configs_from_args(args: argparse.Namespace, vqvae_config):
     """``(PixelCNNConfig, PriorTrainConfig)`` from ``train_prior`` arguments and the VQ-VAE it models."""
-    from brainvq.engine.prior import PriorTrainConfig
     from brainvq.models.pixelcnn import PixelCNNConfig
 
+    train = prior_train_config_from_args(args)
     model = _build(
         PixelCNNConfig, num_embeddings=vqvae_config.num_embeddings, num_layers=args.num_layers,
         hidden_channels=args.hidden_channels, conditional=args.conditional, code_shape=tuple(vqvae_config.code_shape),
         dilation_cycle=int_tuple("dilation_cycle", args.dilation_cycle),
     )
-    train = _build(PriorTrainConfig, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   max_minutes=args.max_minutes, device=args.device)
     return model, train

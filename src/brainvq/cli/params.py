@@ -75,6 +75,8 @@ EVAL = "brainvq.quality.evaluate:EvalProtocol"
 DATA_DIR = P("data_dir", "str", "", "ADNI-layout root with train/ and test/; empty = the bundled demo set")
 SEED = P("seed", "int", 0, "random seed (runs are deterministic on CPU)")
 DEVICE = P("device", "str", "auto", "auto (cuda, mps, cpu), cpu, cuda or mps")
+OVERWRITE = P("overwrite", "bool", False,
+              "replace an --out folder that holds an earlier run's samples (refused when it holds other files)")
 RESUME = P("resume", "bool", False, "continue from this configuration's last checkpoint (of a run that did not finish)")
 IMAGE_SIZE = P("image_size", "size", (240, 256), "HxW every slice is padded/cropped to")
 VAL_FRACTION = P("val_fraction", "float", 0.2, "share of training subjects held out as the validation split")
@@ -179,6 +181,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("top_k", "int", 0, "keep only the k most likely codes; 0 = all"),
         P("seed", "int", 0, "random seed (same seed, same codes as `brainvq sample`)"),
         P("out", "str", "samples_onnx", "output folder for sample_000.png... and grid.png"),
+        OVERWRITE,
         P("provider", "str", "auto", "onnxruntime execution provider", choices=("auto", "cuda", "cpu")),
         P("method", "str", "fast",
           "fast: cached row/step graphs; naive: full prior.onnx once per code (reference, slow)",
@@ -193,11 +196,17 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("seed", "int", 0, "random seed (same seed, same slices)"),
         P("batch_size", "int", 16, "slices sampled together"),
         P("out", "str", "samples", "output folder for PNGs and grid.png"),
+        OVERWRITE,
     )),
     EntryPoint("", "brainvq register", "pipelines/register.py", (
         P("vqvae_run_id", "str", "", "train_vqvae run ID or latest; empty = skip"),
         P("prior_run_id", "str", "", "train_prior run ID or latest; empty = skip", aliases=("pixelcnn_run_id",)),
         P("export_run_id", "str", "", "export_onnx run ID or latest; empty = skip"),
+    )),
+    EntryPoint("", "brainvq cleanup", "pipelines/cleanup.py", (
+        P("older_than_hours", "float", 0.0,
+          "also close RUNNING runs of other hosts started this long ago; 0 = only runs whose process here is gone"),
+        P("dry_run", "bool", False, "list what would be closed, change nothing"),
     )),
     EntryPoint("tune", "brainvq tune", "tuning/tune.py", (
         P("stage", "str", "vqvae", "what to tune", choices=("vqvae", "prior")),
@@ -238,10 +247,10 @@ def entry_point(command: str) -> EntryPoint:
 
 def build_parser(command: str, description: str | None) -> argparse.ArgumentParser:
     """The argparse parser of an entry point, from the table."""
-    from brainvq.cli.args import add_param
+    from brainvq.cli.args import OneLineParser, add_param
 
     e = entry_point(command)
-    p = argparse.ArgumentParser(prog=e.prog, description=description,
+    p = OneLineParser(prog=e.prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for prm in e.params:
         kw = {"default": prm.default, "help": prm.help, "type": KINDS[prm.kind]}

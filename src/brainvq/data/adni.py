@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from brainvq.data.images import decode, warn_conversions
+from brainvq.data.images import decode, shown, warn_conversions, warn_data
 from brainvq.data.labels import CLASSES, UNLABELLED
-from brainvq.errors import DataError
+from brainvq.errors import DataError, one_line
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1  # bump when the cache layout changes: part of the key
+CACHE_FORMAT = 2  # bump when the cache layout or the decoding changes: part of the key (2: 16-bit depths)
+NAMED = 3  # files and folders a warning or error names before "…"
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,10 @@ def cache_root() -> Path:
 def scan_split(root: str | os.PathLike, split: str, skip_bad: bool = False) -> list[Sample]:
     """A split's slices in a deterministic (sorted) order; labels from ``AD``/``NC`` subfolders, or -1 when flat.
 
-    Zero-byte and unreadable files raise :class:`DataError` (or are dropped with a logged count when ``skip_bad``);
-    corrupt contents are only found when decoding (:func:`load_adni`).
+    ``.png`` is matched in any case. Everything else in the split (other folders such as ``CN`` or ``MCI``, nested
+    folders, non-PNG files) is skipped with one warning that counts and names it. Zero-byte and unreadable files
+    raise :class:`DataError` (or are dropped with a logged count when ``skip_bad``); corrupt contents are only found
+    when decoding (:func:`load_adni`).
     """
     samples, empty = _scan(root, split, skip_bad)
     if empty:
@@ -60,33 +63,97 @@ def scan_split(root: str | os.PathLike, split: str, skip_bad: bool = False) -> l
     return samples
 
 
+def _is_png(name: str) -> bool:
+    """Exports from Windows tools and scanners write ``.PNG``: the extension is matched in any case."""
+    return name.lower().endswith(".png")
+
+
+def _entries(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """``(PNG files, folders, other files)`` directly in ``folder``, each sorted by name (a deterministic order).
+
+    A folder named ``x.png`` is a folder; a dangling link or a link loop named ``x.png`` is a PNG file, so that it is
+    reported as unreadable rather than skipped.
+    """
+    try:
+        with os.scandir(folder) as it:
+            names = sorted((e.name, _is_dir(e)) for e in it)
+    except OSError as exc:
+        raise DataError(f"cannot read folder {shown(folder)} ({exc.strerror or one_line(exc)})") from None
+    pngs, dirs, other = [], [], []
+    for name, is_dir in names:
+        (dirs if is_dir else pngs if _is_png(name) else other).append(folder / name)
+    return pngs, dirs, other
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links: a link to a class folder is that class folder
+    except OSError:  # a link loop
+        return False
+
+
+def _pngs_under(folder: Path) -> int:
+    """PNG files anywhere under ``folder`` (links not followed, so a link loop cannot hang the count)."""
+    return sum(_is_png(f) for _, _, files in os.walk(folder) for f in files)
+
+
+def _few(names: Sequence[str]) -> str:
+    return ", ".join(names[:NAMED]) + (", …" if len(names) > NAMED else "")
+
+
 def _scan(root: str | os.PathLike, split: str, skip_bad: bool) -> tuple[list[Sample], int]:
     """:func:`scan_split` that returns the number of zero-byte or unreadable files it dropped instead of logging it."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"data_dir does not exist or is not a folder: {root}")
+        raise DataError(f"data_dir does not exist or is not a folder: {shown(root)}")
     folder = root / split
     if not folder.is_dir():
-        raise DataError(f"missing split folder {folder} (expected {root}/train and {root}/test)")
-    labelled = [Sample(str(p), label, subject_of(p))
-                for name, label in sorted(CLASSES.items()) if (folder / name).is_dir()
-                for p in sorted((folder / name).glob("*.png"))]
-    flat = [Sample(str(p), UNLABELLED, subject_of(p)) for p in sorted(folder.glob("*.png"))]
+        raise DataError(f"missing split folder {shown(folder)} (expected {shown(root)}/train and {shown(root)}/test)")
+    pngs, dirs, other = _entries(folder)
+    labelled: list[Sample] = []
+    skipped_dirs = [d for d in dirs if d.name not in CLASSES]
+    for name, label in sorted(CLASSES.items()):
+        if (folder / name) in dirs:
+            files, nested, extra = _entries(folder / name)
+            labelled += [Sample(str(p), label, subject_of(p)) for p in files]
+            skipped_dirs += nested
+            other += extra
+    flat = [Sample(str(p), UNLABELLED, subject_of(p)) for p in pngs]
     if labelled and flat:
-        raise DataError(f"{folder} mixes AD/NC subfolders with loose PNG files; use one layout")
+        raise DataError(f"{shown(folder)} mixes AD/NC subfolders with loose PNG files; use one layout")
     samples = labelled or flat
+    held = {d: _pngs_under(d) for d in skipped_dirs}
     if not samples:
-        raise DataError(
-            f"no PNG files in {folder} (expected {folder}/AD/*.png and {folder}/NC/*.png, or {folder}/*.png)"
+        found = [f"{shown(d.relative_to(folder))} ({n} PNGs)" for d, n in held.items() if n]
+        raise DataError(  # the folder named once: a long path must not make the line unreadable
+            f"no PNG files in {shown(folder)} (expected AD/*.png and NC/*.png in it, or *.png)"
+            + (f"; folder(s) not named AD or NC hold PNGs: {_few(found)}" if found else "")
         )
+    _warn_skipped(folder, held, other)
     sizes = {s.path: _size(s.path) for s in samples}
     bad = {path for path, size in sizes.items() if size <= 0}
     if bad and not skip_bad:
         first = min(bad)
         if sizes[first] == 0:
-            raise DataError(f"empty (zero-byte) image file: {first}")
-        raise DataError(f"unreadable image file: {first} (a dangling link, or no permission to read it)")
+            raise DataError(f"empty (zero-byte) image file: {shown(first)}")
+        raise DataError(f"unreadable image file: {shown(first)} (a dangling link, or no permission to read it)")
     return [s for s in samples if s.path not in bad], len(bad)
+
+
+def _warn_skipped(folder: Path, held: dict[Path, int], other: list[Path]) -> None:
+    """One warning for everything in a split that is not read: folders (with the PNGs they hold) and non-PNG files."""
+    parts = []
+    if held:
+        named = [f"{shown(d.relative_to(folder))}: {n} PNGs" for d, n in held.items()]
+        parts.append(f"{len(held)} folder(s) that are not AD or NC ({_few(named)})")
+    if other:
+        parts.append(f"{len(other)} non-PNG file(s) ({_few([shown(f.relative_to(folder)) for f in other])})")
+    if not parts:
+        return
+    ignored = sum(held.values())
+    # a class folder spelt CN or nc must not leave training on AD alone without saying so
+    loud = f"; their {ignored} PNGs are NOT read (class folders must be named exactly AD and NC)" if ignored else ""
+    warn_data(f"{shown(folder)}: skipped {' and '.join(parts)}{loud}", stacklevel=4)
 
 
 def _size(path: str) -> int:
@@ -222,7 +289,7 @@ def _cache_key(samples: list[Sample], size: tuple[int, int]) -> str:
     h = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "size": list(size)}).encode())
     for s in samples:
         st = os.stat(s.path)
-        h.update(f"{s.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(os.fsencode(s.path) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())  # any file name
     return h.hexdigest()[:24]
 
 
@@ -234,6 +301,7 @@ def _decode_all(samples: list[Sample], size: tuple[int, int], desc: str) -> tupl
     """Decode every sample into ``(N, H, W)`` uint8; returns it, the indices of bad files and counts per kind."""
     out = np.zeros((len(samples), *size), dtype=np.uint8)
     kinds: dict[str, int] = {}
+    per_image: dict[int, str] = {}
     bad: list[tuple[int, str]] = []
 
     def one(i: int) -> tuple[int, str | None, str | None]:
@@ -249,11 +317,29 @@ def _decode_all(samples: list[Sample], size: tuple[int, int], desc: str) -> tupl
             pool.map(one, range(len(samples))), total=len(samples), desc=desc, unit="img", leave=False
         ):
             if err is None:
-                kinds[kind] = kinds.get(kind, 0) + 1
+                per_image[i] = kind
             else:
                 bad.append((i, err))
+    _one_depth_per_load(out, per_image)
+    for kind in per_image.values():
+        kinds[kind] = kinds.get(kind, 0) + 1
     bad.sort()
     return out, bad, kinds
+
+
+def _one_depth_per_load(out: np.ndarray, per_image: dict[int, str]) -> None:
+    """Rescale 16-bit images to the largest bit depth among them, in place: a 12-bit export's darkest slices (max
+    under 1024) would otherwise be stretched by 1023 instead of 4095, 4x brighter than their neighbours."""
+    depths = {i: 16 if k == "16bit" else int(k[6:]) for i, k in per_image.items()
+              if k == "16bit" or k[6:].isdigit()}  # "16bit:12"; a blank image is black at any depth
+    if len(set(depths.values())) < 2:
+        return
+    top = max(depths.values())
+    for i, bits in depths.items():
+        if bits < top:
+            ratio = (2**bits - 1) / (2**top - 1)
+            out[i] = (out[i].astype(np.float32) * ratio + 0.5).astype(np.uint8)
+            per_image[i] = "16bit" if top == 16 else f"16bit:{top}"
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -296,11 +382,23 @@ def _open_split(
     if meta["bad"] and not skip_bad:
         raise DataError(meta["bad"][0])  # names the file; skip_bad=true skips such files instead
     if not meta["keep"]:
-        raise DataError(f"no readable images in {Path(root) / split}")
+        raise DataError(f"no readable images in {shown(Path(root) / split)}")
     images = np.load(img_path, mmap_mode="r", allow_pickle=False)  # (N, H, W) uint8, pages read on demand
     kept = [samples[i] for i in meta["keep"]]
     ds = SliceDataset(images, [s.label for s in kept], [s.subject for s in kept], [s.path for s in kept])
+    _warn_one_class(ds.labels, Path(root) / split)
     return ds, empty + len(meta["bad"]), meta["kinds"]
+
+
+def _warn_one_class(labels: np.ndarray, folder: Path) -> None:
+    """A labelled split whose slices are all AD or all NC: a classifier or a conditional prior learns one class."""
+    present = set(labels.tolist()) - {UNLABELLED}
+    if len(present) == 1:
+        (label,) = present
+        name = {v: k for k, v in CLASSES.items()}
+        missing = " or ".join(k for k, v in sorted(CLASSES.items()) if v != label)
+        warn_data(f"{shown(folder)}: one class only: {len(labels)} {name[label]} slices and no {missing} slices",
+                  stacklevel=4)
 
 
 def load_split(
@@ -337,11 +435,19 @@ def load_adni(
     size = tuple(int(s) for s in image_size)
     train_all, skipped_tr, kinds_tr = _open_split(root, "train", size, skip_bad, cache_dir)
     test, skipped_te, kinds_te = _open_split(root, "test", size, skip_bad, cache_dir)
-    warn_conversions({"rgb": kinds_tr.get("rgb", 0) + kinds_te.get("rgb", 0)}, root)  # once per load, not per file
+    warn_conversions({k: kinds_tr.get(k, 0) + kinds_te.get(k, 0) for k in {*kinds_tr, *kinds_te}}, root)  # once
     skipped = skipped_tr + skipped_te
     if skipped:
         log.warning("%s: skipped %d unreadable file(s) (skip_bad=true)", root, skipped)
+    both = sorted(set(train_all.subjects) & set(test.subjects))
+    if both:  # the same subject id in both splits: test slices are not held out from training
+        warn_data(f"{shown(root)}: {len(both)} subject(s) are in both train and test "
+                  f"({_few([shown(s) for s in both])}); test scores will be optimistic")
     tr_idx, val_idx = split_by_subject(train_all.subjects, val_fraction, seed, train_all.labels)
+    if val_fraction > 0 and len(val_idx) == 0:
+        warn_data(f"{shown(root)}: val_fraction={val_fraction} gave an empty validation split (0 of "
+                  f"{len(train_all)} train slices, from {len(set(train_all.subjects))} subject(s)): a subject is "
+                  "never split, and a class gives val a subject only when it has 2 or more")
     if 0 < max_train_images < len(tr_idx):
         tr_idx = tr_idx[cap_by_subject([train_all.subjects[i] for i in tr_idx], int(max_train_images), seed)]
     return ADNISplits(train_all.subset(tr_idx), train_all.subset(val_idx), test, str(root), skipped)

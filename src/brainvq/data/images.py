@@ -17,6 +17,7 @@ from brainvq.errors import ConfigError, DataError, one_line
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes for 16-bit PNGs (newer PIL reads them as "I")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+SIXTEEN_BIT_DEPTHS = (8, 10, 12, 16)  # the bit depths a 16-bit PNG's values are scaled by (see effective_bits)
 
 
 def fit(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -31,15 +32,33 @@ def fit(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def to_grey_uint8(im: Image.Image) -> tuple[np.ndarray, str]:
-    """A loaded PIL image as uint8 ``(h, w)`` and its kind: ``grey``, ``rgb`` (converted) or ``16bit`` (scaled)."""
+    """A loaded PIL image as uint8 ``(h, w)`` and its kind: ``grey``, ``rgb`` (converted), ``16bit`` (scaled by the
+    16-bit range), ``16bit:<bits>`` (a 16-bit file holding 8/10/12-bit values, scaled by that range; the loader
+    then brings a load's 16-bit images to one depth) or ``16bit:blank`` (all zero)."""
     if im.mode in SIXTEEN_BIT_MODES:
-        a = np.asarray(im, dtype=np.float64) / 65535.0  # [0, 1] by the 16-bit range, whatever the image's max
-        return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8), "16bit"
+        a = np.asarray(im)
+        bits = effective_bits(int(a.max()) if a.size else 0)
+        # Scanners and converters store 8/10/12-bit data in 16-bit PNGs; /65535 would make those slices near black.
+        scaled = np.asarray(a, dtype=np.float64) / (2**bits - 1)
+        kind = "16bit" if bits == 16 else f"16bit:{bits}" if a.any() else "16bit:blank"  # black at any depth
+        return (np.clip(scaled, 0, 1) * 255 + 0.5).astype(np.uint8), kind
     if im.mode in COLOUR_MODES:
         return np.asarray(im.convert("L"), dtype=np.uint8), "rgb"  # ITU-R 601 luma
     if im.mode == "F":
-        return (np.clip(np.asarray(im, dtype=np.float64), 0, 1) * 255 + 0.5).astype(np.uint8), "grey"
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64))  # a float TIFF named .png may hold NaN
+        return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8), "grey"
     return np.asarray(im.convert("L"), dtype=np.uint8), "grey"  # L, LA (alpha dropped), P, 1
+
+
+def effective_bits(top: int) -> int:
+    """The smallest of 8, 10, 12 and 16 bits whose range holds ``top`` (a 16-bit image's largest value)."""
+    return next((bits for bits in SIXTEEN_BIT_DEPTHS if top <= 2**bits - 1), 16)
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as it can be printed on one line: control characters and undecodable bytes (a non-UTF-8 file name)
+    escaped as ``\\n``, ``\\udcff``; everything else, spaces and non-ASCII letters included, as it is."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in os.fspath(path))
 
 
 def decode(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray, str]:
@@ -51,26 +70,40 @@ def decode(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray, 
     path = Path(path)
     try:
         if path.stat().st_size == 0:
-            raise DataError(f"empty (zero-byte) image file: {path}")
+            raise DataError(f"empty (zero-byte) image file: {shown(path)}")
         with Image.open(path) as im:
             im.load()  # decode now: a truncated file fails here, not later in a worker
             a, kind = to_grey_uint8(im)
     except DataError:
         raise
     except UnidentifiedImageError:
-        raise DataError(f"not an image file: {path}") from None
+        raise DataError(f"not an image file: {shown(path)}") from None
     except Exception as exc:  # any failure to decode this one file is a fault of the file
-        raise DataError(f"corrupt or unreadable image file: {path} ({one_line(exc) or 'unreadable'})") from None
+        raise DataError(f"corrupt or unreadable image file: {shown(path)} ({one_line(exc) or 'unreadable'})") from None
     if a.ndim != 2:
-        raise DataError(f"unexpected image shape {a.shape} in {path}")
+        raise DataError(f"unexpected image shape {a.shape} in {shown(path)}")
     return fit(a, size), kind
 
 
 def warn_conversions(kinds: dict[str, int], where: str | os.PathLike) -> None:
-    """One warning per load for colour inputs, with their count (16-bit input is expected and only scaled)."""
+    """One warning per load for converted inputs, with their counts: colour images made grey, and 16-bit images
+    holding 8/10/12-bit values scaled by that range (full-range 16-bit input is expected and only scaled)."""
+    parts = []
+    under = f" under {shown(where)}"  # named once, in the first part
     if kinds.get("rgb"):
-        warnings.warn(f"{kinds['rgb']} colour (RGB/RGBA) images under {where} were converted to grey",
-                      UserWarning, stacklevel=3)
+        parts.append(f"{kinds['rgb']} colour (RGB/RGBA) images{under} were converted to grey")
+    for bits in SIXTEEN_BIT_DEPTHS[:-1]:
+        if kinds.get(f"16bit:{bits}"):
+            parts.append(f"{kinds[f'16bit:{bits}']} 16-bit images{'' if parts else under} holding {bits}-bit values "
+                         f"were scaled by {2**bits - 1}, not 65535")
+    if parts:
+        warn_data("; ".join(parts), stacklevel=3)
+
+
+def warn_data(message: str, stacklevel: int = 2) -> None:
+    """The one way the data readers warn about their input: a one-line ``UserWarning`` (name paths with
+    :func:`shown`). ``stacklevel`` counts from the caller of this function, as for :func:`warnings.warn`."""
+    warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -105,30 +138,69 @@ def save_grid(rows: Sequence[np.ndarray], path: str | Path) -> Path:
 
 
 
-def writable_folder(path: str | os.PathLike, name: str = "out") -> Path:
-    """Create ``path`` if needed and check that it takes files; a one-line ``ConfigError`` naming ``name`` otherwise.
-    Call it before sampling: a bad output folder should not cost a sampling run."""
+SAMPLE_FILES = ("sample_*.png", "grid.png")  # what write_slices writes; --overwrite replaces only such folders
+
+
+def writable_folder(path: str | os.PathLike, name: str = "out", overwrite: bool = False) -> Path:
+    """Check, before sampling, that the samples can go to ``path``: its parent takes files, and ``path`` is new or
+    empty, or (``overwrite``) holds only an earlier run's samples. A one-line ``ConfigError`` naming ``name``
+    otherwise: a bad output folder should not cost a sampling run, and one run's files never mix with another's."""
     out = Path(path)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        if not os.access(out, os.W_OK | os.X_OK):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     except OSError as exc:
         raise ConfigError(f"{name}: cannot write samples to {out} ({exc.strerror or exc})") from None
+    foreign = [f for f in held if not any(Path(f).match(pattern) for pattern in SAMPLE_FILES)]
+    if foreign:
+        shown_names = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise ConfigError(f"{name}: {out} holds other files ({shown_names}); choose an empty or new folder")
+    if held and not overwrite:
+        raise ConfigError(f"{name}: {out} already holds {len(held)} files of an earlier run; pass --overwrite true "
+                          f"to replace them, or choose a new folder")
     return out
 
 
-def write_slices(images: np.ndarray, out_dir: str | os.PathLike) -> list[Path]:
+def write_slices(images: np.ndarray, out_dir: str | os.PathLike, overwrite: bool = False) -> list[Path]:
     """``sample_000.png``, ... and ``grid.png`` (a near-square contact sheet) from ``(N,1,H,W)`` or ``(N,H,W)``
-    slices (floats in [0,1] or uint8); returns the paths, the grid last."""
-    out = writable_folder(out_dir)
+    slices (floats in [0,1] or uint8); returns the paths, the grid last.
+
+    All or nothing: the files are written into a hidden folder beside ``out_dir`` that then takes its place in one
+    rename, so a reader (or an artifact upload) sees either the earlier samples or these, never a mix or a half;
+    a command that filled ``out_dir`` in the meantime makes this one fail rather than mix its files in.
+    """
+    import errno
+    import shutil
+    import tempfile
+
+    out = writable_folder(out_dir, overwrite=overwrite)
     pixels = images if images.dtype == np.uint8 and images.ndim == 3 else to_uint8(images)  # (N,H,W)
     cols = math.ceil(math.sqrt(len(pixels)))
-    paths = [out / f"sample_{i:03d}.png" for i in range(len(pixels))]
+    names = [f"sample_{i:03d}.png" for i in range(len(pixels))] + ["grid.png"]
+    staged = old = None
     try:
-        for path, img in zip(paths, pixels):
-            Image.fromarray(img, mode="L").save(path)
-        paths.append(save_grid([pixels[i : i + cols] for i in range(0, len(pixels), cols)], out / "grid.png"))
-    except OSError as exc:  # disk full, folder removed while sampling
-        raise ConfigError(f"out: cannot write samples to {out} ({exc.strerror or exc})") from None
-    return paths
+        staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        for name, img in zip(names, pixels):
+            Image.fromarray(img, mode="L").save(staged / name)
+        save_grid([pixels[i : i + cols] for i in range(0, len(pixels), cols)], staged / "grid.png")
+        if overwrite and out.is_dir() and any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old)  # over the empty placeholder; then the new folder takes the name
+        os.replace(staged, out)  # over a missing or empty folder only: a folder filled meanwhile fails (ENOTEMPTY)
+        staged = None
+    except OSError as exc:  # disk full, folder removed or filled by another command while sampling
+        if old is not None and not out.exists():
+            os.replace(old, out)  # put the earlier samples back
+            old = None
+        filled = exc.errno in (errno.ENOTEMPTY, errno.EEXIST)
+        why = "another command wrote to it while this one sampled" if filled else (exc.strerror or str(exc))
+        raise ConfigError(f"out: cannot write samples to {out} ({why}); nothing was written") from None
+    finally:
+        for leftover in (staged, old):
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
+    return [out / name for name in names]

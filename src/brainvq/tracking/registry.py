@@ -24,7 +24,14 @@ are compared on it only when both were scored under the same protocol.
 
 Every version carries its ranking metrics and source run IDs as tags. A run is registered only when it is FINISHED,
 at most once per registered model (registering it again reuses its version), and all runs of a pipeline are checked
-before the first version is created. A failed creation is rolled back and reported in one line.
+before the first version is created.
+
+Registering is all or nothing, in three phases: (1) create (or reuse) every version, (2) decide every promotion
+against the champions as they are before any alias moves, (3) move the ``champion`` aliases. When any step fails (a
+locked or unreachable store), everything this call wrote is rolled back: moved aliases go back to their previous
+version (or are deleted when there was none), refreshed tags get their old values, versions created now are deleted
+and so are registered models created now once empty; a reused version is never deleted. The error is one line that
+names the failed step; if the roll-back fails too, the line lists what is left to fix by hand.
 """
 
 from __future__ import annotations
@@ -157,46 +164,181 @@ def plan_run(kind: str, run_id: str) -> Plan:
     return plan
 
 
-def _existing_version(client, name: str, run_id: str):
-    versions = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-                if v.status == "READY"]
-    return min(versions, key=lambda v: int(v.version)) if versions else None
+def _cause(exc: BaseException) -> str:
+    """One line for a failed store call: a database error without the SQL statement and parameters SQLAlchemy
+    appends (``(sqlite3.OperationalError) database is locked``)."""
+    return one_line(one_line(exc, limit=None).split(" [SQL: ", 1)[0])
 
 
-def _create_version(client, plan: Plan):
-    """Create the version with its tags in one call; on any failure remove what was created and raise."""
-    from mlflow.exceptions import MlflowException
+def _run_versions(client, name: str, run_id: str) -> list:
+    return list(client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"))
 
-    name = plan.spec.name
-    created_model = False
-    try:  # create-or-accept rather than get-then-create: two pipelines may register the first version at once
-        description = f"brainvq {plan.spec.stage} models (see brainvq.tracking.registry)"
-        client.create_registered_model(name, description=description)
-        created_model = True
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise RegistryError(f"cannot create registered model {name} ({one_line(exc)})") from None
-    try:
-        mv = client.create_model_version(name, plan.source, run_id=plan.run_id, tags=plan.tags, model_id=plan.model_id)
+
+class _Registrar:
+    """One all-or-nothing registration: every write is remembered so that :meth:`roll_back` can take it back.
+
+    ``step`` names the write under way (for the error line). Only what this call created or changed is undone: a
+    reused version (a rerun) stays, and so does a registered model that existed before.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self.step = "starting"
+        self.models: list[str] = []  # registered models created by this call
+        self.versions: list[tuple[str, str]] = []  # (name, version) created by this call
+        self.pending: tuple[str, str, set[str]] | None = None  # a creation that raised: (name, run, versions before)
+        self.tags: list[tuple[str, str, str, str | None]] = []  # (name, version, key, value before or None)
+        self.aliases: list[tuple[str, str | None]] = []  # (name, champion before or None), recorded before the move
+
+    # phase 1 -------------------------------------------------------------------------------------------------------
+    def version(self, plan: Plan):
+        """Reuse the run's READY version (refreshing its tags: metrics such as C2ST arrive later) or create one."""
+        client, name = self.client, plan.spec.name
+        self.step = f"looking up {name} versions of run {plan.run_id}"
+        before = _run_versions(client, name, plan.run_id)
+        ready = [v for v in before if v.status == "READY"]
+        if ready:  # a rerun of a cached pipeline: the same version
+            mv = min(ready, key=lambda v: int(v.version))
+            self.step = f"refreshing the tags of {name} version {mv.version}"
+            for key, value in plan.tags.items():
+                if mv.tags.get(key) != value:
+                    self.tags.append((name, str(mv.version), key, mv.tags.get(key)))
+                    client.set_model_version_tag(name, mv.version, key, value)
+            return mv
+        self.step = f"creating registered model {name}"
+        self._create_model(plan)
+        self.step = f"creating the {name} version of run {plan.run_id}"
+        self.pending = (name, plan.run_id, {str(v.version) for v in before})
+        mv = client.create_model_version(name, plan.source, run_id=plan.run_id, tags=plan.tags,
+                                         model_id=plan.model_id)
+        self.pending = None
+        self.versions.append((name, str(mv.version)))  # stores differ: some return versions as int
         if mv.status != "READY":
             raise RegistryError(f"version {mv.version} ended {mv.status} ({mv.status_message or 'no message'})")
         return mv
-    except Exception as exc:
-        _roll_back(client, name, plan.run_id, created_model)
-        raise RegistryError(
-            f"registering run {plan.run_id} as {name} failed ({one_line(exc)}); nothing was registered"
-        ) from None
+
+    def _create_model(self, plan: Plan) -> None:
+        from mlflow.exceptions import MlflowException
+
+        # create-or-accept rather than get-then-create: two pipelines may register the first version at once
+        try:
+            self.client.create_registered_model(
+                plan.spec.name, description=f"brainvq {plan.spec.stage} models (see brainvq.tracking.registry)")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return
+        self.models.append(plan.spec.name)
+
+    # phase 2 -------------------------------------------------------------------------------------------------------
+    def decide(self, plan: Plan, mv) -> tuple[Registration, str | None]:
+        """Does the version beat the current champion? Reads only; returns the outcome and the champion before."""
+        client, name, version = self.client, plan.spec.name, str(mv.version)
+        self.step = f"reading the {CHAMPION} of {name}"
+        current = client.get_registered_model(name).aliases.get(CHAMPION)
+        current = None if current is None else str(current)
+        if current == version:
+            return Registration(name, version, plan.run_id, version, False, f"already {CHAMPION}"), current
+        if current is None:
+            return Registration(name, version, plan.run_id, version, True, f"first version: now {CHAMPION}"), None
+        self.step = f"ranking {name} version {version} against {CHAMPION} version {current}"
+        champion = client.get_model_version(name, current)
+        # plan.tags: what the new version carries; the champion's figures are re-read from its runs by today's rules
+        better, why = compare(plan.tags, _champion_figures(plan.spec, champion), plan.spec.criteria)
+        if better:
+            return Registration(name, version, plan.run_id, version, True, f"now {CHAMPION} ({why})"), current
+        reason = f"{CHAMPION} stays version {current} ({why})"
+        return Registration(name, version, plan.run_id, current, False, reason), current
+
+    # phase 3 -------------------------------------------------------------------------------------------------------
+    def move(self, reg: Registration, previous: str | None) -> None:
+        self.step = f"moving {reg.name}@{CHAMPION} to version {reg.version}"
+        self.aliases.append((reg.name, previous))  # before the call: a failed move may still have landed
+        self.client.set_registered_model_alias(reg.name, CHAMPION, reg.version)
+
+    # roll-back -----------------------------------------------------------------------------------------------------
+    def roll_back(self) -> tuple[list[str], str]:
+        """Undo every write of this call, newest first, each on its own: aliases back to where they were, refreshed
+        tags back, created versions deleted, created registered models deleted when empty. Returns what is left
+        (as what to do by hand) and the first roll-back error."""
+        left: list[str] = []
+        errors: list[str] = []
+
+        def attempt(undo, todo: str) -> bool:
+            try:
+                undo()
+                return True
+            except Exception as exc:  # the store itself may be what failed: go on, and say what is left
+                log.debug("roll-back step failed: %s", todo, exc_info=True)
+                errors.append(_cause(exc))
+                left.append(todo)
+                return False
+
+        client = self.client
+        for name, previous in reversed(self.aliases):
+            if previous is None:
+                attempt(lambda n=name: client.delete_registered_model_alias(n, CHAMPION), f"delete {name}@{CHAMPION}")
+            else:
+                attempt(lambda n=name, p=previous: client.set_registered_model_alias(n, CHAMPION, p),
+                        f"set {name}@{CHAMPION} back to version {previous}")
+        for name, version, key, value in reversed(self.tags):
+            if value is None:
+                attempt(lambda n=name, v=version, k=key: client.delete_model_version_tag(n, v, k),
+                        f"delete tag {key} of {name} version {version}")
+            else:
+                attempt(lambda n=name, v=version, k=key, x=value: client.set_model_version_tag(n, v, k, x),
+                        f"set tag {key} of {name} version {version} back to {value}")
+        if self.pending is not None:  # the creation raised: it may still have made a version (a lost reply)
+            name, run_id, before = self.pending
+
+            def delete_new(n=name, r=run_id, b=before):
+                for v in _run_versions(client, n, r):
+                    if str(v.version) not in b:
+                        self.versions.append((n, str(v.version)))
+
+            attempt(delete_new, f"delete any {name} version of run {run_id} made now")
+        for name, version in reversed(self.versions):
+            attempt(lambda n=name, v=version: client.delete_model_version(n, v), f"delete {name} version {version}")
+        for name in reversed(self.models):
+            mine = {v for n, v in self.versions if n == name}
+
+            def drop_if_ours(n=name, mine=mine):
+                remaining = {str(v.version) for v in client.search_model_versions(f"name = '{n}'")}
+                if remaining <= mine:  # empty, or only our versions whose deletion failed (deleting the model
+                    client.delete_registered_model(n)  # removes them too); another registrant's versions stay
+                    left[:] = [t for t in left if not any(t == f"delete {n} version {v}" for v in remaining)]
+
+            attempt(drop_if_ours, f"delete registered model {name}")
+        return left, (errors[0] if errors else "")
 
 
-def _roll_back(client, name: str, run_id: str, drop_model: bool) -> None:
-    """Best effort: delete this run's versions (none existed before) and a registered model created just now."""
+def _register(plans: list[Plan], subject: str) -> list[Registration]:
+    """All or nothing: create (or reuse) every version, then decide every promotion against the champions as they
+    were, then move the aliases. Any failure rolls back everything this call wrote and raises one
+    :class:`RegistryError` line that says where it failed and what, if anything, is left to fix by hand."""
+    client = _client()
+    txn = _Registrar(client)
     try:
-        for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-            client.delete_model_version(name, v.version)
-        if drop_model and not client.search_model_versions(f"name = '{name}'"):
-            client.delete_registered_model(name)
-    except Exception:  # the store itself may be what failed; the error we raise says so
-        log.debug("roll-back of %s for run %s failed", name, run_id, exc_info=True)
+        versions = [txn.version(plan) for plan in plans]  # phase 1
+        decisions = [txn.decide(plan, mv) for plan, mv in zip(plans, versions, strict=True)]  # phase 2
+        for reg, previous in decisions:  # phase 3
+            if reg.promoted:
+                txn.move(reg, previous)
+        return [reg for reg, _ in decisions]
+    except KeyboardInterrupt:
+        left, _ = txn.roll_back()
+        if left:
+            log.warning("interrupted while registering; fix by hand: %s", ", ".join(left))
+        raise
+    except Exception as exc:  # MlflowException, a dropped connection, a version that did not end READY
+        log.debug("%s failed at %s", subject, txn.step, exc_info=True)
+        message = f"{subject} failed at {txn.step} ({_cause(exc)})"
+        left, cause = txn.roll_back()
+        if left:
+            message += f"; the roll-back failed too ({cause}), fix by hand: {', '.join(left)}"
+        else:
+            message += f"; rolled back: nothing was registered and {CHAMPION} aliases are unchanged"
+        raise RegistryError(message) from None
 
 
 def _interval(tags: dict[str, str], metric: str) -> tuple[float, float] | None:
@@ -244,46 +386,9 @@ def _champion_figures(spec: ModelSpec, champion) -> dict[str, str]:
         return dict(champion.tags)
 
 
-def _promote(client, plan: Plan, mv) -> Registration:
-    name, version = plan.spec.name, str(mv.version)  # stores differ: some return versions as int
-    current = client.get_registered_model(name).aliases.get(CHAMPION)
-    current = None if current is None else str(current)
-    if current == version:
-        return Registration(name, version, plan.run_id, version, False, f"already {CHAMPION}")
-    if current is None:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        return Registration(name, version, plan.run_id, version, True, f"first version: now {CHAMPION}")
-    champion = client.get_model_version(name, current)
-    # plan.tags: what the new version carries; the champion's figures are re-read from its runs by today's rules
-    better, why = compare(plan.tags, _champion_figures(plan.spec, champion), plan.spec.criteria)
-    if better:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        return Registration(name, version, plan.run_id, version, True, f"now {CHAMPION} ({why})")
-    return Registration(name, version, plan.run_id, current, False, f"{CHAMPION} stays version {current} ({why})")
-
-
 def register_planned(plan: Plan) -> Registration:
-    """Create (or reuse) the version of a checked plan and move ``champion`` if it wins."""
-    client = _client()
-    try:
-        mv = _existing_version(client, plan.spec.name, plan.run_id)
-        if mv is None:
-            mv = _create_version(client, plan)
-        else:  # a rerun of a cached pipeline: same version; refresh metrics that arrived later (C2ST)
-            for key, value in plan.tags.items():
-                if mv.tags.get(key) != value:
-                    client.set_model_version_tag(plan.spec.name, mv.version, key, value)
-    except BrainVQError:
-        raise
-    except Exception as exc:  # MlflowException, a dropped connection: one line, not a traceback
-        raise RegistryError(f"registering run {plan.run_id} as {plan.spec.name} failed ({one_line(exc)})") from None
-    try:
-        return _promote(client, plan, mv)
-    except Exception as exc:  # the version is complete; only the alias could not be moved
-        raise RegistryError(
-            f"{plan.spec.name} version {mv.version} is registered but the {CHAMPION} alias could not "
-            f"be updated ({one_line(exc)})"
-        ) from None
+    """Create (or reuse) the version of a checked plan and move ``champion`` if it wins; all or nothing."""
+    return _register([plan], f"registering run {plan.run_id} as {plan.spec.name}")[0]
 
 
 def register_run(kind: str, run_id: str) -> Registration:
@@ -313,4 +418,4 @@ def register_pipeline(
                 message.format(later.run_id, later.tags.get(tag) or "?", earlier.run_id)
                 + "; register the runs of one pipeline together"
             )
-    return [register_planned(p) for p in plans.values()]
+    return _register(list(plans.values()), "registering the pipeline")

@@ -6,11 +6,17 @@ That suits a long training run riding out a server restart, not a user who misty
 CLI probes the store once, without retries, before the first MLflow call (:func:`check_tracking_store`), and gives
 MLflow's HTTP client a bounded retry budget unless the user chose one (:func:`apply_http_defaults`).
 
+A SQLite store is opened for writing under an exclusive lock on the file while MLflow creates or upgrades its schema:
+MLflow's migrations are not safe to run twice at once (two commands started together on a fresh ``mlflow.db`` race
+on ``ALTER TABLE`` and one dies), so the second command waits for the first and then finds the schema in place. A
+file that is not a SQLite database, a damaged one, or one in a folder that cannot be written is one line naming it.
+
 Torch-free and MLflow-free at import time (the onnxruntime sampler uses it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from urllib.parse import urlsplit, urlunsplit
@@ -110,6 +116,83 @@ def _check_database(uri: str) -> None:
         engine.dispose()
 
 
+SQLITE_LOCK_TIMEOUT_S = 120  # a schema creation takes about a second; an upgrade of a big store takes longer
+
+
+@contextlib.contextmanager
+def _exclusive(fd: int, path: str):
+    """An advisory ``flock`` on the database file (independent of SQLite's own byte-range locks, so it never blocks
+    a SQLite reader or writer; it only orders brainvq processes that are creating the schema)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; MLflow's own behaviour
+        yield
+        return
+    import time
+
+    deadline = time.monotonic() + SQLITE_LOCK_TIMEOUT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TrackingError(f"MLflow tracking store {path} stayed locked by another process for "
+                                    f"{SQLITE_LOCK_TIMEOUT_S} s while it created the schema; retry") from None
+            time.sleep(0.1)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _check_sqlite(uri: str) -> None:
+    """Open the SQLite store for writing and let MLflow create or upgrade its schema, one process at a time."""
+    import sqlite3
+
+    import sqlalchemy
+
+    database = sqlalchemy.engine.make_url(uri).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = os.path.abspath(database)
+    fix = "point MLFLOW_TRACKING_URI at a writable sqlite:///path, or run from a writable folder"
+    try:  # a new store is an empty file, which SQLite treats as an empty database
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise TrackingError(f"MLflow tracking store {path} cannot be written ({exc.strerror}); {fix}") from None
+    try:
+        with _exclusive(fd, path):
+            try:
+                with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+                    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header and schema
+                    conn.execute("BEGIN IMMEDIATE")  # takes the write lock: a read-only file or folder fails here
+                    conn.rollback()
+            except sqlite3.DatabaseError as exc:
+                if "readonly" in str(exc):
+                    raise TrackingError(f"MLflow tracking store {path} cannot be written ({exc}); {fix}") from None
+                raise TrackingError(f"MLflow tracking store {path} is not a usable SQLite database ({exc}); move it "
+                                    "aside (MLflow creates a new one in its place) or point MLFLOW_TRACKING_URI at "
+                                    "another store") from None
+            _create_schema(uri, path)
+    finally:
+        os.close(fd)
+
+
+def _create_schema(uri: str, path: str) -> None:
+    """Build MLflow's tracking and registry stores (which create or migrate the tables) while the lock is held; MLflow
+    caches them per URI, so later calls in this process reuse them."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    except Exception as exc:  # a damaged page past the header, a schema from a newer MLflow
+        raise TrackingError(f"MLflow tracking store {path} cannot be used ({_reason(exc)}); move it aside (MLflow "
+                            "then creates a new one) or upgrade it with `mlflow db upgrade`") from None
+
+
 def normalise_postgres_uri(uri: str) -> str:
     """SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which brainvq does not install: name psycopg2."""
     import importlib.util
@@ -122,11 +205,14 @@ def normalise_postgres_uri(uri: str) -> str:
 def check_tracking_store() -> str:
     """Probe the active tracking URI once per process (HTTP server or database); returns it.
 
-    Raises :class:`TrackingError` in one line, with any password shown as ``***``. Local stores (SQLite, files) are
-    not probed: MLflow creates them.
+    Raises :class:`TrackingError` in one line, with any password shown as ``***``. A SQLite store is opened for
+    writing and its schema created under a file lock (:func:`_check_sqlite`); file stores are not probed.
     """
     import mlflow
 
+    from brainvq.logs import quiet_libraries
+
+    quiet_libraries()  # mlflow is imported now: its own handlers get the filter
     uri = mlflow.get_tracking_uri()
     fixed = normalise_postgres_uri(uri)
     if fixed != uri:
@@ -141,5 +227,7 @@ def check_tracking_store() -> str:
         _check_http(uri)
     elif scheme in DATABASE_SCHEMES:
         _check_database(uri)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
     _checked.add(uri)
     return uri
