@@ -120,5 +120,5 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
     for name, path in paths.items():
         _stamp(path, build_metadata(
             name, pid, brainvq.__version__, vq_id, px_id, pc.num_embeddings, pc.code_shape, vc.image_size,
-            pc.conditional, pc.num_layers, pc.hidden_channels, pc.kernel_size, pc.dilation_cycle))
+            pc.conditional, pc.num_layers, pc.hidden_channels, pc.kernel_size, pc.dilation_cycle, pc.level_bins))
     return paths

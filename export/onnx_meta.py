@@ -36,6 +36,7 @@ KEYS = (
     "brainvq.hidden_channels",
     "brainvq.kernel_size",
     "brainvq.dilation_cycle",
+    "brainvq.level_bins",
 )
 
 
@@ -58,6 +59,7 @@ def build_metadata(
     hidden_channels: int,
     kernel_size: int,
     dilation_cycle: tuple[int, ...],
+    level_bins: int = 0,
 ) -> dict[str, str]:
     """The ``metadata_props`` of one exported file."""
     return {
@@ -75,6 +77,8 @@ def build_metadata(
         "brainvq.hidden_channels": str(hidden_channels),
         "brainvq.kernel_size": str(kernel_size),
         "brainvq.dilation_cycle": ",".join(map(str, dilation_cycle)),
+        # the graphs' label input takes condition ids: label * (level_bins + 1) + level bin when this is not 0
+        "brainvq.level_bins": str(int(level_bins)),
     }
 
 

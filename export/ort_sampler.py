@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from brainvq.data.images import writable_folder, write_slices
+from brainvq.data.labels import condition_ids, levels_for
 from brainvq.errors import ConfigError, ModelFileError, RunError, one_line
 from brainvq.export.onnx_meta import FILES, LABELS, check_set
 from brainvq.sampling.draw import check_sampling_args, fast_sample_batch, naive_sample_batch, uniforms
@@ -125,6 +126,7 @@ class OnnxSampler:
         self.num_embeddings = int(self.meta["brainvq.num_embeddings"])
         self.code_shape = tuple(int(v) for v in self.meta["brainvq.code_shape"].split("x"))
         self.conditional = self.meta.get("brainvq.conditional", "true") == "true"
+        self.level_bins = int(self.meta.get("brainvq.level_bins", "0"))  # exports before levels have none
         step_in = {i.name: i.shape for i in self.sessions["prior_step"].get_inputs()}
         row_in = {i.name: i.shape for i in self.sessions["prior_row"].get_inputs()}
         self.hcache_tail = tuple(step_in["hcache"][1:])  # (L, ctx, C)
@@ -209,9 +211,15 @@ class OnnxSampler:
         batch_size: int = 16,
         method: str = "fast",
         max_steps: int | None = None,
+        levels: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``(n,h,w)`` int64 codes; same seed, same codes as ``brainvq.sampling.sample_codes`` (fast or naive)."""
+        """``(n,h,w)`` int64 codes; same seed, same codes as ``brainvq.sampling.sample_codes`` (fast or naive).
+        ``levels``: ``(n,)`` slice levels in [0, 1] (NaN or None: no level), used by exports with level bins."""
         check_sampling_args(n, temperature, top_k, self.num_embeddings, batch_size, method, seed)
+        if levels is not None:
+            levels = np.broadcast_to(np.asarray(levels, dtype=np.float32), (n,))
+        labels = condition_ids(np.broadcast_to(np.asarray(labels, dtype=np.int64), (n,)),
+                               levels if self.level_bins else None, self.level_bins)  # what the graphs take
         u = uniforms(n, self.code_shape, seed)
         out = []
         for s in range(0, n, batch_size):
@@ -258,14 +266,18 @@ def sample_to_pngs(
     method: str = "fast",
     threads: int | None = None,
     overwrite: bool = False,
+    level: str | float = "random",
 ) -> dict:
-    """What ``brainvq sample-onnx`` does; returns timings and paths."""
+    """What ``brainvq sample-onnx`` does; returns timings and paths. ``level``: see
+    :func:`brainvq.data.labels.levels_for` (exports without level bins ignore it)."""
     t0 = time.perf_counter()
+    levels = levels_for(level, n, seed)  # a bad level is one line before anything is loaded
     writable_folder(out, overwrite=overwrite)  # before sampling: a bad --out should not cost a sampling run
     sampler = OnnxSampler(resolve_model_dir(model_dir), provider, threads)
     print(sampler.provider_line, flush=True)
     t1 = time.perf_counter()
-    codes = sampler.sample_codes(n, sampler.labels_for(label, n), temperature, top_k, seed, batch_size, method)
+    codes = sampler.sample_codes(n, sampler.labels_for(label, n), temperature, top_k, seed, batch_size, method,
+                                 levels=levels)
     t2 = time.perf_counter()
     images = sampler.decode(codes, batch_size)
     t3 = time.perf_counter()

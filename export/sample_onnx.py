@@ -4,6 +4,7 @@ Examples:
     brainvq sample-onnx --model_dir onnx/ --n 16 --label AD --out samples/
     python export/sample_onnx.py --model_dir runs:/<export run id>/onnx --provider cpu --seed 1
     brainvq sample-onnx --model_dir models:/brainvq-sampler@champion --n 16      # the registry's champion
+    brainvq sample-onnx --model_dir onnx/ --label AD --level 0.5                # mid-brain slices (level priors)
 
 --provider auto uses CUDA when it really runs and says so in one line, else CPU (with the reason);
 --provider cuda fails with a one-line error (exit 2) when CUDA cannot run, instead of silently using the CPU.
@@ -30,7 +31,7 @@ def main(argv=None) -> None:
 
     r = sample_to_pngs(args.model_dir, args.out, n=args.n, batch_size=args.batch_size, label=args.label,
                        temperature=args.temperature, top_k=args.top_k, seed=args.seed, provider=args.provider,
-                       method=args.method, overwrite=args.overwrite)
+                       method=args.method, overwrite=args.overwrite, level=args.level)
     print(f"wrote {len(r['paths']) - 1} samples and grid.png to {args.out} in {r['total_s']:.2f} s "
           f"(load {r['load_s']:.2f} s, sample {r['sample_s']:.2f} s, decode {r['decode_s']:.2f} s)")
     if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run -e sample`: record the stage (mlflow is torch-free)

@@ -24,16 +24,19 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging()
     from brainvq.data.images import writable_folder, write_slices
+    from brainvq.data.labels import levels_for
     from brainvq.sampling.draw import check_sampling_args
     from brainvq.sampling.generate import generate
     from brainvq.tracking.runs import PRIOR_STAGE, load_stage_model
 
     # before any download
     check_sampling_args(args.n, args.temperature, args.top_k, batch_size=args.batch_size, seed=args.seed)
+    levels_for(args.level, 1)
     out = writable_folder(args.out, overwrite=args.overwrite)
     prior, ckpt, _ = load_stage_model(args.prior_run_id, PRIOR_STAGE)
     vqvae, _, _ = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")
-    images, _, _ = generate(prior, vqvae, args.n, args.label, args.temperature, args.top_k, args.seed, args.batch_size)
+    images, _, _ = generate(prior, vqvae, args.n, args.label, args.temperature, args.top_k, args.seed, args.batch_size,
+                            level=args.level)
     pngs = write_slices(images, out, overwrite=args.overwrite)[:-1]  # the slices, then grid.png
     print(f"wrote {len(pngs)} slices and grid.png to {out}")
 

@@ -140,6 +140,8 @@ CASES = [
     Case("prior_seed_negative", lambda ctx: ["train-prior", "--vqvae_run_id", UNKNOWN_RUN, "--seed", "-3"],
          "seed must be >= 0, got -3"),  # the parameter first: the run ID is never looked up
     Case("top_k_negative_onnx", _sample("onnx", "--top_k", "-1"), "top_k must be in 0.."),
+    Case("level_out_of_range", _sample("onnx", "--level", "1.5"),
+         "bad parameter: level must be a number in [0, 1], random or none; got '1.5'"),
     Case("top_k_negative_torch", lambda ctx: ["sample", "--prior_run_id", ctx["prior"], "--top_k", "-1",
                                               "--out", str(ctx["case_dir"] / "samples")], "top_k must be in 0.."),
     Case("evaluate_n_samples_too_small", lambda ctx: ["evaluate-samples", "--prior_run_id", ctx["prior"],

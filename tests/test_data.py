@@ -199,12 +199,14 @@ def test_max_train_images_keeps_whole_subjects_first(tiny_adni):
 # ----------------------------------------------------------------------------------- nothing silent (issue 13)
 
 
-def _load_warned(root, **kwargs):
-    """``load_adni`` and the messages of the warnings it gave (every one, not just the first of a kind)."""
+def _load_warned(root, levels: bool = False, **kwargs):
+    """``load_adni`` and the messages of the warnings it gave (every one, not just the first of a kind); the warning
+    about slices without a level (these trees give most subjects one slice) only when ``levels``."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         splits = load_adni(root, image_size=(8, 8), **kwargs)
-    return splits, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    return splits, [m for m in messages if levels or "have no slice level" not in m]
 
 
 def _subjects(folder, names, value=100, dtype=np.uint8, ext=".png"):
@@ -338,3 +340,38 @@ def test_odd_file_names_give_one_line_errors(tmp_path):
     with pytest.raises(DataError, match=r"^not an image file: \S+/\\udcff\\udcfe_0.png$"):
         load_adni(tmp_path, image_size=(8, 8))
     assert len(load_adni(tmp_path, image_size=(8, 8), skip_bad=True, val_fraction=0.0).train) == 1
+
+
+def test_slice_levels_rank_each_subjects_slices_and_warn_where_unknown(tmp_path):
+    from brainvq.data.adni import slice_levels
+
+    subjects = ["a", "a", "a", "b", "b", "c", "d"]
+    paths = ["a_007.png", "a_003.png", "a_005.png", "b_0.png", "b_19.png", "c_000.png", "d_x.png"]
+    levels = slice_levels(subjects, paths)
+    # rank among the subject's own slice numbers, scaled to [0, 1]: gaps and offsets in the numbering do not matter
+    np.testing.assert_allclose(levels[:5], [1.0, 0.0, 0.5, 0.0, 1.0])
+    assert np.isnan(levels[5]) and np.isnan(levels[6])  # one slice; no slice number
+    for split in ("train", "test"):
+        for k in range(3):
+            _write(tmp_path / split / "AD" / f"{split}s1_{k:03d}.png", np.full((8, 8), 100, np.uint8))
+        _write(tmp_path / split / "NC" / f"{split}lone_000.png", np.full((8, 8), 100, np.uint8))
+    s, messages = _load_warned(tmp_path, levels=True, val_fraction=0.0)
+    assert sorted(s.train.levels[~np.isnan(s.train.levels)].tolist()) == [0.0, 0.5, 1.0]
+    assert messages == [f"{tmp_path}: 2 of 8 slices have no slice level (a flat layout, a name without _<slice "
+                        "number>, or a subject with one slice)"]
+    sub = s.train.subset(np.array([2, 0]))  # a subset carries its slices' levels
+    np.testing.assert_array_equal(sub.levels, s.train.levels[[2, 0]])
+
+
+def test_codes_record_levels_and_older_files_without_them_still_load(tmp_path):
+    from brainvq.data.codes import load_codes, save_codes
+
+    codes = np.zeros((3, 2, 2), np.int64)
+    path = save_codes(tmp_path / "c.npz", codes, np.array([0, 1, 1]), ["a", "a", "b"], 4,
+                      levels=np.array([0.0, 1.0, np.nan]))
+    loaded, _ = load_codes(path, 4)
+    np.testing.assert_array_equal(loaded.levels, np.array([0.0, 1.0, np.nan], np.float32))
+    np.savez_compressed(tmp_path / "old.npz", codes=codes, labels=np.array([0, 1, 1]),
+                        subjects=np.array(["a", "a", "b"]), num_embeddings=np.int64(4))  # written by 0.2
+    old, _ = load_codes(tmp_path / "old.npz", 4)
+    assert old.levels is None and len(old) == 3

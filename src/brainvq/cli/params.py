@@ -75,6 +75,9 @@ EVAL = "brainvq.quality.evaluate:EvalProtocol"
 DATA_DIR = P("data_dir", "str", "", "ADNI-layout root with train/ and test/; empty = the bundled demo set")
 SEED = P("seed", "int", 0, "random seed (runs are deterministic on CPU)")
 DEVICE = P("device", "str", "auto", "auto (cuda, mps, cpu), cpu, cuda or mps")
+LEVEL = P("level", "str", "random",
+          "slice level in [0, 1] (0 lowest slice of a subject, 1 highest), random (as the data has them) or none; "
+          "priors without level_bins ignore it")
 OVERWRITE = P("overwrite", "bool", False,
               "replace an --out folder that holds an earlier run's samples (refused when it holds other files)")
 RESUME = P("resume", "bool", False, "continue from this configuration's last checkpoint (of a run that did not finish)")
@@ -144,6 +147,11 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("dilation_cycle", "str", "1,2,4,8,16",
           "dilation of layers 1, 2, 3, ... repeating (layer 0 is never dilated); 1 = plain gated PixelCNN"),
         P("conditional", "bool", True, "condition on AD/NC (with a null label)", field=f"{MP}.conditional"),
+        P("level_bins", "int", 0,
+          "also condition on the slice level within its subject, cut into this many bins; 0 = no levels",
+          field=f"{MP}.level_bins"),
+        P("level_dropout", "float", 0.1, "share of training slices whose level is hidden (level_bins > 0)",
+          field=f"{TP}.level_dropout"),
         P("seed", "int", 0, "random seed", field=f"{TP}.seed"),
         P("max_minutes", "float", 7.0, "wall-clock budget; 0 = none"),  # the CLI's budget; the library's is none
         RESUME,
@@ -182,6 +190,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("seed", "int", 0, "random seed (same seed, same codes as `brainvq sample`)"),
         P("out", "str", "samples_onnx", "output folder for sample_000.png... and grid.png"),
         OVERWRITE,
+        LEVEL,
         P("provider", "str", "auto", "onnxruntime execution provider", choices=("auto", "cuda", "cpu")),
         P("method", "str", "fast",
           "fast: cached row/step graphs; naive: full prior.onnx once per code (reference, slow)",
@@ -197,6 +206,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("batch_size", "int", 16, "slices sampled together"),
         P("out", "str", "samples", "output folder for PNGs and grid.png"),
         OVERWRITE,
+        LEVEL,
     )),
     EntryPoint("", "brainvq register", "pipelines/register.py", (
         P("vqvae_run_id", "str", "", "train_vqvae run ID or latest; empty = skip"),

@@ -44,6 +44,25 @@ def subject_of(path: str | os.PathLike) -> str:
     return stem.rsplit("_", 1)[0] if "_" in stem else stem
 
 
+def slice_levels(subjects: Sequence[str], paths: Sequence[str]) -> np.ndarray:
+    """Each slice's axial level within its subject, ``(N,)`` float32 in [0, 1]: the rank of its slice number among
+    that subject's slice numbers, scaled so the lowest is 0 and the highest 1 (the ADNI layout's 20 slices per
+    subject are consecutive axial levels). NaN where the level is unknown: a name without ``_<slice number>``, or a
+    subject with a single slice."""
+    numbers: list[int | None] = []
+    for path in paths:
+        stem = Path(path).stem
+        tail = stem.rsplit("_", 1)[1] if "_" in stem else ""
+        numbers.append(int(tail) if tail.isdigit() else None)
+    by_subject: dict[str, set[int]] = {}
+    for subject, number in zip(subjects, numbers):
+        if number is not None:
+            by_subject.setdefault(subject, set()).add(number)
+    ranks = {s: {n: i / (len(ns) - 1) for i, n in enumerate(sorted(ns))} for s, ns in by_subject.items() if len(ns) > 1}
+    return np.array([ranks.get(s, {}).get(n, np.nan) if n is not None else np.nan
+                     for s, n in zip(subjects, numbers)], dtype=np.float32)
+
+
 def cache_root() -> Path:
     """``BRAINVQ_CACHE`` or ``~/.cache/brainvq``."""
     return Path(os.environ.get("BRAINVQ_CACHE") or Path.home() / ".cache" / "brainvq")
@@ -230,6 +249,7 @@ class SliceDataset(torch.utils.data.Dataset):
         subjects: Sequence[str],
         paths: Sequence[str],
         rows: np.ndarray | None = None,
+        levels: Sequence[float] | None = None,
     ) -> None:
         self._base = images  # (M, H, W) uint8, usually a memmap
         self._rows = None if rows is None else np.asarray(rows, dtype=np.int64)  # (N,) rows of _base, or all
@@ -237,6 +257,9 @@ class SliceDataset(torch.utils.data.Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)  # (N,)
         self.subjects = list(subjects)
         self.paths = list(paths)
+        # (N,) axial level in [0, 1] within the subject (see slice_levels); NaN = unknown
+        self.levels = (np.full(len(self.labels), np.nan, np.float32) if levels is None
+                       else np.asarray(levels, dtype=np.float32))
 
     @property
     def images(self) -> np.ndarray:
@@ -267,10 +290,12 @@ class SliceDataset(torch.utils.data.Dataset):
         idx = np.asarray(idx, dtype=np.int64)
         rows = idx if self._rows is None else self._rows[idx]
         labels, subjects, paths = self.labels[idx], [self.subjects[i] for i in idx], [self.paths[i] for i in idx]
+        levels = self.levels[idx]
         if len(rows) == 0 or np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
             start = int(rows[0]) if len(rows) else 0
-            return SliceDataset(self._base[start : start + len(rows)], labels, subjects, paths)  # a memmap view
-        return SliceDataset(self._base, labels, subjects, paths, rows=rows)
+            return SliceDataset(self._base[start : start + len(rows)], labels, subjects, paths,  # a memmap view
+                                levels=levels)
+        return SliceDataset(self._base, labels, subjects, paths, rows=rows, levels=levels)
 
 
 @dataclass
@@ -385,7 +410,11 @@ def _open_split(
         raise DataError(f"no readable images in {shown(Path(root) / split)}")
     images = np.load(img_path, mmap_mode="r", allow_pickle=False)  # (N, H, W) uint8, pages read on demand
     kept = [samples[i] for i in meta["keep"]]
-    ds = SliceDataset(images, [s.label for s in kept], [s.subject for s in kept], [s.path for s in kept])
+    subjects, paths = [s.subject for s in kept], [s.path for s in kept]
+    # levels of the labelled layout only: a flat folder (generated samples, sample_000.png) has no subjects
+    flat = bool(kept) and kept[0].label == UNLABELLED
+    levels = None if flat else slice_levels(subjects, paths)
+    ds = SliceDataset(images, [s.label for s in kept], subjects, paths, levels=levels)
     _warn_one_class(ds.labels, Path(root) / split)
     return ds, empty + len(meta["bad"]), meta["kinds"]
 
@@ -443,6 +472,10 @@ def load_adni(
     if both:  # the same subject id in both splits: test slices are not held out from training
         warn_data(f"{shown(root)}: {len(both)} subject(s) are in both train and test "
                   f"({_few([shown(s) for s in both])}); test scores will be optimistic")
+    unknown = int(np.isnan(train_all.levels).sum() + np.isnan(test.levels).sum())
+    if unknown:  # the prior is conditioned on the level where it is known; these slices go without
+        warn_data(f"{shown(root)}: {unknown} of {len(train_all) + len(test)} slices have no slice level (a flat "
+                  "layout, a name without _<slice number>, or a subject with one slice)")
     tr_idx, val_idx = split_by_subject(train_all.subjects, val_fraction, seed, train_all.labels)
     if val_fraction > 0 and len(val_idx) == 0:
         warn_data(f"{shown(root)}: val_fraction={val_fraction} gave an empty validation split (0 of "

@@ -13,20 +13,25 @@ SPLITS = ("train", "val", "test")
 
 
 class CodeSet(NamedTuple):
-    """Code grids of one split: ``codes`` (N,h,w) int64, ``labels`` (N,) int64 (1 AD, 0 NC, -1 unknown)."""
+    """Code grids of one split: ``codes`` (N,h,w) int64, ``labels`` (N,) int64 (1 AD, 0 NC, -1 unknown) and
+    ``levels`` (N,) float32, the slice's axial level in [0, 1] within its subject (NaN unknown; None: not recorded)."""
 
     codes: np.ndarray
     labels: np.ndarray
+    levels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.codes)
 
 
-def save_codes(path: Path, codes: np.ndarray, labels: np.ndarray, subjects: list[str], num_embeddings: int) -> Path:
+def save_codes(path: Path, codes: np.ndarray, labels: np.ndarray, subjects: list[str], num_embeddings: int,
+               levels: np.ndarray | None = None) -> Path:
     """Write one split's codes as an ``.npz`` of plain arrays (loads without pickle)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    levels = np.full(len(codes), np.nan, np.float32) if levels is None else np.asarray(levels, dtype=np.float32)
     np.savez_compressed(path, codes=codes.astype(np.int64), labels=np.asarray(labels, dtype=np.int64),
-                        subjects=np.asarray(subjects, dtype=str), num_embeddings=np.int64(num_embeddings))
+                        subjects=np.asarray(subjects, dtype=str), num_embeddings=np.int64(num_embeddings),
+                        levels=levels)
     return path
 
 
@@ -35,10 +40,13 @@ def load_codes(path: Path, num_embeddings: int | None = None) -> tuple[CodeSet, 
     try:
         with np.load(path, allow_pickle=False) as z:
             codes, labels, subjects, k = z["codes"], z["labels"], list(z["subjects"]), int(z["num_embeddings"])
+            levels = z["levels"] if "levels" in z.files else None  # codes encoded before levels were recorded
     except (OSError, KeyError, ValueError) as exc:
         raise ModelFileError(f"codes file {path} is unreadable ({one_line(exc)})") from None
     if num_embeddings is not None and k != num_embeddings:
         raise ModelFileError(f"codes file {path} comes from a codebook of {k} entries, expected {num_embeddings}")
     if codes.size and (codes.min() < 0 or codes.max() >= k):
         raise ModelFileError(f"codes file {path} holds indices outside [0, {k})")
-    return CodeSet(codes, labels), subjects
+    if levels is not None and levels.shape != labels.shape:
+        raise ModelFileError(f"codes file {path} holds {len(levels)} levels for {len(labels)} grids")
+    return CodeSet(codes, labels, levels), subjects

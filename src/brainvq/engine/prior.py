@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from brainvq.data.codes import CodeSet
+from brainvq.data.labels import condition_ids
 from brainvq.engine import distributed, loop
 from brainvq.engine.loop import LoopResult, StepOutput
 from brainvq.engine.tracker import NullTracker, Tracker
@@ -38,14 +39,18 @@ class PriorTrainConfig:
     # Share of training examples whose label is replaced by the null label, so one model also samples
     # unconditionally (classifier-free-guidance style label dropout).
     label_dropout: float = 0.1
+    # Share of training examples whose slice level is replaced by "no level" (priors with level_bins only), so
+    # the prior also samples without a level.
+    level_dropout: float = 0.1
     device: str = "auto"
     num_threads: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         loop.check_settings(self)
-        if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        for name in ("label_dropout", "level_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 PriorFitResult = LoopResult  # model, history, test_metrics, checkpoint, stopped_early
@@ -61,10 +66,21 @@ def model_labels(labels: np.ndarray | torch.Tensor, config: PixelCNNConfig) -> t
     return lab
 
 
+def code_levels(data: CodeSet) -> np.ndarray:
+    """``(N,)`` slice levels of a code set; NaN (no level) for codes encoded before levels were recorded."""
+    return np.full(len(data), np.nan, np.float32) if data.levels is None else np.asarray(data.levels, np.float32)
+
+
+def model_conditions(labels: torch.Tensor, levels: np.ndarray | None, config: PixelCNNConfig) -> torch.Tensor:
+    """The prior's label ids (:func:`model_labels`) and slice levels as the condition ids ``forward`` takes."""
+    return torch.from_numpy(condition_ids(labels.numpy(), levels, config.level_bins))
+
+
 @torch.no_grad()
 def nll_bits(model: GatedPixelCNN, data: CodeSet, batch_size: int = 64, device="cpu", shard: bool = False,
              unconditional: bool = False) -> float:
-    """Mean negative log-likelihood in bits per code. ``unconditional=True`` gives every grid the null label.
+    """Mean negative log-likelihood in bits per code. ``unconditional=True`` gives every grid the null label (and
+    no level).
     ``shard=True`` (every rank must call it) splits the data over DDP ranks and sums over them."""
     model.eval()
     if len(data) == 0:
@@ -74,10 +90,11 @@ def nll_bits(model: GatedPixelCNN, data: CodeSet, batch_size: int = 64, device="
     for s in range(part.start, part.stop, batch_size):
         e = min(s + batch_size, part.stop)
         codes = torch.as_tensor(data.codes[s:e], device=device)
-        labels = model_labels(data.labels[s:e], model.config).to(device)
-        if unconditional:
-            labels = torch.full_like(labels, model.config.num_classes)
-        logits = model(codes, labels).logits
+        labels = model_labels(data.labels[s:e], model.config)
+        levels = code_levels(data)[s:e]
+        if unconditional:  # neither the label nor the level
+            labels, levels = torch.full_like(labels, model.config.num_classes), None
+        logits = model(codes, model_conditions(labels, levels, model.config).to(device)).logits
         total += F.cross_entropy(logits, codes, reduction="sum").item()
         count += codes.numel()
     if shard:
@@ -148,6 +165,10 @@ def fit_prior(
     ``prior/val_nll_bits`` per epoch and ``prior/test_nll_bits`` with its baselines at the end."""
     tc = train_config
     cfg = model_config
+    train_levels = code_levels(train)
+    if cfg.level_bins and np.isnan(train_levels).all():
+        log.warning("level_bins=%d but the training codes carry no slice levels (encoded before brainvq 0.3, or "
+                    "names without _<slice number>): every slice trains as 'no level'", cfg.level_bins)
 
     def build(config: PixelCNNConfig, device: torch.device) -> GatedPixelCNN:
         return GatedPixelCNN(config).to(device)
@@ -159,9 +180,15 @@ def fit_prior(
         if cfg.conditional and tc.label_dropout > 0:
             drop = torch.rand(len(labels), generator=gen) < tc.label_dropout
             labels[drop] = cfg.num_classes
+        levels = None
+        if cfg.level_bins:
+            levels = train_levels[idx].copy()
+            if tc.level_dropout > 0:
+                levels[(torch.rand(len(levels), generator=gen) < tc.level_dropout).numpy()] = np.nan
+        conditions = model_conditions(labels, levels, cfg)
         part = distributed.shard_slice(len(idx))
         codes = torch.as_tensor(train.codes[idx[part]], device=device)
-        loss = F.cross_entropy(net(codes, labels[part].to(device)).logits, codes)
+        loss = F.cross_entropy(net(codes, conditions[part].to(device)).logits, codes)
         return StepOutput(loss, loss.detach()[None], {"bits": f"{loss.item() / LN2:.3f}"})
 
     def epoch_metrics(means: dict[str, float], n_batches: int, seconds: float, lr: float) -> dict[str, float]:

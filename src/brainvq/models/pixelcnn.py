@@ -46,6 +46,11 @@ class PixelCNNConfig:
     # train_prior defaults to that cycle; the field defaults to (1,) so checkpoints written before it existed
     # (whose config lacks the key) still rebuild the model they were trained as.
     dilation_cycle: tuple[int, ...] = (1,)
+    # Slice level conditioning: 0 = none (the field's default, so older checkpoints rebuild as trained); else the
+    # level in [0, 1] of a slice within its subject is cut into this many bins, plus a "no level" bin, and every
+    # (label, level bin) pair gets its own gate biases and position tables: the 20 axial levels of a subject are 20
+    # different anatomies (cerebellum to vertex), which one shared set of tables has to average.
+    level_bins: int = 0
 
     def __post_init__(self) -> None:
         if self.num_embeddings < 2:
@@ -64,6 +69,15 @@ class PixelCNNConfig:
             raise ValueError(f"dilation_cycle must be one or more ints >= 1, got {self.dilation_cycle!r}")
         object.__setattr__(self, "dilation_cycle", cycle)
         object.__setattr__(self, "conditional", bool(self.conditional))
+        if self.level_bins < 0 or self.level_bins == 1:
+            raise ValueError(f"level_bins must be 0 (no levels) or >= 2, got {self.level_bins}")
+        if self.level_bins and not self.conditional:
+            raise ValueError("level_bins needs conditional=true (levels are conditions, as labels are)")
+
+    @property
+    def num_conditions(self) -> int:
+        """Condition ids the prior knows: labels (with the null label), times level bins (with "no level")."""
+        return (self.num_classes + 1) * (self.level_bins + 1 if self.level_bins else 1)
 
     @property
     def null_label(self) -> int:
@@ -140,7 +154,12 @@ def skip_weight(model: "GatedPixelCNN") -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class GatedPixelCNN(nn.Module):
-    """Gated PixelCNN over ``(B,h,w)`` code grids; ``forward`` returns :class:`PixelCNNOutput`."""
+    """Gated PixelCNN over ``(B,h,w)`` code grids; ``forward`` returns :class:`PixelCNNOutput`.
+
+    ``labels`` are condition ids (:func:`brainvq.data.labels.condition_ids`): the label ids themselves when the prior
+    has no level bins (0 NC, 1 AD, 2 none), else one id per (label, level bin) pair. The step modules and the
+    exported graphs take the same ids, so every sampler computes them once, before sampling.
+    """
 
     def __init__(self, config: PixelCNNConfig) -> None:
         super().__init__()
@@ -152,15 +171,16 @@ class GatedPixelCNN(nn.Module):
         self.h_convs = nn.ModuleList(nn.Conv2d(c, 2 * c, (1, ctx if i == 0 else ctx + 1)) for i in range(n))
         self.h_res = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in range(n - 1))  # the last layer feeds only the skips
         self.h_skip = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in range(n))
-        # One learned bias per class and layer for the vertical (2C) and horizontal (2C) gate pre-activations.
-        self.label_embedding = nn.Embedding(config.num_classes + 1, n * 4 * c) if config.conditional else None
+        # One learned bias per condition (class, or class and level) and layer for the vertical (2C) and horizontal
+        # (2C) gate pre-activations.
+        self.label_embedding = nn.Embedding(config.num_conditions, n * 4 * c) if config.conditional else None
         # Where a code sits matters (background at the borders, ventricles in the middle) and the stacks only see
         # ~num_layers codes back, so every layer's horizontal gate also gets a learned row + column bias: a factorised
         # position embedding. Position is not data, so causality is untouched. When conditional there is one table
         # per label: AD differs from NC in *where* things are (larger ventricles, thinner cortex), which a
         # position-free class bias can hardly express.
         gh, gw = config.code_shape
-        tables = config.num_classes + 1 if config.conditional else 1
+        tables = config.num_conditions if config.conditional else 1
         self.row_bias = nn.Parameter(torch.zeros(tables, gh, n * 2 * c))
         self.col_bias = nn.Parameter(torch.zeros(tables, gw, n * 2 * c))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, config.num_embeddings, 1))

@@ -5,14 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from brainvq.data.labels import LABELS, labels_for
+from brainvq.data.labels import LABELS, labels_for, levels_for
 from brainvq.models.vqvae import VQVAE
 
 
 @torch.no_grad()
 def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-             batch_size: int = 16, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sample ``n`` code grids from the prior (exact raster order, fast cached path) and decode them.
+             batch_size: int = 16, progress: bool = True, level: str | float = "random",
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample ``n`` code grids from the prior (exact raster order, fast cached path) and decode them. ``level``: the
+    slices' level in [0, 1], ``random`` or ``none`` (see :func:`brainvq.data.labels.levels_for`); priors without
+    level bins ignore it.
 
     Returns ``(images (n,1,H,W) float32, codes (n,h,w) int64, labels (n,))``.
     """
@@ -22,8 +25,9 @@ def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: floa
     labels = labels_for(label, n)
     if not prior.config.conditional:
         labels = np.full(n, LABELS["none"], dtype=np.int64)
+    levels = levels_for(level, n, seed)  # checked even when the prior has no levels: a typo is a typo
     codes = sample_codes(prior, n, labels, temperature=temperature, top_k=top_k, seed=seed, batch_size=batch_size,
-                         progress=progress)
+                         progress=progress, levels=levels if prior.config.level_bins else None)
     images = np.concatenate([
         vqvae.decode_indices(torch.as_tensor(codes[s : s + batch_size])).numpy() for s in range(0, n, batch_size)
     ])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from brainvq.data.labels import condition_ids
 from brainvq.errors import ConfigError
 from brainvq.sampling.draw import check_sampling_args, draw, fast_sample_batch, naive_sample_batch, uniforms
 
@@ -45,17 +46,21 @@ def _check(prior, n: int, labels: np.ndarray, temperature: float, top_k: int, me
 
 @torch.no_grad()
 def sample_codes(prior, n: int, labels, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-                 batch_size: int = 16, method: str = "fast", progress: bool = True) -> np.ndarray:
-    """Sample ``n`` code grids ``(n,h,w)`` int64; ``labels`` is one label id or ``(n,)`` ids (0 NC, 1 AD, 2 none).
+                 batch_size: int = 16, method: str = "fast", progress: bool = True, levels=None) -> np.ndarray:
+    """Sample ``n`` code grids ``(n,h,w)`` int64; ``labels`` is one label id or ``(n,)`` ids (0 NC, 1 AD, 2 none);
+    ``levels`` ``(n,)`` slice levels in [0, 1] (NaN or None: no level), used by priors with level bins only.
 
     ``method="fast"`` uses the cached row/step modules (~1/(h·w) of a full pass per code); ``"naive"`` runs the whole
     prior once per code. Both give the same codes for the same ``seed``.
     """
     from tqdm.auto import tqdm
 
-    labels = _check(prior, n, labels, temperature, top_k, method, seed)
-    prior.eval()
     cfg = prior.config
+    labels = _check(prior, n, labels, temperature, top_k, method, seed)
+    if levels is not None:
+        levels = np.broadcast_to(np.asarray(levels, dtype=np.float32), (n,))
+    labels = condition_ids(labels, levels, cfg.level_bins)  # what the step modules and the full model take
+    prior.eval()
     h, _ = cfg.code_shape
     u = uniforms(n, cfg.code_shape, seed)  # (n,h,w)
     device = next(prior.parameters()).device

@@ -42,7 +42,8 @@ def encode_all_splits(vqvae: VQVAE, vqvae_params: dict, out_dir: Path, batch_siz
         data = getattr(splits, name)
         codes = encode_dataset(vqvae, data, batch_size, progress)
         files[name] = save_codes(
-            Path(out_dir) / f"{name}.npz", codes, data.labels, list(data.subjects), vqvae.config.num_embeddings
+            Path(out_dir) / f"{name}.npz", codes, data.labels, list(data.subjects), vqvae.config.num_embeddings,
+            levels=data.levels,
         )
         log.info("encoded %s: %d grids of %s", name, len(codes), codes.shape[1:])
     return files
