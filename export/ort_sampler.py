@@ -271,7 +271,9 @@ def sample_to_pngs(
     """What ``brainvq sample-onnx`` does; returns timings and paths. ``level``: see
     :func:`brainvq.data.labels.levels_for` (exports without level bins ignore it)."""
     t0 = time.perf_counter()
-    levels = levels_for(level, n, seed)  # a bad level is one line before anything is loaded
+    # bad values are one line before anything is loaded (the seed before it seeds the level draw)
+    check_sampling_args(n, temperature, top_k, batch_size=batch_size, method=method, seed=seed)
+    levels = levels_for(level, n, seed)
     writable_folder(out, overwrite=overwrite)  # before sampling: a bad --out should not cost a sampling run
     sampler = OnnxSampler(resolve_model_dir(model_dir), provider, threads)
     print(sampler.provider_line, flush=True)

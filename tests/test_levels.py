@@ -57,6 +57,10 @@ def test_levels_for_sampling():
     drawn = levels_for("random", 2000, seed=7)
     np.testing.assert_array_equal(drawn, levels_for("random", 2000, seed=7))  # the seed decides
     assert drawn.min() >= 0 and drawn.max() <= 1 and abs(drawn.mean() - 0.5) < 0.03
+    with pytest.raises(ConfigError, match="seed must be >= 0"):  # the seed is checked before it seeds the draw
+        from brainvq.export.ort_sampler import sample_to_pngs
+
+        sample_to_pngs("no-model-needed", "out", seed=-1)
     for bad in ("1.5", "-0.1", "top", "nan"):
         with pytest.raises(ConfigError, match="level must be a number in \\[0, 1\\], random or none"):
             levels_for(bad, 1)

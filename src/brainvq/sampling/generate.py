@@ -19,12 +19,14 @@ def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: floa
 
     Returns ``(images (n,1,H,W) float32, codes (n,h,w) int64, labels (n,))``.
     """
+    from brainvq.sampling.draw import check_sampling_args
     from brainvq.sampling.torch_sampler import sample_codes
 
     prior.config.check_decoder(vqvae.config)
     labels = labels_for(label, n)
     if not prior.config.conditional:
         labels = np.full(n, LABELS["none"], dtype=np.int64)
+    check_sampling_args(n, temperature, top_k, batch_size=batch_size, seed=seed)  # the seed before it seeds levels
     levels = levels_for(level, n, seed)  # checked even when the prior has no levels: a typo is a typo
     codes = sample_codes(prior, n, labels, temperature=temperature, top_k=top_k, seed=seed, batch_size=batch_size,
                          progress=progress, levels=levels if prior.config.level_bins else None)
