@@ -20,13 +20,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from brainvq.data.images import decode, shown, warn_conversions, warn_data
+from brainvq.data.images import decode, few, shown, warn_conversions, warn_data
 from brainvq.data.labels import CLASSES, UNLABELLED
 from brainvq.errors import DataError, one_line
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the cache layout or the decoding changes: part of the key (2: 16-bit depths)
-NAMED = 3  # files and folders a warning or error names before "…"
 
 
 @dataclass(frozen=True)
@@ -116,10 +115,6 @@ def _pngs_under(folder: Path) -> int:
     return sum(_is_png(f) for _, _, files in os.walk(folder) for f in files)
 
 
-def _few(names: Sequence[str]) -> str:
-    return ", ".join(names[:NAMED]) + (", …" if len(names) > NAMED else "")
-
-
 def _scan(root: str | os.PathLike, split: str, skip_bad: bool) -> tuple[list[Sample], int]:
     """:func:`scan_split` that returns the number of zero-byte or unreadable files it dropped instead of logging it."""
     root = Path(root).expanduser()
@@ -146,7 +141,7 @@ def _scan(root: str | os.PathLike, split: str, skip_bad: bool) -> tuple[list[Sam
         found = [f"{shown(d.relative_to(folder))} ({n} PNGs)" for d, n in held.items() if n]
         raise DataError(  # the folder named once: a long path must not make the line unreadable
             f"no PNG files in {shown(folder)} (expected AD/*.png and NC/*.png in it, or *.png)"
-            + (f"; folder(s) not named AD or NC hold PNGs: {_few(found)}" if found else "")
+            + (f"; folder(s) not named AD or NC hold PNGs: {few(found)}" if found else "")
         )
     _warn_skipped(folder, held, other)
     sizes = {s.path: _size(s.path) for s in samples}
@@ -164,9 +159,9 @@ def _warn_skipped(folder: Path, held: dict[Path, int], other: list[Path]) -> Non
     parts = []
     if held:
         named = [f"{shown(d.relative_to(folder))}: {n} PNGs" for d, n in held.items()]
-        parts.append(f"{len(held)} folder(s) that are not AD or NC ({_few(named)})")
+        parts.append(f"{len(held)} folder(s) that are not AD or NC ({few(named)})")
     if other:
-        parts.append(f"{len(other)} non-PNG file(s) ({_few([shown(f.relative_to(folder)) for f in other])})")
+        parts.append(f"{len(other)} non-PNG file(s) ({few([shown(f.relative_to(folder)) for f in other])})")
     if not parts:
         return
     ignored = sum(held.values())
@@ -471,7 +466,7 @@ def load_adni(
     both = sorted(set(train_all.subjects) & set(test.subjects))
     if both:  # the same subject id in both splits: test slices are not held out from training
         warn_data(f"{shown(root)}: {len(both)} subject(s) are in both train and test "
-                  f"({_few([shown(s) for s in both])}); test scores will be optimistic")
+                  f"({few([shown(s) for s in both])}); test scores will be optimistic")
     unknown = int(np.isnan(train_all.levels).sum() + np.isnan(test.levels).sum())
     if unknown:  # the prior is conditioned on the level where it is known; these slices go without
         warn_data(f"{shown(root)}: {unknown} of {len(train_all) + len(test)} slices have no slice level (a flat "

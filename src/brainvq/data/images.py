@@ -55,6 +55,14 @@ def effective_bits(top: int) -> int:
     return next((bits for bits in SIXTEEN_BIT_DEPTHS if top <= 2**bits - 1), 16)
 
 
+NAMED = 3  # files and folders a warning or error names before "…"
+
+
+def few(names: Sequence[str]) -> str:
+    """The first :data:`NAMED` names, comma-separated, then "…" when there are more."""
+    return ", ".join(names[:NAMED]) + (", …" if len(names) > NAMED else "")
+
+
 def shown(path: str | os.PathLike) -> str:
     """A path as it can be printed on one line: control characters and undecodable bytes (a non-UTF-8 file name)
     escaped as ``\\n``, ``\\udcff``; everything else, spaces and non-ASCII letters included, as it is."""
@@ -157,8 +165,7 @@ def writable_folder(path: str | os.PathLike, name: str = "out", overwrite: bool 
         raise ConfigError(f"{name}: cannot write samples to {out} ({exc.strerror or exc})") from None
     foreign = [f for f in held if not any(Path(f).match(pattern) for pattern in SAMPLE_FILES)]
     if foreign:
-        shown_names = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
-        raise ConfigError(f"{name}: {out} holds other files ({shown_names}); choose an empty or new folder")
+        raise ConfigError(f"{name}: {out} holds other files ({few(foreign)}); choose an empty or new folder")
     if held and not overwrite:
         raise ConfigError(f"{name}: {out} already holds {len(held)} files of an earlier run; pass --overwrite true "
                           f"to replace them, or choose a new folder")
