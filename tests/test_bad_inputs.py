@@ -7,7 +7,9 @@ registered model; and what its own check says exists afterwards (checkpoints, ou
 16-bit, mixed sizes, skipped folders) must train, with one warning line for each thing the reader converted or skipped.
 
 One tiny lineage is trained in-process once; every case then runs against its own copy of that SQLite store, so the
-cases can run side by side (they are mostly interpreter and torch start-up) without sharing a database file.
+cases can run side by side without sharing a database file. Most cases are mostly interpreter and torch start-up: they
+run in children forked after `import torch` (tests/cli_fork.py), each a separate process calling the same CLI; the
+cases that set their own tracking URI, or start three commands at once, run in fresh interpreters.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from cli_fork import Forked
 from conftest import REPO, postgres_available, write_tiny_adni
 from tiny_chain import TINY_VQVAE, subprocess_env, tiny_store, train_lineage, train_prior, train_vqvae
 
@@ -346,11 +349,14 @@ def _run_case(case: Case, ctx: dict, chain_db: Path) -> dict:
     case.setup(cctx)
     env = subprocess_env(f"sqlite:///{db}", ctx["root"] / "cache", **case.env(cctx))
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "brainvq.cli", *case.argv(cctx)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=case_dir)
-             for _ in range(case.copies)]
-    outputs = [proc.communicate(timeout=300) for proc in procs]
-    runs = [subprocess.CompletedProcess(cmd, proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs)]
+    if case.copies == 1 and not case.env(cctx):  # a child forked after `import torch` (cli_fork), running the same CLI
+        runs = [ctx["forked"].run(case.argv(cctx), env, str(case_dir))]
+    else:  # tracking stores and races: a fresh interpreter each, as a user starts them
+        cmd = [sys.executable, "-m", "brainvq.cli", *case.argv(cctx)]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                  cwd=case_dir) for _ in range(case.copies)]
+        outputs = [proc.communicate(timeout=300) for proc in procs]
+        runs = [subprocess.CompletedProcess(cmd, proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs)]
     (case_dir / "stderr.txt").write_text("\n".join(r.stderr for r in runs))  # kept with the store, for a failure
     return {"procs": runs, "seconds": time.monotonic() - start, "store": f"sqlite:///{db}",
             "prog": case.argv(cctx)[0], "ctx": cctx}
@@ -387,6 +393,7 @@ def outcomes(tmp_path_factory):
     chain_db = root / "mlflow.db"
     accepted = Case("accepted", _train("accepted"), "")
     runnable = [accepted] + [c for c in CASES if (not c.needs_postgres or postgres_available()) and not c.skip()]
+    ctx["forked"] = Forked(subprocess_env(f"sqlite:///{chain_db}", root / "cache"))
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = dict(zip([c.id for c in runnable], pool.map(lambda c: _run_case(c, ctx, chain_db), runnable)))
     return results, before
