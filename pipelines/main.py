@@ -4,7 +4,7 @@ a FINISHED run are reused unless --force true.
 
 Examples:
     mlflow run . --env-manager local                        # demo set, about 20 minutes on 2 CPU cores
-    mlflow run . --env-manager local -P data_dir=/data/ADNI -P vqvae_max_minutes=30
+    mlflow run . --env-manager local -P data_dir=/data/ADNI -P vqvae_epochs=40 -P prior_epochs=10
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ SUMMARY = (
     "prior/val_nll_bits", "prior/test_nll_bits", "prior/test_nll_bits_uncond", "prior/position_unigram_bits",
     "prior/unigram_bits",
     "val/c2st_accuracy", "val/c2st_accuracy_ci95", "gen/c2st_accuracy", "gen/c2st_accuracy_ci95",
-    "gen/c2st_recon_ceiling", "gen/c2st_null", "gen/c2st_power_blur10", "gen/c2st_power_blur05",
+    "gen/c2st_recon_ceiling", "gen/c2st_level_bottom", "gen/c2st_level_middle", "gen/c2st_level_top",
+    "gen/c2st_null", "gen/c2st_power_blur10", "gen/c2st_power_blur05",
     "gen/c2st_power_noise", "gen/fd", "real/fd", "gen/precision", "real/precision", "gen/recall", "real/recall",
     "gen/tstr_accuracy", "real/trtr_accuracy", "gen/label_agreement", "real/label_classifier_accuracy",
     "gen/msssim_diversity", "real/msssim_diversity",

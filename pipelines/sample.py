@@ -35,8 +35,8 @@ def main(argv=None) -> None:
     out = writable_folder(args.out, overwrite=args.overwrite)
     prior, ckpt, _ = load_stage_model(args.prior_run_id, PRIOR_STAGE)
     vqvae, _, _ = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")
-    images, _, _ = generate(prior, vqvae, args.n, args.label, args.temperature, args.top_k, args.seed, args.batch_size,
-                            level=args.level)
+    images = generate(prior, vqvae, args.n, args.label, args.temperature, args.top_k, args.seed, args.batch_size,
+                      level=args.level).images
     pngs = write_slices(images, out, overwrite=args.overwrite)[:-1]  # the slices, then grid.png
     print(f"wrote {len(pngs)} slices and grid.png to {out}")
 

@@ -24,7 +24,7 @@ from brainvq.quality.c2st import (
 )
 from brainvq.quality.classify import FitConfig, fit_critic, front_maps, predict_labels
 from brainvq.quality.diversity import msssim_diversity, random_pairs
-from brainvq.quality.evaluate import EvalProtocol, Slices, calibrate, evaluate_generated, select_real
+from brainvq.quality.evaluate import Calibration, EvalProtocol, Slices, calibrate, evaluate_generated, select_real
 from brainvq.quality.fidelity import frechet_ci95, frechet_distance, precision_recall
 
 # A quick recipe for the synthetic checks below; the production protocol is exercised on demo slices further down.
@@ -259,3 +259,29 @@ def test_predict_labels_and_front_maps_shapes():
     assert out.logits.shape == (16,) and out.embedding.shape == (16, CriticConfig().embedding_dim + 16)
     assert predict_labels(model, maps).shape == (16,)
     assert isinstance(Critic(CriticConfig(outputs=3))(x).logits, torch.Tensor)
+
+
+@pytest.mark.filterwarnings("ignore:images are")
+def test_the_realism_test_per_third_of_levels_finds_the_third_that_is_wrong():
+    """Real slices whose look depends on their level (a hole in the middle third only); generated slices right in
+    the bottom and top thirds and wrong in the middle one: only gen/c2st_level_middle sees it."""
+    rng = np.random.default_rng(12)
+
+    def leveled(n, prefix, middle_hole):
+        levels = rng.uniform(0, 1, n).astype(np.float32)
+        hole = (levels >= 1 / 3) & (levels < 2 / 3) & middle_hole
+        images = np.stack([discs(1, rng, dark_centre=bool(h))[0] for h in hole])
+        return Slices(images, np.full(n, -1), [f"{prefix}{k // 4}" for k in range(n)], levels)
+
+    real, held_out = leveled(96, "r", True), leveled(96, "h", True)
+    protocol = EvalProtocol(n_samples=96, c2st=dataclasses.replace(QUICK, folds=2), max_pairs=4)
+    cal = Calibration({}, {}, None)  # unlabelled: no feature network; the power checks are tested above
+    wrong = evaluate_generated(leveled(96, "g", False), real, held_out, cal, protocol)
+    assert wrong["gen/c2st_level_middle"] > 0.85 and wrong["gen/c2st_level_middle_ci_low"] > 0.5, wrong
+    for third in ("bottom", "top"):  # right there: near chance (a seeded draw, not asserted to cover 0.5 exactly)
+        assert wrong[f"gen/c2st_level_{third}"] < 0.7, wrong
+    right = evaluate_generated(leveled(96, "g", True), real, held_out, cal, protocol)
+    assert right["gen/c2st_level_middle"] < 0.7, right
+    no_levels = Slices(real.images, real.labels, real.subjects)  # a prior without level bins: no per-third figures
+    assert not any(k.startswith("gen/c2st_level_") for k in evaluate_generated(no_levels, real, held_out, cal,
+                                                                                 protocol))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -9,15 +11,22 @@ from brainvq.data.labels import LABELS, labels_for, levels_for
 from brainvq.models.vqvae import VQVAE
 
 
+class Generated(NamedTuple):
+    images: np.ndarray  # (n,1,H,W) float32 in [0,1]
+    codes: np.ndarray  # (n,h,w) int64
+    labels: np.ndarray  # (n,) label ids (the null label when the prior is unconditional)
+    levels: np.ndarray  # (n,) float32 levels the slices were sampled at; NaN when the prior has no level bins
+
+
 @torch.no_grad()
 def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: float = 1.0, top_k: int = 0, seed: int = 0,
              batch_size: int = 16, progress: bool = True, level: str | float = "random",
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             ) -> Generated:
     """Sample ``n`` code grids from the prior (exact raster order, fast cached path) and decode them. ``level``: the
     slices' level in [0, 1], ``random`` or ``none`` (see :func:`brainvq.data.labels.levels_for`); priors without
     level bins ignore it.
 
-    Returns ``(images (n,1,H,W) float32, codes (n,h,w) int64, labels (n,))``.
+    Returns :class:`Generated` (images, codes, labels, levels).
     """
     from brainvq.sampling.draw import check_sampling_args
     from brainvq.sampling.torch_sampler import sample_codes
@@ -33,4 +42,5 @@ def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: floa
     images = np.concatenate([
         vqvae.decode_indices(torch.as_tensor(codes[s : s + batch_size])).numpy() for s in range(0, n, batch_size)
     ])
-    return images, codes, labels
+    used = levels if prior.config.level_bins else np.full(n, np.nan, np.float32)
+    return Generated(images, codes, labels, used)

@@ -38,7 +38,7 @@ class EvalOutcome(NamedTuple):
 
 
 def slices_of(data: SliceDataset) -> Slices:
-    return Slices(np.asarray(data.images), np.asarray(data.labels), list(data.subjects))
+    return Slices(np.asarray(data.images), np.asarray(data.labels), list(data.subjects), np.asarray(data.levels))
 
 
 def evaluation_sets(splits: ADNISplits, split: str) -> EvalSets:
@@ -105,10 +105,10 @@ def generate_slices(prior, vqvae, protocol: EvalProtocol, progress: bool = True,
     from brainvq.data.labels import LABELS
     from brainvq.sampling.generate import generate
 
-    images, _, labels = generate(prior, vqvae, protocol.n_samples, "both", protocol.temperature, protocol.top_k,
-                                 protocol.seed, batch_size=batch_size, progress=progress)
-    labels = np.where(labels == LABELS["none"], -1, labels)  # the null label: no class requested
-    return Slices(to_uint8(images), labels, [f"generated{i}" for i in range(len(labels))])
+    out = generate(prior, vqvae, protocol.n_samples, "both", protocol.temperature, protocol.top_k, protocol.seed,
+                   batch_size=batch_size, progress=progress)
+    labels = np.where(out.labels == LABELS["none"], -1, out.labels)  # the null label: no class requested
+    return Slices(to_uint8(out.images), labels, [f"generated{i}" for i in range(len(labels))], out.levels)
 
 
 def vqvae_reconstructor(vqvae, batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:

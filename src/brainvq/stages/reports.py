@@ -84,11 +84,11 @@ def save_prior_report(
     out.mkdir(parents=True, exist_ok=True)
     prior = result.model
     if prior.config.conditional:
-        ad, _, _ = generate(prior, vqvae, n_per_row, "AD", seed=seed)
-        nc, _, _ = generate(prior, vqvae, n_per_row, "NC", seed=seed + 1)
+        ad = generate(prior, vqvae, n_per_row, "AD", seed=seed).images
+        nc = generate(prior, vqvae, n_per_row, "NC", seed=seed + 1).images
         rows = [ad, nc]
     else:
-        imgs, _, _ = generate(prior, vqvae, 2 * n_per_row, "none", seed=seed)
+        imgs = generate(prior, vqvae, 2 * n_per_row, "none", seed=seed).images
         rows = [imgs[:n_per_row], imgs[n_per_row:]]
     files = {
         "samples": save_grid(rows, out / "samples.png"),

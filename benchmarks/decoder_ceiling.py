@@ -1,0 +1,144 @@
+"""What the realism test sees in the VQ-VAE's reconstructions: missing noise, blur, or both; and whether a
+patch-adversarial loss on the decoder (VQGAN, Esser et al. 2021, https://arxiv.org/abs/2012.09841) moves it.
+
+No prior can pass the realism test while real slices and the decoder's own reconstructions are easy to tell apart
+(`gen/c2st_recon_ceiling`). This benchmark runs the production protocol (real validation slices against
+reconstructions of *other* validation slices, as the evaluation does) on variants of the reconstructions:
+
+* ``recon``: the decoder's output, as today;
+* ``recon + rician σ``: the same with Rician noise of σ added inside the brain, as the demo set's own noise model
+  (``brainvq.data.demo``) adds it to the template: is the missing noise the tell?
+* ``truth blur 0.7 + rician 0.01``: an oracle, the real slices blurred by σ 0.7 px then given back their noise:
+  is a blur the test sees even under restored noise?
+
+With ``--finetune_steps N`` it then fine-tunes the decoder alone (encoder and codebook frozen, so the codes and
+any prior over them stay valid) for N optimiser steps of 8 slices, twice from the same weights: once with the
+reconstruction loss only (the control), once with a PatchGAN hinge loss added under VQGAN's adaptive weight, and
+measures both the same way, with `val/ssim_brain` beside each. Both sides run in this one process, one after the
+other, with the same steps and seed.
+
+    python benchmarks/decoder_ceiling.py --vqvae_run_id <id>
+    python benchmarks/decoder_ceiling.py --vqvae_run_id <id> --finetune_steps 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import numpy as np
+
+
+def _patch_discriminator():
+    """PatchGAN (pix2pix, https://arxiv.org/abs/1611.07004) sized for a CPU: 70x70-ish receptive field, 3 layers."""
+    from torch import nn
+
+    def block(i, o, s):
+        return [nn.Conv2d(i, o, 4, s, 1), nn.LeakyReLU(0.2, True)]
+
+    return nn.Sequential(*block(1, 32, 2), *block(32, 64, 2), *block(64, 64, 1), nn.Conv2d(64, 1, 4, 1, 1))
+
+
+def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0):
+    """A copy of ``vq`` whose decoder trained ``steps`` more batches of ``train``: reconstruction loss (the trainer's
+    MSE + SSIM mix), plus ``adversarial`` x VQGAN's adaptive weight x the hinge generator loss when > 0. Returns
+    ``(model, seconds)``."""
+    import torch
+    import torch.nn.functional as F
+
+    from brainvq.quality.losses import ssim_loss
+
+    torch.manual_seed(seed)
+    vq = copy.deepcopy(vq)
+    for p in list(vq.encoder.parameters()) + list(vq.quantizer.parameters()):
+        p.requires_grad_(False)
+    disc = _patch_discriminator()
+    opt_g = torch.optim.Adam(vq.decoder.parameters(), 1e-4, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(disc.parameters(), 1e-4, betas=(0.5, 0.9))
+    last = vq.decoder[-1].weight  # VQGAN weighs the two losses by their gradients at the decoder's last layer
+    rng = np.random.default_rng(seed)
+    vq.eval()  # no EMA codebook updates; the decoder has no batch norm
+    t0 = time.monotonic()
+    for _ in range(steps):
+        x, _ = train.batch(rng.choice(len(train), 8, replace=False))
+        with torch.no_grad():
+            q = vq.quantizer(vq.encode(x)).quantized
+        rec = vq.decode(q)
+        loss = 0.5 * F.mse_loss(rec, x) + 0.05 * ssim_loss(rec, x)  # engine.vqvae._loss at ssim_weight 0.5
+        if adversarial > 0:
+            g_loss = -disc(rec * 2 - 1).mean()
+            g_rec = torch.autograd.grad(loss, last, retain_graph=True)[0].norm()
+            g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0].norm()
+            loss = loss + adversarial * (g_rec / (g_adv + 1e-4)).clamp(0, 1e4).detach() * g_loss
+        opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()
+        if adversarial > 0:
+            d_loss = 0.5 * (F.relu(1 - disc(x * 2 - 1)).mean() + F.relu(1 + disc(rec.detach() * 2 - 1)).mean())
+            opt_d.zero_grad()
+            d_loss.backward()
+            opt_d.step()
+    return vq.eval(), time.monotonic() - t0
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vqvae_run_id", default="latest", help="a FINISHED train_vqvae run, or latest")
+    p.add_argument("--finetune_steps", type=int, default=0, help="0 = measure the run's decoder only")
+    p.add_argument("--adversarial", type=float, default=0.8, help="VQGAN's discriminator weight (0.8 in its configs)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from brainvq.engine.common import configure_threads
+    from brainvq.engine.vqvae import evaluate_vqvae
+    from brainvq.quality.c2st import C2STProtocol, as_tensor, halves, two_sample_test
+    from brainvq.quality.classify import front_maps
+    from brainvq.quality.evaluate import EvalProtocol, select_real
+    from brainvq.stages.evaluate import slices_of, vqvae_reconstructor
+    from brainvq.stages.vqvae import vqvae_run_splits
+    from brainvq.tracking.runs import load_stage_model
+
+    configure_threads(0)
+    vq, _, run = load_stage_model(args.vqvae_run_id, "train_vqvae")
+    splits = vqvae_run_splits(run.data.params)
+    real = select_real(slices_of(splits.val), EvalProtocol())
+    protocol = C2STProtocol()
+    a, b = halves(len(real.images), protocol.seed)
+    maps_a = front_maps(as_tensor(real.images[a]))
+    truth = real.images[b].astype(np.float32) / 255
+    rng = np.random.default_rng(args.seed)
+    print(f"VQ-VAE run {run.info.run_id}; {len(a)} real validation slices against {len(b)} others' variants\n")
+    print("| decoder | variant | C2ST vs real [95%] | `val/ssim_brain` |")
+    print("|---|---|---|---|")
+
+    def row(decoder: str, variant: str, images: np.ndarray, ssim_brain: float | None) -> None:
+        u8 = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+        r = two_sample_test(maps_a, front_maps(as_tensor(u8)), protocol, salt=9)
+        sb = "" if ssim_brain is None else f"{ssim_brain:.4f}"
+        print(f"| {decoder} | {variant} | {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] | {sb} |", flush=True)
+
+    def rician(img: np.ndarray, sigma: float) -> np.ndarray:  # inside the brain only, as brainvq.data.demo adds it
+        n1, n2 = rng.normal(0, sigma, img.shape), rng.normal(0, sigma, img.shape)
+        return np.where(img > 0.02, np.sqrt((img + n1) ** 2 + n2 ** 2), img)
+
+    def measure(name: str, model) -> None:
+        rec = vqvae_reconstructor(model)(real.images[b]).astype(np.float32) / 255
+        sb = evaluate_vqvae(model, splits.val)["ssim_brain"]
+        row(name, "recon", rec, sb)
+        for sigma in (0.01, 0.02):
+            row(name, f"recon + rician {sigma}", rician(rec, sigma), None)
+
+    measure("the run's", vq)
+    from scipy import ndimage
+
+    row("(oracle)", "truth blur 0.7 + rician 0.01", rician(ndimage.gaussian_filter(truth, (0, 0.7, 0.7)), 0.01), None)
+    if args.finetune_steps > 0:
+        for name, weight in (("fine-tuned, reconstruction loss only", 0.0),
+                             (f"fine-tuned, + PatchGAN x {args.adversarial}", args.adversarial)):
+            model, seconds = finetune_decoder(vq, splits.train, args.finetune_steps, weight, args.seed)
+            measure(f"{name} ({args.finetune_steps} steps, {seconds / 60:.1f} min)", model)
+
+
+if __name__ == "__main__":
+    main()
