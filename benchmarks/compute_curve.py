@@ -49,7 +49,7 @@ def _ci(m: dict, key: str, digits: int = 3) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vqvae_run_id", default="", help="a FINISHED train_vqvae run; empty = train one on the demo set")
-    p.add_argument("--vqvae_epochs", type=int, default=16, help="its epochs (16: the default pipeline's)")
+    p.add_argument("--vqvae_epochs", type=int, default=20, help="its epochs (20: the default pipeline's)")
     p.add_argument("--prior_epochs", default="2,6,18", help="comma-separated prior budgets in epochs (about 7, 20 "
                    "and 60 CPU-minutes on a 2-core machine)")
     p.add_argument("--seed", type=int, default=0)

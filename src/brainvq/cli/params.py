@@ -90,8 +90,8 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("force", "bool", False, "rerun steps even when a matching FINISHED run exists"),
         P("image_size", "size", (240, 256), "HxW slices are padded/cropped to"),
         # Budgets count optimiser steps, not minutes, so every machine trains the same models and reports the same
-        # figures (only the time differs): 16 and 4 epochs are what 7 and 6.5 minutes bought on the README's machine.
-        P("vqvae_epochs", "int", 16, "epochs of train_vqvae: the default budget, in steps"),
+        # figures (only the time differs): 20 and 4 epochs are about what 7 and 6.5 minutes bought here before.
+        P("vqvae_epochs", "int", 20, "epochs of train_vqvae: the default budget, in steps"),
         P("prior_epochs", "int", 4, "epochs of train_prior: the default budget, in steps"),
         P("vqvae_max_minutes", "float", 0.0, "wall-clock cap of train_vqvae; 0 = none (the epochs decide)"),
         P("prior_max_minutes", "float", 0.0, "wall-clock cap of train_prior; 0 = none (the epochs decide)"),
