@@ -3,7 +3,7 @@ evaluate_samples, as one parent MLflow run with a child run per step. Steps whos
 a FINISHED run are reused unless --force true.
 
 Examples:
-    mlflow run . --env-manager local                        # demo set, about 20 minutes on 2 CPU cores
+    mlflow run . --env-manager local                        # demo set, 17-25 minutes on 2 CPU cores
     mlflow run . --env-manager local -P data_dir=/data/ADNI -P vqvae_epochs=40 -P prior_epochs=10
 """
 
