@@ -47,7 +47,7 @@ def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0):
     import torch
     import torch.nn.functional as F
 
-    from brainvq.quality.losses import ssim_loss
+    from brainvq.engine.vqvae import TrainConfig, _loss
 
     torch.manual_seed(seed)
     vq = copy.deepcopy(vq)
@@ -62,10 +62,10 @@ def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0):
     t0 = time.monotonic()
     for _ in range(steps):
         x, _ = train.batch(rng.choice(len(train), 8, replace=False))
-        with torch.no_grad():
-            q = vq.quantizer(vq.encode(x)).quantized
-        rec = vq.decode(q)
-        loss = 0.5 * F.mse_loss(rec, x) + 0.05 * ssim_loss(rec, x)  # engine.vqvae._loss at ssim_weight 0.5
+        # the trainer's own reconstruction loss at its default SSIM weight; encoder and codebook are frozen, so only
+        # the decoder gets gradients
+        _, loss, out = _loss(vq, x, TrainConfig().ssim_weight)
+        rec = out.recon
         if adversarial > 0:
             g_loss = -disc(rec * 2 - 1).mean()
             g_rec = torch.autograd.grad(loss, last, retain_graph=True)[0].norm()

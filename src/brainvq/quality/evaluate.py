@@ -248,7 +248,16 @@ def evaluate_generated(fake: Slices, real: Slices, held_out: Slices, calibration
     return out
 
 
-LEVEL_TERCILES = {"bottom": (0.0, 1 / 3), "middle": (1 / 3, 2 / 3), "top": (2 / 3, 1.0 + 1e-9)}
+LEVEL_THIRDS = ("bottom", "middle", "top")
+
+
+def _third(levels: np.ndarray) -> np.ndarray:
+    """Third of the axial levels (0 bottom, 1 middle, 2 top) of each level in [0, 1]; -1 where it is unknown."""
+    lv = np.asarray(levels, dtype=np.float64)
+    out = np.full(lv.shape, -1, dtype=np.int64)
+    known = np.isfinite(lv)
+    out[known] = np.minimum(np.clip(lv[known], 0.0, 1.0) * 3, 2).astype(np.int64)  # level 1.0 is in the top third
+    return out
 
 
 def _c2st_by_level(real: Slices, real_maps: torch.Tensor, fake: Slices, fake_maps: torch.Tensor,
@@ -260,9 +269,9 @@ def _c2st_by_level(real: Slices, real_maps: torch.Tensor, fake: Slices, fake_map
     if not fake.leveled or real.levels is None:
         return {}
     out: dict[str, float] = {}
-    for i, (name, (lo, hi)) in enumerate(LEVEL_TERCILES.items()):
-        r = np.flatnonzero((real.levels >= lo) & (real.levels < hi))  # NaN compares False: unknown levels drop out
-        f = np.flatnonzero((fake.levels >= lo) & (fake.levels < hi))
+    real_third, fake_third = _third(real.levels), _third(fake.levels)
+    for i, name in enumerate(LEVEL_THIRDS):
+        r, f = np.flatnonzero(real_third == i), np.flatnonzero(fake_third == i)  # unknown levels (-1) drop out
         if min(len(r), len(f)) < 2 * c2st.folds:
             continue
         res = two_sample_test(real_maps[torch.from_numpy(r)], fake_maps[torch.from_numpy(f)], c2st, salt=20 + i)
