@@ -64,7 +64,7 @@ def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0):
         x, _ = train.batch(rng.choice(len(train), 8, replace=False))
         # the trainer's own reconstruction loss at its default SSIM weight; encoder and codebook are frozen, so only
         # the decoder gets gradients
-        _, loss, out = _loss(vq, x, TrainConfig().ssim_weight)
+        _, loss, out, _ = _loss(vq, x, TrainConfig().ssim_weight)
         rec = out.recon
         if adversarial > 0:
             g_loss = -disc(rec * 2 - 1).mean()
@@ -82,10 +82,42 @@ def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0):
     return vq.eval(), time.monotonic() - t0
 
 
+def fit_noise_head(vq, train, steps: int, seed: int = 0):
+    """A copy of ``vq`` with a noise head (``VQVAEConfig.pixel_noise``) fitted for ``steps`` batches of 8 on its
+    frozen decoder's features: what training with ``pixel_noise`` gives the head, since the head never moves the
+    rest of the model. Returns ``(model, seconds)``."""
+    import dataclasses
+
+    import torch
+
+    from brainvq.engine.vqvae import _pixel_bits
+    from brainvq.models.vqvae import VQVAE
+
+    torch.manual_seed(seed)
+    model = VQVAE(dataclasses.replace(vq.config, pixel_noise=True))
+    missing = model.load_state_dict(vq.state_dict(), strict=False).missing_keys
+    assert all(k.startswith("noise_head.") for k in missing), missing
+    opt = torch.optim.Adam(model.noise_head.parameters(), 3e-3)
+    rng = np.random.default_rng(seed)
+    model.eval()  # no EMA codebook updates
+    t0 = time.monotonic()
+    for _ in range(steps):
+        x, _ = train.batch(rng.choice(len(train), 8, replace=False))
+        loss = _pixel_bits(model(x), x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), time.monotonic() - t0
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vqvae_run_id", default="latest", help="a FINISHED train_vqvae run, or latest")
     p.add_argument("--finetune_steps", type=int, default=0, help="0 = measure the run's decoder only")
+    p.add_argument("--noise_steps", type=int, default=0,
+                   help="fit a noise head (pixel_noise) on the run's frozen VQ-VAE for this many steps and measure it")
+    p.add_argument("--pixel_temperatures", type=float, nargs="+", default=[0.25, 0.4, 0.5, 0.55, 0.7, 1.0],
+                   help="pixel temperatures to draw reconstructions at (models with a noise head)")
     p.add_argument("--adversarial", type=float, default=0.8, help="VQGAN's discriminator weight (0.8 in its configs)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -124,12 +156,20 @@ def main(argv=None) -> None:
 
     def measure(name: str, model) -> None:
         rec = vqvae_reconstructor(model)(real.images[b]).astype(np.float32) / 255
-        sb = evaluate_vqvae(model, splits.val)["ssim_brain"]
-        row(name, "recon", rec, sb)
+        scores = evaluate_vqvae(model, splits.val)
+        row(name, "recon (the mean)", rec, scores["ssim_brain"])
         for sigma in (0.01, 0.02):
             row(name, f"recon + rician {sigma}", rician(rec, sigma), None)
+        if model.config.pixel_noise:
+            for t in args.pixel_temperatures:
+                drawn = vqvae_reconstructor(model, seed=args.seed, pixel_temperature=t)(real.images[b])
+                row(name, f"recon drawn from p(x | codes), pixel_temperature {t} ({scores['pixel_bits']:.3f} "
+                    "bits/pixel)", drawn.astype(np.float32) / 255, None)
 
     measure("the run's", vq)
+    if args.noise_steps > 0:
+        model, seconds = fit_noise_head(vq, splits.train, args.noise_steps, args.seed)
+        measure(f"the run's + a noise head fitted {args.noise_steps} steps ({seconds / 60:.1f} min)", model)
     from scipy import ndimage
 
     row("(oracle)", "truth blur 0.7 + rician 0.01", rician(ndimage.gaussian_filter(truth, (0, 0.7, 0.7)), 0.01), None)

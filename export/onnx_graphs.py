@@ -22,14 +22,17 @@ from brainvq.export.onnx_meta import FILES, build_metadata, pair_id
 
 
 class DecoderGraph(nn.Module):
-    """``codes (B,h,w) int64 -> image (B,1,H,W)`` in [0,1]; the codebook lookup is a Gather inside the graph."""
+    """``codes (B,h,w) int64 -> image (B,1,H,W)`` in [0,1] (the mean), and ``loc``, ``scale`` ``(B,1,H,W)`` of
+    p(x | codes) when the VQ-VAE has a noise model (``pixel_noise``); the codebook lookup is a Gather inside the
+    graph. The pixel draw stays outside it (numpy, seeded: ``brainvq.sampling.draw.pixel_draw``)."""
 
     def __init__(self, vqvae) -> None:
         super().__init__()
         self.vqvae = vqvae
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.vqvae.decode_indices(codes)
+    def forward(self, codes: torch.Tensor):
+        d = self.vqvae.decode_indices_distribution(codes)
+        return d.mean if d.scale is None else (d.mean, d.loc, d.scale)
 
 
 def _uses(x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -106,8 +109,9 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
     labels = torch.full((b,), pc.null_label, dtype=torch.int64)
     batch = {0: "batch"}
     paths = {name: out / fname for name, fname in FILES.items()}
-    _export(DecoderGraph(vqvae), (codes,), paths["decoder"], ["codes"], ["image"],
-            {"codes": batch, "image": batch}, opset)
+    dec_out = ["image", "loc", "scale"] if vc.pixel_noise else ["image"]
+    _export(DecoderGraph(vqvae), (codes,), paths["decoder"], ["codes"], dec_out,
+            {"codes": batch, **{name: batch for name in dec_out}}, opset)
     _export(PriorGraph(prior), (codes, labels), paths["prior"], ["codes", "label"], ["logits"],
             {"codes": batch, "label": batch, "logits": batch}, opset)
     _export(RowGraph(prior), (codes[:, 0], torch.zeros(pc.vcache_shape(b)), labels, torch.ones(1, dtype=torch.int64)),

@@ -19,7 +19,14 @@ from brainvq.data.images import writable_folder, write_slices
 from brainvq.data.labels import condition_ids, levels_for
 from brainvq.errors import ConfigError, ModelFileError, RunError, one_line
 from brainvq.export.onnx_meta import FILES, LABELS, check_set
-from brainvq.sampling.draw import check_sampling_args, fast_sample_batch, naive_sample_batch, uniforms
+from brainvq.sampling.draw import (
+    PIXEL_TEMPERATURE,
+    check_sampling_args,
+    fast_sample_batch,
+    naive_sample_batch,
+    pixel_draw,
+    uniforms,
+)
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -129,6 +136,8 @@ class OnnxSampler:
         self.level_bins = int(self.meta.get("brainvq.level_bins", "0"))  # exports before levels have none
         step_in = {i.name: i.shape for i in self.sessions["prior_step"].get_inputs()}
         row_in = {i.name: i.shape for i in self.sessions["prior_row"].get_inputs()}
+        # decoders trained with pixel_noise export p(x | codes) as two more outputs, loc and scale, beside the mean
+        self.has_scale = "scale" in {o.name for o in self.sessions["decoder"].get_outputs()}
         self.hcache_tail = tuple(step_in["hcache"][1:])  # (L, ctx, C)
         self.vcache_tail = tuple(row_in["vcache"][1:])  # (L, w, ctx, C)
 
@@ -242,15 +251,19 @@ class OnnxSampler:
                 out.append(naive_sample_batch(self.full_fn, lab, ub, temperature, top_k, max_steps=max_steps))
         return np.concatenate(out)
 
-    def decode(self, codes: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """``(n,h,w)`` int64 codes -> ``(n,1,H,W)`` float32 images in [0,1]."""
+    def decode(self, codes: np.ndarray, batch_size: int = 16, seed: int | None = None,
+               pixel_temperature: float = PIXEL_TEMPERATURE) -> np.ndarray:
+        """``(n,h,w)`` int64 codes -> ``(n,1,H,W)`` float32 images in [0,1]: the decoder's mean, or with a ``seed``
+        slices drawn from its p(x | codes) at ``pixel_temperature`` when the export has a noise model and that is
+        not 0 (the same draw as ``brainvq.sampling.generate.decode_codes``)."""
         dec = self.sessions["decoder"]
-        return np.concatenate(
-            [
-                dec.run(["image"], {"codes": np.ascontiguousarray(codes[s : s + batch_size])})[0]
-                for s in range(0, len(codes), batch_size)
-            ]
-        )
+        draw = seed is not None and self.has_scale and pixel_temperature > 0
+        outputs = ["loc", "scale"] if draw else ["image"]
+        out = []
+        for s in range(0, len(codes), batch_size):
+            res = dec.run(outputs, {"codes": np.ascontiguousarray(codes[s : s + batch_size])})
+            out.append(pixel_draw(res[0], res[1], seed, s, pixel_temperature) if draw else res[0])
+        return np.concatenate(out)
 
 
 def sample_to_pngs(
@@ -267,12 +280,14 @@ def sample_to_pngs(
     threads: int | None = None,
     overwrite: bool = False,
     level: str | float = "random",
+    pixel_temperature: float = PIXEL_TEMPERATURE,
 ) -> dict:
     """What ``brainvq sample-onnx`` does; returns timings and paths. ``level``: see
     :func:`brainvq.data.labels.levels_for` (exports without level bins ignore it)."""
     t0 = time.perf_counter()
     # bad values are one line before anything is loaded (the seed before it seeds the level draw)
-    check_sampling_args(n, temperature, top_k, batch_size=batch_size, method=method, seed=seed)
+    check_sampling_args(n, temperature, top_k, batch_size=batch_size, method=method, seed=seed,
+                        pixel_temperature=pixel_temperature)
     levels = levels_for(level, n, seed)
     writable_folder(out, overwrite=overwrite)  # before sampling: a bad --out should not cost a sampling run
     sampler = OnnxSampler(resolve_model_dir(model_dir), provider, threads)
@@ -281,7 +296,7 @@ def sample_to_pngs(
     codes = sampler.sample_codes(n, sampler.labels_for(label, n), temperature, top_k, seed, batch_size, method,
                                  levels=levels)
     t2 = time.perf_counter()
-    images = sampler.decode(codes, batch_size)
+    images = sampler.decode(codes, batch_size, seed, pixel_temperature)
     t3 = time.perf_counter()
     paths = write_slices(images, out, overwrite=overwrite)
     return {

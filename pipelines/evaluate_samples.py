@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     log = logging.getLogger("brainvq.evaluate_samples")
     try:
         protocol = EvalProtocol(n_samples=args.n_samples, seed=args.seed, temperature=args.temperature,
-                                top_k=args.top_k)
+                                top_k=args.top_k, pixel_temperature=args.pixel_temperature)
     except ValueError as exc:
         raise ConfigError(f"bad parameter: {exc}") from None
 
@@ -92,8 +92,10 @@ def main(argv=None) -> None:
             fake = generate_slices(prior, vqvae, protocol)
             log.info("generated %d slices in %.0f s", len(fake.images), time.monotonic() - t0)
         calibration = partial(calibration_for, protocol=protocol, split=args.split)
-        outcome = score_samples(fake, sets, protocol, calibration,
-                                vqvae_reconstructor(vqvae) if vqvae is not None else None)
+        # the ceiling decodes real slices' codes as the samples were decoded: same draw, same pixel temperature
+        reconstruct = None if vqvae is None else vqvae_reconstructor(vqvae, seed=protocol.seed,
+                                                                     pixel_temperature=protocol.pixel_temperature)
+        outcome = score_samples(fake, sets, protocol, calibration, reconstruct)
         mlflow.set_tag("brainvq.eval_underpowered", str(bool(outcome.underpowered)).lower())
         if outcome.underpowered:
             log.warning("the realism test is underpowered on these slices (%s): read gen/c2st_accuracy with care",

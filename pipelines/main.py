@@ -17,7 +17,7 @@ from brainvq.cli.params import build_parser as build_entry_parser
 
 # The figures the parent run carries: validation ones chose (registry, defaults), test ones report.
 SUMMARY = (
-    "val/ssim", "test/ssim", "test/ssim_brain", "test/psnr", "test/psnr_brain",
+    "val/ssim", "test/ssim", "test/ssim_brain", "test/psnr", "test/psnr_brain", "val/pixel_bits", "test/pixel_bits",
     "prior/val_nll_bits", "prior/test_nll_bits", "prior/test_nll_bits_uncond", "prior/position_unigram_bits",
     "prior/unigram_bits",
     "val/c2st_accuracy", "val/c2st_accuracy_ci95", "gen/c2st_accuracy", "gen/c2st_accuracy_ci95",

@@ -30,13 +30,14 @@ def main(argv=None) -> None:
     from brainvq.tracking.runs import PRIOR_STAGE, load_stage_model
 
     # before any download
-    check_sampling_args(args.n, args.temperature, args.top_k, batch_size=args.batch_size, seed=args.seed)
+    check_sampling_args(args.n, args.temperature, args.top_k, batch_size=args.batch_size, seed=args.seed,
+                        pixel_temperature=args.pixel_temperature)
     levels_for(args.level, 1)
     out = writable_folder(args.out, overwrite=args.overwrite)
     prior, ckpt, _ = load_stage_model(args.prior_run_id, PRIOR_STAGE)
     vqvae, _, _ = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")
     images = generate(prior, vqvae, args.n, args.label, args.temperature, args.top_k, args.seed, args.batch_size,
-                      level=args.level).images
+                      level=args.level, pixel_temperature=args.pixel_temperature).images
     pngs = write_slices(images, out, overwrite=args.overwrite)[:-1]  # the slices, then grid.png
     print(f"wrote {len(pngs)} slices and grid.png to {out}")
 

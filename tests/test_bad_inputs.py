@@ -143,6 +143,11 @@ CASES = [
     Case("prior_seed_negative", lambda ctx: ["train-prior", "--vqvae_run_id", UNKNOWN_RUN, "--seed", "-3"],
          "seed must be >= 0, got -3"),  # the parameter first: the run ID is never looked up
     Case("top_k_negative_onnx", _sample("onnx", "--top_k", "-1"), "top_k must be in 0.."),
+    Case("pixel_temperature_negative_onnx", _sample("onnx", "--pixel_temperature", "-0.5"),
+         "pixel_temperature must be a finite number >= 0"),
+    Case("pixel_temperature_nan_torch", lambda ctx: ["sample", "--prior_run_id", ctx["prior"], "--pixel_temperature",
+                                                     "nan", "--out", str(ctx["case_dir"] / "samples")],
+         "pixel_temperature must be a finite number >= 0"),
     Case("level_out_of_range", _sample("onnx", "--level", "1.5"),
          "bad parameter: level must be a number in [0, 1], random or none; got '1.5'"),
     Case("top_k_negative_torch", lambda ctx: ["sample", "--prior_run_id", ctx["prior"], "--top_k", "-1",

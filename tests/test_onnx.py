@@ -24,10 +24,13 @@ from brainvq.sampling.torch_sampler import sample_codes
 K, IMAGE, CODES = 5, (24, 28), (6, 7)  # downsample 4: 24x28 images <-> 6x7 code grids
 
 
-def tiny_models(seed: int = 0, k: int = K, conditional: bool = True):
+def tiny_models(seed: int = 0, k: int = K, conditional: bool = True, pixel_noise: bool = True):
     torch.manual_seed(seed)
     vq = VQVAE(VQVAEConfig(latent_dim=4, num_embeddings=k, hidden_channels=8, res_channels=4, num_res_layers=1,
-                           image_size=IMAGE)).eval()
+                           image_size=IMAGE, pixel_noise=pixel_noise)).eval()
+    if pixel_noise:  # the scale head starts flat (zero weights): randomise it so parity covers it
+        with torch.no_grad():
+            vq.noise_head.weight.normal_(0, 0.3)
     # seed the codebook from the encoder's own latents (as the EMA init does) so an image uses several codes
     with torch.no_grad():
         flat = vq.encode(brain_like()).permute(0, 2, 3, 1).reshape(-1, 4)

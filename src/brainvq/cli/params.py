@@ -78,6 +78,9 @@ DEVICE = P("device", "str", "auto", "auto (cuda, mps, cpu), cpu, cuda or mps")
 LEVEL = P("level", "str", "random",
           "slice level in [0, 1] (0 lowest slice of a subject, 1 highest), random (as the data has them) or none; "
           "priors without level_bins ignore it")
+PIXEL_TEMPERATURE = P("pixel_temperature", "float", 0.5,
+                      "scale of the pixel draw from the decoder's p(x | codes) (VQ-VAEs trained with pixel_noise), "
+                      "as temperature is the prior's; 0 = the decoder's mean, a smoother slice")
 OVERWRITE = P("overwrite", "bool", False,
               "replace an --out folder that holds an earlier run's samples (refused when it holds other files)")
 RESUME = P("resume", "bool", False, "continue from this configuration's last checkpoint (of a run that did not finish)")
@@ -119,6 +122,9 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("num_res_layers", "int", 2, "residual layers in each of encoder and decoder", field=f"{MV}.num_res_layers"),
         P("beta", "float", 0.25, "commitment loss weight", field=f"{MV}.beta"),
         P("ema", "bool", True, "EMA codebook updates with dead-code restart", field=f"{MV}.ema"),
+        P("pixel_noise", "bool", True,
+          "learn a per-pixel noise scale beside the mean: generation draws slices from p(x | codes), not the mean",
+          field=f"{MV}.pixel_noise"),
         P("ssim_weight", "float", 0.5, "weight of the (1-SSIM) loss term beside MSE", field=f"{TV}.ssim_weight"),
         VAL_FRACTION,
         P("seed", "int", 0, "random seed (runs are deterministic on CPU)", field=f"{TV}.seed"),
@@ -171,6 +177,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
           field=f"{EVAL}.n_samples"),
         P("temperature", "float", 1.0, "sampling temperature", field=f"{EVAL}.temperature"),
         P("top_k", "int", 0, "top-k sampling; 0 = all codes", field=f"{EVAL}.top_k"),
+        P("pixel_temperature", "float", 0.5, PIXEL_TEMPERATURE.help, field=f"{EVAL}.pixel_temperature"),
         P("seed", "int", 0, "seed of sampling and of every classifier", field=f"{EVAL}.seed"),
     )),
     EntryPoint("export_onnx", "brainvq export-onnx", "export/export_onnx.py", (
@@ -193,6 +200,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("out", "str", "samples_onnx", "output folder for sample_000.png... and grid.png"),
         OVERWRITE,
         LEVEL,
+        PIXEL_TEMPERATURE,
         P("provider", "str", "auto", "onnxruntime execution provider", choices=("auto", "cuda", "cpu")),
         P("method", "str", "fast",
           "fast: cached row/step graphs; naive: full prior.onnx once per code (reference, slow)",
@@ -209,6 +217,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("out", "str", "samples", "output folder for PNGs and grid.png"),
         OVERWRITE,
         LEVEL,
+        PIXEL_TEMPERATURE,
     )),
     EntryPoint("", "brainvq register", "pipelines/register.py", (
         P("vqvae_run_id", "str", "", "train_vqvae run ID or latest; empty = skip"),

@@ -15,7 +15,7 @@ from brainvq.engine import distributed, loop
 from brainvq.engine.loop import LoopResult, StepOutput
 from brainvq.engine.tracker import NullTracker, Tracker
 from brainvq.models.vqvae import VQVAE, VQVAEConfig
-from brainvq.quality.losses import ssim_loss
+from brainvq.quality.losses import discretised_gaussian_nll, ssim_loss
 from brainvq.quality.metrics import psnr, psnr_brain, ssim, ssim_brain
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ def evaluate_vqvae(model: VQVAE, data: SliceDataset, batch_size: int = 32, devic
                    shard: bool = False) -> dict[str, float]:
     """Mean SSIM, PSNR, their brain-region versions (``ssim_brain``, ``psnr_brain``: over
     :func:`brainvq.quality.metrics.brain_mask`, slices without brain left out), perplexity and codebook usage over
-    a dataset (eval mode, no EMA updates).
+    a dataset (eval mode, no EMA updates); with a noise scale (``pixel_noise``) also ``pixel_bits``, the mean bits
+    per pixel of the data under the decoder's p(x | codes).
 
     ``shard=True`` (every rank must call it) splits the data over DDP ranks and sums the statistics over them.
     """
@@ -63,7 +64,7 @@ def evaluate_vqvae(model: VQVAE, data: SliceDataset, batch_size: int = 32, devic
     if len(data) == 0:
         return {}
     rows = distributed.shard(np.arange(len(data))) if shard else np.arange(len(data))
-    sums = torch.zeros(5, dtype=torch.float64)  # ssim, psnr, ssim_brain, psnr_brain, slices with brain
+    sums = torch.zeros(6, dtype=torch.float64)  # ssim, psnr, ssim_brain, psnr_brain, slices with brain, pixel bits
     counts = torch.zeros(model.config.num_embeddings, dtype=torch.float64)
     for start in range(0, len(rows), batch_size):
         x, _ = data.batch(rows[start : start + batch_size])
@@ -79,16 +80,19 @@ def evaluate_vqvae(model: VQVAE, data: SliceDataset, batch_size: int = 32, devic
                 sb[has_brain].sum(),
                 pb[has_brain].sum(),
                 has_brain.sum().double(),
+                _pixel_bits(out, x).double().cpu() * len(x),
             ]
         )
         counts += torch.bincount(out.indices.flatten().cpu(), minlength=counts.numel()).double()
     if shard:
         sums = distributed.all_reduce_sum(sums)
         counts = distributed.all_reduce_sum(counts)
-    s_ssim, s_psnr, s_ssim_b, s_psnr_b, n_brain = sums.tolist()
+    s_ssim, s_psnr, s_ssim_b, s_psnr_b, n_brain, s_bits = sums.tolist()
     p = counts / counts.sum()
     perplexity = torch.exp(-(p * torch.log(p + 1e-12)).sum()).item()
+    bits = {"pixel_bits": s_bits / len(data)} if model.config.pixel_noise else {}
     return {
+        **bits,
         "ssim": s_ssim / len(data),
         "psnr": s_psnr / len(data),
         "ssim_brain": s_ssim_b / n_brain if n_brain else float("nan"),
@@ -98,13 +102,27 @@ def evaluate_vqvae(model: VQVAE, data: SliceDataset, batch_size: int = 32, devic
     }
 
 
+LN2 = float(np.log(2))
+
+
+def _pixel_bits(out, x: torch.Tensor) -> torch.Tensor:
+    """Mean bits per pixel of ``x`` under the decoder's p(x | codes) (0 without a noise model). It trains the noise
+    head alone: the head reads detached features (see ``VQVAEConfig.pixel_noise``)."""
+    if out.scale is None:
+        return x.new_zeros(())
+    return discretised_gaussian_nll(x, out.loc, out.scale).mean() / LN2
+
+
 def _loss(model: VQVAE, x: torch.Tensor, ssim_weight: float):
+    """``(loss, recon_loss, output, pixel_bits)`` of a batch: the reconstruction mix (MSE and SSIM) and the VQ loss
+    train the mean, the discretised likelihood of the pixels trains the noise scale."""
     out = model(x)
     mse = F.mse_loss(out.recon, x)
     recon = mse
     if ssim_weight > 0:
         recon = (1 - ssim_weight) * mse + ssim_weight * 0.1 * ssim_loss(out.recon, x)
-    return recon + out.vq_loss, recon, out
+    bits = _pixel_bits(out, x)
+    return recon + out.vq_loss + bits, recon, out, bits
 
 
 def fit_vqvae(
@@ -138,8 +156,8 @@ def fit_vqvae(
         x = x.to(device)
         if channels_last and device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        loss, recon, out = _loss(net, x, tc.ssim_weight)
-        stats = torch.stack([loss.detach(), recon.detach(), out.vq_loss.detach()])
+        loss, recon, out, bits = _loss(net, x, tc.ssim_weight)
+        stats = torch.stack([loss.detach(), recon.detach(), out.vq_loss.detach(), bits.detach()])
         return StepOutput(loss, stats, {"loss": f"{stats[0].item():.4f}", "ppl": f"{out.perplexity.item():.1f}"})
 
     def epoch_metrics(means: dict[str, float], n_batches: int, seconds: float, lr: float) -> dict[str, float]:
@@ -159,7 +177,8 @@ def fit_vqvae(
             ).items()
         }
 
-    spec = loop.TrainSpec("vqvae", "vqvae", build, step, ("loss", "recon_loss", "vq_loss"), epoch_metrics, evaluate)
+    spec = loop.TrainSpec("vqvae", "vqvae", build, step, ("loss", "recon_loss", "vq_loss", "pixel_bits"), epoch_metrics,
+                         evaluate)
     result = loop.fit(
         spec,
         model_config,

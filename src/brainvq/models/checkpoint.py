@@ -19,6 +19,9 @@ from brainvq.values import deprecated
 PRIOR_KIND = "prior"
 # Kinds written by older brainvq releases, read for one more release (with a deprecation note) under today's name.
 LEGACY_KINDS = {"pixelcnn": PRIOR_KIND}
+# Config fields added after checkpoints were written, with the value that rebuilds those older checkpoints as they
+# were trained (a field's default is what new models get, which an older checkpoint's weights may not fit).
+LEGACY_FIELDS = {"vqvae": {"pixel_noise": False}}
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -75,6 +78,8 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_locati
         ckpt["kind"] = LEGACY_KINDS[ckpt["kind"]]
     if kind is not None and ckpt.get("kind") != kind:
         raise ModelFileError(f"checkpoint {path} holds a {ckpt.get('kind')!r} model, expected {kind!r}")
+    if isinstance(ckpt["config"], dict):
+        ckpt["config"] = {**LEGACY_FIELDS.get(ckpt.get("kind"), {}), **ckpt["config"]}
     return ckpt
 
 

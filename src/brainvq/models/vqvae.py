@@ -18,6 +18,19 @@ class VQVAEOutput(NamedTuple):
     indices: torch.Tensor  # (B,h,w) int64
     perplexity: torch.Tensor  # scalar
     usage: torch.Tensor  # scalar, fraction of codes used in the batch
+    # p(x | codes) = N(loc, scale²) discretised to 8-bit grey levels; both None without pixel_noise
+    loc: torch.Tensor | None = None  # (B,1,H,W)
+    scale: torch.Tensor | None = None  # (B,1,H,W)
+
+
+class PixelDistribution(NamedTuple):
+    mean: torch.Tensor  # (B,1,H,W) in [0,1]: the reconstruction
+    loc: torch.Tensor | None  # (B,1,H,W) location of p(x | codes); None without pixel_noise
+    scale: torch.Tensor | None  # (B,1,H,W) its scale, >= SCALE_FLOOR
+
+
+# Smallest noise scale: far below one 8-bit step (1/255), so exact-zero background stays exactly zero when drawn.
+SCALE_FLOOR = 1e-4
 
 
 class ResidualLayer(nn.Module):
@@ -52,6 +65,11 @@ class VQVAEConfig:
     decay: float = 0.99
     image_size: tuple[int, int] = (240, 256)  # (H, W)
     in_channels: int = 1
+    # A per-pixel noise scale beside the mean, so the decoder is a likelihood p(x | codes) (a discretised Gaussian
+    # over the 8-bit grey levels) that generation draws from, rather than the mean alone: the mean of many plausible
+    # slices is smoother than any of them, and a full-resolution realism test sees exactly that (README, "The
+    # decoder's ceiling"). Checkpoints written before this field rebuild with it off (models.checkpoint).
+    pixel_noise: bool = True
 
     def __post_init__(self) -> None:
         if self.downsample not in (2, 4, 8):
@@ -129,14 +147,37 @@ class VQVAE(nn.Module):
                 dec.append(nn.ReLU())
             ch_in = ch_out
         self.decoder = nn.Sequential(*dec)
+        # The likelihood's head: a location offset from the mean and a log-scale per pixel, read from the features the
+        # mean's last layer reads. Detached: it is fitted to the mean's residuals and never moves the mean, so
+        # reconstructions and codes are what they would be without it. The offset is there for the background: the
+        # slices' background is exactly 0 while the sigmoid mean sits a little above it, and a Gaussian centred
+        # above the zero bin can give it at most half its mass (the scale would then grow without bound).
+        last_in = self.decoder[-1].in_channels
+        self.noise_head = nn.ConvTranspose2d(last_in, 2 * c, 4, stride=2, padding=1) if config.pixel_noise else None
+        if self.noise_head is not None:  # start at the mean, with a flat scale of ~0.02 (exp(-4)): the demo's noise
+            nn.init.zeros_(self.noise_head.weight)
+            nn.init.constant_(self.noise_head.bias, 0.0)
+            nn.init.constant_(self.noise_head.bias[c:], -4.0)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Continuous latents: ``(B,1,H,W) -> (B,D,h,w)``."""
         return self.encoder(x)
 
     def decode(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Image from code vectors: ``(B,D,h,w) -> (B,1,H,W)`` in [0,1]."""
+        """Image from code vectors: ``(B,D,h,w) -> (B,1,H,W)`` in [0,1] (the mean of p(x | codes))."""
         return torch.sigmoid(self.decoder(quantized))
+
+    def decode_distribution(self, quantized: torch.Tensor) -> PixelDistribution:
+        """The mean image and p(x | codes) (:class:`PixelDistribution`) from code vectors ``(B,D,h,w)``."""
+        h = self.decoder[:-1](quantized)  # (B,C,H/2,W/2): what the last layer reads
+        mean = torch.sigmoid(self.decoder[-1](h))
+        if self.noise_head is None:
+            return PixelDistribution(mean, None, None)
+        offset, log_scale = self.noise_head(h.detach()).chunk(2, dim=1)  # each (B,1,H,W)
+        # A log-scale: an optimiser step moves the scale by a factor, not by an amount, so the huge residuals of an
+        # untrained mean cannot park it far up (a softplus scale reached ~70 there and took thousands of steps to
+        # come back). Clamped far above any useful scale for numerical safety only.
+        return PixelDistribution(mean, mean.detach() + offset, torch.exp(log_scale.clamp(max=2.0)) + SCALE_FLOOR)
 
     def encode_indices(self, x: torch.Tensor) -> torch.Tensor:
         """Code grid of an image batch: ``(B,1,H,W) -> (B,h,w)`` int64."""
@@ -146,6 +187,11 @@ class VQVAE(nn.Module):
         """Image from a code grid: ``(B,h,w)`` int64 ``-> (B,1,H,W)`` in [0,1]; the codebook lookup is a Gather."""
         return self.decode(self.quantizer.lookup(indices))
 
+    def decode_indices_distribution(self, indices: torch.Tensor) -> PixelDistribution:
+        """:meth:`decode_distribution` of a code grid ``(B,h,w)`` int64."""
+        return self.decode_distribution(self.quantizer.lookup(indices))
+
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         q = self.quantizer(self.encode(x))
-        return VQVAEOutput(self.decode(q.quantized), q.loss, q.indices, q.perplexity, q.usage)
+        d = self.decode_distribution(q.quantized)
+        return VQVAEOutput(d.mean, q.loss, q.indices, q.perplexity, q.usage, d.loc, d.scale)

@@ -56,6 +56,8 @@ class EvalProtocol:
     seed: int = 0
     temperature: float = 1.0
     top_k: int = 0
+    # the scale of the pixel draw (brainvq.sampling.draw.PIXEL_TEMPERATURE, which a test keeps equal to this)
+    pixel_temperature: float = 0.5
     max_pairs: int = 256  # pairs for MS-SSIM diversity
     c2st: C2STProtocol = field(default_factory=C2STProtocol)
     # Bumped whenever a figure's definition changes, so that calibrations made by older code are not reused.
@@ -71,6 +73,9 @@ class EvalProtocol:
         if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
                 or self.temperature <= 0:
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not isinstance(self.pixel_temperature, (int, float)) or not math.isfinite(self.pixel_temperature) \
+                or self.pixel_temperature < 0:
+            raise ValueError(f"pixel_temperature must be a finite number >= 0, got {self.pixel_temperature!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 = all codes), got {self.top_k!r}")
         if not isinstance(self.max_pairs, int) or self.max_pairs < 1:

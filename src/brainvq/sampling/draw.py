@@ -24,7 +24,8 @@ FullFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def check_sampling_args(n: int, temperature: float, top_k: int, num_embeddings: int | None = None,
-                        batch_size: int = 1, method: str = "fast", seed: int = 0) -> None:
+                        batch_size: int = 1, method: str = "fast", seed: int = 0,
+                        pixel_temperature: float | None = None) -> None:
     """The one check of sampling arguments, for the torch sampler, the onnxruntime sampler and both CLIs: a bad value
     is a one-line :class:`ConfigError` naming the parameter, raised before any model runs."""
     if n < 1 or batch_size < 1:
@@ -38,6 +39,9 @@ def check_sampling_args(n: int, temperature: float, top_k: int, num_embeddings: 
         raise ConfigError(f"bad parameter: method must be 'fast' or 'naive', got {method!r}")
     if seed < 0:  # numpy's generators refuse negative seeds, deep inside the first draw
         raise ConfigError(f"bad parameter: seed must be >= 0, got {seed}")
+    if pixel_temperature is not None and not (math.isfinite(pixel_temperature) and pixel_temperature >= 0):
+        raise ConfigError(f"bad parameter: pixel_temperature must be a finite number >= 0 (0 = the decoder's mean), "
+                          f"got {pixel_temperature}")
 
 
 def uniforms(n: int, code_shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -116,3 +120,37 @@ def naive_sample_batch(full_fn: FullFn, labels: np.ndarray, u: np.ndarray, tempe
         if on_row is not None:
             on_row()
     return codes
+
+
+# Second stream of a sampling call's seed: the code uniforms come from default_rng(seed), the pixel noise from
+# default_rng([seed, PIXEL_STREAM, slice index]).
+PIXEL_STREAM = 1
+# The default scale of the pixel draw, as the softmax temperature is the prior's: chosen on the validation split with
+# benchmarks/decoder_ceiling.py (README, "The decoder's ceiling"). The full scale (1) is the likelihood's, whose
+# white noise also stands in for the fine detail the mean lost, and a texture test sees too much of it.
+PIXEL_TEMPERATURE = 0.5
+
+
+def pixel_draw(loc: np.ndarray, scale: np.ndarray | None, seed: int, first: int = 0,
+               temperature: float = PIXEL_TEMPERATURE) -> np.ndarray:
+    """Slices drawn from the decoder's p(x | codes), a Gaussian ``N(loc, (temperature x scale)²)`` discretised to
+    8-bit grey levels with open end bins (``brainvq.quality.losses.discretised_gaussian_nll``): ``loc``, ``scale``
+    ``(n,1,H,W)`` -> ``(n,1,H,W)`` float32 on the grid ``k / 255``. ``scale`` None gives ``loc`` as it is.
+
+    Pixels whose location lies in the zero bin (``loc < 0.5 / 255``) are background and stay exactly 0: the slices
+    are skull-stripped, their background is masked to 0, and a Gaussian there would sprinkle rare grey specks that
+    the likelihood barely pays for (a 1-in-1000 speck costs it 0.001 nats) but that a texture test sees at once.
+
+    Slice ``i`` draws from ``default_rng([seed, PIXEL_STREAM, first + i])``: its noise depends on the seed and its
+    index in the call alone, not on the batches it was decoded in, so torch and onnxruntime agree.
+    """
+    loc = np.asarray(loc, dtype=np.float32)
+    if scale is None:
+        return loc
+    x = np.empty_like(loc)
+    for i in range(len(loc)):
+        eps = np.random.default_rng([seed, PIXEL_STREAM, first + i]).standard_normal(loc.shape[1:], dtype=np.float32)
+        x[i] = loc[i] + np.float32(temperature) * np.asarray(scale[i], dtype=np.float32) * eps
+    x = np.where(loc < 0.5 / 255, 0.0, x)
+    # rounding as brainvq.data.images writes PNGs: a value's 8-bit level is floor(255 x + 0.5)
+    return (np.floor(np.clip(x, 0, 1) * 255 + 0.5) / 255).astype(np.float32)

@@ -9,6 +9,7 @@ import torch
 
 from brainvq.data.labels import LABELS, labels_for, levels_for
 from brainvq.models.vqvae import VQVAE
+from brainvq.sampling.draw import PIXEL_TEMPERATURE, pixel_draw
 
 
 class Generated(NamedTuple):
@@ -19,12 +20,30 @@ class Generated(NamedTuple):
 
 
 @torch.no_grad()
+def decode_codes(vqvae: VQVAE, codes: np.ndarray, seed: int = 0, pixel_temperature: float = PIXEL_TEMPERATURE,
+                 batch_size: int = 16) -> np.ndarray:
+    """``(n,h,w)`` code grids -> ``(n,1,H,W)`` float32 slices in [0,1]: drawn from the decoder's p(x | codes) with
+    ``seed`` and ``pixel_temperature`` (:func:`brainvq.sampling.draw.pixel_draw`, as the onnxruntime sampler draws
+    them), or its mean when ``pixel_temperature`` is 0 or the VQ-VAE has no noise model."""
+
+    out = []
+    for s in range(0, len(codes), batch_size):
+        d = vqvae.decode_indices_distribution(torch.as_tensor(codes[s : s + batch_size]))
+        if d.scale is None or pixel_temperature == 0:
+            out.append(d.mean.cpu().numpy())
+        else:
+            out.append(pixel_draw(d.loc.cpu().numpy(), d.scale.cpu().numpy(), seed, s, pixel_temperature))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
 def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: float = 1.0, top_k: int = 0, seed: int = 0,
              batch_size: int = 16, progress: bool = True, level: str | float = "random",
-             ) -> Generated:
+             pixel_temperature: float = PIXEL_TEMPERATURE) -> Generated:
     """Sample ``n`` code grids from the prior (exact raster order, fast cached path) and decode them. ``level``: the
     slices' level in [0, 1], ``random`` or ``none`` (see :func:`brainvq.data.labels.levels_for`); priors without
-    level bins ignore it.
+    level bins ignore it. ``pixel_temperature``: the scale of the pixel draw from the decoder's p(x | codes), 0 for
+    its mean (see :func:`decode_codes`).
 
     Returns :class:`Generated` (images, codes, labels, levels).
     """
@@ -35,12 +54,11 @@ def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: floa
     labels = labels_for(label, n)
     if not prior.config.conditional:
         labels = np.full(n, LABELS["none"], dtype=np.int64)
-    check_sampling_args(n, temperature, top_k, batch_size=batch_size, seed=seed)  # the seed before it seeds levels
+    # the seed before it seeds levels
+    check_sampling_args(n, temperature, top_k, batch_size=batch_size, seed=seed, pixel_temperature=pixel_temperature)
     levels = levels_for(level, n, seed)  # checked even when the prior has no levels: a typo is a typo
     codes = sample_codes(prior, n, labels, temperature=temperature, top_k=top_k, seed=seed, batch_size=batch_size,
                          progress=progress, levels=levels if prior.config.level_bins else None)
-    images = np.concatenate([
-        vqvae.decode_indices(torch.as_tensor(codes[s : s + batch_size])).numpy() for s in range(0, n, batch_size)
-    ])
+    images = decode_codes(vqvae, codes, seed, pixel_temperature, batch_size)
     used = levels if prior.config.level_bins else np.full(n, np.nan, np.float32)
     return Generated(images, codes, labels, used)

@@ -106,21 +106,25 @@ def generate_slices(prior, vqvae, protocol: EvalProtocol, progress: bool = True,
     from brainvq.sampling.generate import generate
 
     out = generate(prior, vqvae, protocol.n_samples, "both", protocol.temperature, protocol.top_k, protocol.seed,
-                   batch_size=batch_size, progress=progress)
+                   batch_size=batch_size, progress=progress, pixel_temperature=protocol.pixel_temperature)
     labels = np.where(out.labels == LABELS["none"], -1, out.labels)  # the null label: no class requested
     return Slices(to_uint8(out.images), labels, [f"generated{i}" for i in range(len(labels))], out.levels)
 
 
-def vqvae_reconstructor(vqvae, batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 slices ``(N,H,W)`` -> their VQ-VAE reconstructions as uint8 (what the decoder can give at best)."""
+def vqvae_reconstructor(vqvae, batch_size: int = 32, seed: int = 0,
+                        pixel_temperature: float = 0.0) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 slices ``(N,H,W)`` -> their VQ-VAE reconstructions as uint8 (what the decoder can give at best), decoded
+    from their codes as generation decodes a sample's (:func:`brainvq.sampling.generate.decode_codes`: drawn from
+    p(x | codes) with ``seed`` at ``pixel_temperature`` when the VQ-VAE has a noise model, else the mean)."""
     from brainvq.data.images import to_uint8
+    from brainvq.sampling.generate import decode_codes
 
     @torch.no_grad()
     def reconstruct(images: np.ndarray) -> np.ndarray:
         vqvae.eval()
         x = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0).unsqueeze(1)  # (N,1,H,W)
-        return to_uint8(torch.cat([vqvae(x[s : s + batch_size]).recon.clamp(0, 1)
-                                   for s in range(0, len(x), batch_size)]).numpy())
+        codes = torch.cat([vqvae.encode_indices(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+        return to_uint8(decode_codes(vqvae, codes.numpy(), seed, pixel_temperature, batch_size))
 
     return reconstruct
 
