@@ -40,10 +40,12 @@ def _patch_discriminator():
     return nn.Sequential(*block(1, 32, 2), *block(32, 64, 2), *block(64, 64, 1), nn.Conv2d(64, 1, 4, 1, 1))
 
 
-def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0):
+def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0, on_draws: float = 0.0):
     """A copy of ``vq`` whose decoder trained ``steps`` more batches of ``train``: reconstruction loss (the trainer's
-    MSE + SSIM mix), plus ``adversarial`` x VQGAN's adaptive weight x the hinge generator loss when > 0. Returns
-    ``(model, seconds)``."""
+    MSE + SSIM mix), plus ``adversarial`` x VQGAN's adaptive weight x the hinge generator loss when > 0. With
+    ``on_draws`` > 0 (a VQ-VAE with a noise model) the discriminator sees slices drawn from p(x | codes) at that
+    pixel temperature (reparameterised, mean + t x scale x noise, so its gradient reaches mean and scale) instead of
+    the mean: what the realism test sees. Returns ``(model, seconds)``."""
     import torch
     import torch.nn.functional as F
 
@@ -54,7 +56,9 @@ def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0):
     for p in list(vq.encoder.parameters()) + list(vq.quantizer.parameters()):
         p.requires_grad_(False)
     disc = _patch_discriminator()
-    opt_g = torch.optim.Adam(vq.decoder.parameters(), 1e-4, betas=(0.5, 0.9))
+    # the noise head (pixel_noise) reads the decoder's features, so it keeps training beside it
+    head = list(vq.noise_head.parameters()) if vq.noise_head is not None else []
+    opt_g = torch.optim.Adam(list(vq.decoder.parameters()) + head, 1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), 1e-4, betas=(0.5, 0.9))
     last = vq.decoder[-1].weight  # VQGAN weighs the two losses by their gradients at the decoder's last layer
     rng = np.random.default_rng(seed)
@@ -64,15 +68,17 @@ def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0):
         x, _ = train.batch(rng.choice(len(train), 8, replace=False))
         # the trainer's own reconstruction loss at its default SSIM weight; encoder and codebook are frozen, so only
         # the decoder gets gradients
-        _, loss, out, _ = _loss(vq, x, TrainConfig().ssim_weight)
+        _, loss, out, bits = _loss(vq, x, TrainConfig().ssim_weight)
         rec = out.recon
+        if on_draws > 0:
+            rec = (rec + on_draws * out.scale * torch.randn_like(rec)).clamp(0, 1)
         if adversarial > 0:
             g_loss = -disc(rec * 2 - 1).mean()
             g_rec = torch.autograd.grad(loss, last, retain_graph=True)[0].norm()
             g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0].norm()
             loss = loss + adversarial * (g_rec / (g_adv + 1e-4)).clamp(0, 1e4).detach() * g_loss
         opt_g.zero_grad()
-        loss.backward()
+        (loss + bits).backward()
         opt_g.step()
         if adversarial > 0:
             d_loss = 0.5 * (F.relu(1 - disc(x * 2 - 1)).mean() + F.relu(1 + disc(rec.detach() * 2 - 1)).mean())
@@ -116,7 +122,7 @@ def main(argv=None) -> None:
     p.add_argument("--finetune_steps", type=int, default=0, help="0 = measure the run's decoder only")
     p.add_argument("--noise_steps", type=int, default=0,
                    help="fit a noise head (pixel_noise) on the run's frozen VQ-VAE for this many steps and measure it")
-    p.add_argument("--pixel_temperatures", type=float, nargs="+", default=[0.25, 0.4, 0.5, 0.55, 0.7, 1.0],
+    p.add_argument("--pixel_temperatures", type=float, nargs="+", default=[0.25, 0.3, 0.4, 0.5, 0.7, 1.0],
                    help="pixel temperatures to draw reconstructions at (models with a noise head)")
     p.add_argument("--adversarial", type=float, default=0.8, help="VQGAN's discriminator weight (0.8 in its configs)")
     p.add_argument("--seed", type=int, default=0)
@@ -174,9 +180,13 @@ def main(argv=None) -> None:
 
     row("(oracle)", "truth blur 0.7 + rician 0.01", rician(ndimage.gaussian_filter(truth, (0, 0.7, 0.7)), 0.01), None)
     if args.finetune_steps > 0:
-        for name, weight in (("fine-tuned, reconstruction loss only", 0.0),
-                             (f"fine-tuned, + PatchGAN x {args.adversarial}", args.adversarial)):
-            model, seconds = finetune_decoder(vq, splits.train, args.finetune_steps, weight, args.seed)
+        variants = [("fine-tuned, reconstruction loss only", 0.0, 0.0),
+                    (f"fine-tuned, + PatchGAN x {args.adversarial}", args.adversarial, 0.0)]
+        if vq.config.pixel_noise:
+            from brainvq.sampling.draw import PIXEL_TEMPERATURE as t
+            variants.append((f"fine-tuned, + PatchGAN x {args.adversarial} on draws at {t}", args.adversarial, t))
+        for name, weight, on_draws in variants:
+            model, seconds = finetune_decoder(vq, splits.train, args.finetune_steps, weight, args.seed, on_draws)
             measure(f"{name} ({args.finetune_steps} steps, {seconds / 60:.1f} min)", model)
 
 

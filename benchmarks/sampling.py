@@ -95,6 +95,11 @@ def main(argv=None) -> None:
     for _ in range(reps):
         s.decode(codes)
     ort_ips = reps * len(codes) / (time.perf_counter() - t)
+    if s.has_scale:  # the pixel draw from p(x | codes) (numpy), as sample-onnx decodes
+        t = time.perf_counter()
+        for _ in range(reps):
+            s.decode(codes, seed=0)
+        print(f"decoder with the pixel draw: onnxruntime {reps * len(codes) / (time.perf_counter() - t):.1f} images/s")
     with torch.no_grad():
         tc = torch.from_numpy(codes)
         vqvae.decode_indices(tc)

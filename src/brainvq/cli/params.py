@@ -78,7 +78,7 @@ DEVICE = P("device", "str", "auto", "auto (cuda, mps, cpu), cpu, cuda or mps")
 LEVEL = P("level", "str", "random",
           "slice level in [0, 1] (0 lowest slice of a subject, 1 highest), random (as the data has them) or none; "
           "priors without level_bins ignore it")
-PIXEL_TEMPERATURE = P("pixel_temperature", "float", 0.5,
+PIXEL_TEMPERATURE = P("pixel_temperature", "float", 0.3,
                       "scale of the pixel draw from the decoder's p(x | codes) (VQ-VAEs trained with pixel_noise), "
                       "as temperature is the prior's; 0 = the decoder's mean, a smoother slice")
 OVERWRITE = P("overwrite", "bool", False,
@@ -177,7 +177,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
           field=f"{EVAL}.n_samples"),
         P("temperature", "float", 1.0, "sampling temperature", field=f"{EVAL}.temperature"),
         P("top_k", "int", 0, "top-k sampling; 0 = all codes", field=f"{EVAL}.top_k"),
-        P("pixel_temperature", "float", 0.5, PIXEL_TEMPERATURE.help, field=f"{EVAL}.pixel_temperature"),
+        P("pixel_temperature", "float", 0.3, PIXEL_TEMPERATURE.help, field=f"{EVAL}.pixel_temperature"),
         P("seed", "int", 0, "seed of sampling and of every classifier", field=f"{EVAL}.seed"),
     )),
     EntryPoint("export_onnx", "brainvq export-onnx", "export/export_onnx.py", (

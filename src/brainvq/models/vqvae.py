@@ -29,7 +29,8 @@ class PixelDistribution(NamedTuple):
     scale: torch.Tensor | None  # (B,1,H,W) its scale, >= SCALE_FLOOR
 
 
-# Smallest noise scale: far below one 8-bit step (1/255), so exact-zero background stays exactly zero when drawn.
+# Smallest noise scale, far below one 8-bit step (1/255): keeps the likelihood finite where the data is exactly
+# predictable (the zero background).
 SCALE_FLOOR = 1e-4
 
 
@@ -77,6 +78,8 @@ class VQVAEConfig:
         for name in ("latent_dim", "num_embeddings", "hidden_channels", "res_channels", "in_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.pixel_noise, bool):
+            raise ValueError(f"pixel_noise must be true or false, got {self.pixel_noise!r}")
         if self.num_res_layers < 0:
             raise ValueError(f"num_res_layers must be >= 0, got {self.num_res_layers}")
         size = tuple(int(s) for s in self.image_size)

@@ -57,7 +57,7 @@ class EvalProtocol:
     temperature: float = 1.0
     top_k: int = 0
     # the scale of the pixel draw (brainvq.sampling.draw.PIXEL_TEMPERATURE, which a test keeps equal to this)
-    pixel_temperature: float = 0.5
+    pixel_temperature: float = 0.3
     max_pairs: int = 256  # pairs for MS-SSIM diversity
     c2st: C2STProtocol = field(default_factory=C2STProtocol)
     # Bumped whenever a figure's definition changes, so that calibrations made by older code are not reused.
