@@ -186,3 +186,17 @@ def test_the_evaluation_draws_at_the_samplers_default_pixel_temperature():
     assert EvalProtocol().pixel_temperature == PIXEL_TEMPERATURE
     with pytest.raises(ValueError, match="pixel_temperature"):
         EvalProtocol(pixel_temperature=-1.0)
+
+
+def test_the_noise_model_changes_nothing_else_about_a_model():
+    # same seed, same weights everywhere but the head: the codes and reconstructions of a VQ-VAE trained with the
+    # noise model are those of one trained without it
+    torch.manual_seed(0)
+    without = VQVAE(tiny(pixel_noise=False))
+    after_without = torch.rand(3)
+    torch.manual_seed(0)
+    with_head = VQVAE(tiny())
+    assert torch.equal(torch.rand(3), after_without)  # the RNG is where it would be without the head
+    shared = with_head.state_dict()
+    for name, tensor in without.state_dict().items():
+        assert torch.equal(shared[name], tensor), name

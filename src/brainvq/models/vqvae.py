@@ -156,8 +156,13 @@ class VQVAE(nn.Module):
         # slices' background is exactly 0 while the sigmoid mean sits a little above it, and a Gaussian centred
         # above the zero bin can give it at most half its mass (the scale would then grow without bound).
         last_in = self.decoder[-1].in_channels
-        self.noise_head = nn.ConvTranspose2d(last_in, 2 * c, 4, stride=2, padding=1) if config.pixel_noise else None
-        if self.noise_head is not None:  # start at the mean, with a flat scale of ~0.02 (exp(-4)): the demo's noise
+        self.noise_head = None
+        if config.pixel_noise:
+            # built on a fork of the RNG: the rest of the model, and every draw training makes after it, are what they
+            # are without the head, so adding it changes nothing else (same seed, same codes, same reconstructions)
+            with torch.random.fork_rng(devices=[]):
+                self.noise_head = nn.ConvTranspose2d(last_in, 2 * c, 4, stride=2, padding=1)
+            # start at the mean, with a flat scale of ~0.02 (exp(-4)): the demo's noise level
             nn.init.zeros_(self.noise_head.weight)
             nn.init.constant_(self.noise_head.bias, 0.0)
             nn.init.constant_(self.noise_head.bias[c:], -4.0)
