@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from brainvq.data.images import to_uint8
 from brainvq.errors import ConfigError, ModelFileError
 
 # (codes_row (B,w) int64, vcache, labels (B,) int64, row (1,) int64) -> (vrow (w,B,L,2C), vcache)
@@ -153,5 +154,4 @@ def pixel_draw(loc: np.ndarray, scale: np.ndarray | None, seed: int, first: int 
         eps = np.random.default_rng([seed, PIXEL_STREAM, first + i]).standard_normal(loc.shape[1:], dtype=np.float32)
         x[i] = loc[i] + np.float32(temperature) * np.asarray(scale[i], dtype=np.float32) * eps
     x = np.where(loc < 0.5 / 255, 0.0, x)
-    # rounding as brainvq.data.images writes PNGs: a value's 8-bit level is floor(255 x + 0.5)
-    return (np.floor(np.clip(x, 0, 1) * 255 + 0.5) / 255).astype(np.float32)
+    return to_uint8(x)[:, None] / np.float32(255)  # the 8-bit levels the PNG writer will store, as floats
