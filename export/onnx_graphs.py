@@ -93,7 +93,8 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
     """Write ``decoder.onnx``, ``prior.onnx``, ``prior_row.onnx`` and ``prior_step.onnx`` to ``out_dir``.
 
     ``meta`` may carry ``vqvae_run_id`` and ``prior_run_id``; every file gets the same metadata (codebook size,
-    code grid, image size, labels, conditional, versions, run ids) and a shared pair id. Returns ``{name: path}``.
+    code grid, image size, the class map, conditional, versions, run ids) and a shared pair id. Returns
+    ``{name: path}``.
     """
     meta = dict(meta or {})
     vc, pc = vqvae.config, prior.config
@@ -124,5 +125,6 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
     for name, path in paths.items():
         _stamp(path, build_metadata(
             name, pid, brainvq.__version__, vq_id, px_id, pc.num_embeddings, pc.code_shape, vc.image_size,
-            pc.conditional, pc.num_layers, pc.hidden_channels, pc.kernel_size, pc.dilation_cycle, pc.level_bins))
+            pc.conditional, pc.num_layers, pc.hidden_channels, pc.kernel_size, pc.dilation_cycle, pc.level_bins,
+            pc.classes))
     return paths

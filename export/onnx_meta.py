@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from brainvq.data.labels import LABELS
+from brainvq.data.labels import LEGACY_CLASSES, label_ids
 from brainvq.errors import ModelFileError
 
 # name -> file; "decoder" and "prior" are the user-facing graphs, the other two drive the fast sampler.
@@ -30,7 +30,7 @@ KEYS = (
     "brainvq.num_embeddings",
     "brainvq.code_shape",
     "brainvq.image_size",
-    "brainvq.labels",
+    "brainvq.labels",  # the class map: {"<class>": label id, ..., "none": the null label}
     "brainvq.conditional",
     "brainvq.num_layers",
     "brainvq.hidden_channels",
@@ -60,8 +60,9 @@ def build_metadata(
     kernel_size: int,
     dilation_cycle: tuple[int, ...],
     level_bins: int = 0,
+    classes: tuple[str, ...] = LEGACY_CLASSES,
 ) -> dict[str, str]:
-    """The ``metadata_props`` of one exported file."""
+    """The ``metadata_props`` of one exported file; ``classes``: the prior's class names in label order."""
     return {
         "brainvq.version": version,
         "brainvq.graph": graph,
@@ -71,7 +72,7 @@ def build_metadata(
         "brainvq.num_embeddings": str(num_embeddings),
         "brainvq.code_shape": f"{code_shape[0]}x{code_shape[1]}",
         "brainvq.image_size": f"{image_size[0]}x{image_size[1]}",
-        "brainvq.labels": json.dumps(LABELS),
+        "brainvq.labels": json.dumps(label_ids(classes)),
         "brainvq.conditional": str(bool(conditional)).lower(),
         "brainvq.num_layers": str(num_layers),
         "brainvq.hidden_channels": str(hidden_channels),
@@ -80,6 +81,23 @@ def build_metadata(
         # the graphs' label input takes condition ids: label * (level_bins + 1) + level bin when this is not 0
         "brainvq.level_bins": str(int(level_bins)),
     }
+
+
+def classes_of(meta: dict[str, str], name: str = "the export") -> tuple[str, ...]:
+    """The class names, in label order, an export's metadata records (``brainvq.labels``); exports without the key
+    predate it and were trained on NC (0) and AD (1)."""
+    text = meta.get("brainvq.labels")
+    if text is None:
+        return LEGACY_CLASSES
+    try:
+        ids = json.loads(text)
+        ids = {str(k): int(v) for k, v in ids.items() if k != "none"}
+    except (ValueError, TypeError, AttributeError):
+        raise ModelFileError(f"{name}: brainvq.labels metadata is not a class map ({text[:80]!r})") from None
+    classes = tuple(sorted(ids, key=ids.get))
+    if sorted(ids.values()) != list(range(len(ids))):
+        raise ModelFileError(f"{name}: brainvq.labels metadata does not number its classes 0..{len(ids) - 1}")
+    return classes
 
 
 def check_set(metas: dict[str, dict[str, str]]) -> dict[str, str]:

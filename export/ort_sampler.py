@@ -16,9 +16,9 @@ import numpy as np
 import onnxruntime as ort
 
 from brainvq.data.images import writable_folder, write_slices
-from brainvq.data.labels import condition_ids, levels_for
+from brainvq.data.labels import condition_ids, labels_for, levels_for
 from brainvq.errors import ConfigError, ModelFileError, RunError, one_line
-from brainvq.export.onnx_meta import FILES, LABELS, check_set
+from brainvq.export.onnx_meta import FILES, check_set, classes_of
 from brainvq.sampling.draw import (
     PIXEL_TEMPERATURE,
     check_sampling_args,
@@ -68,7 +68,6 @@ def resolve_model_dir(spec: str) -> Path:
         return path
     try:
         import mlflow
-        from mlflow.tracking import MlflowClient
     except ImportError:
         raise RunError(f"{spec} needs mlflow installed; or pass a local folder with the .onnx files") from None
     from brainvq.tracking.store import check_tracking_store
@@ -76,17 +75,9 @@ def resolve_model_dir(spec: str) -> Path:
     check_tracking_store()  # one line in seconds when the server is down, not minutes of MLflow retries
     try:
         if spec.startswith("models:/"):
-            ref = spec[len("models:/") :].strip("/")
-            client = MlflowClient()
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            else:
-                name, _, version = ref.partition("/")
-                mv = client.get_model_version(name, version)
-            if not mv.run_id:
-                raise RunError(f"{spec} records no source run; pass runs:/<export run id>/onnx instead")
-            spec = f"runs:/{mv.run_id}/onnx"
+            from brainvq.tracking.runs import version_run_id  # the one parser of models:/ URIs
+
+            spec = f"runs:/{version_run_id(spec)}/onnx"
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
     except RunError:
         raise
@@ -133,6 +124,7 @@ class OnnxSampler:
         self.num_embeddings = int(self.meta["brainvq.num_embeddings"])
         self.code_shape = tuple(int(v) for v in self.meta["brainvq.code_shape"].split("x"))
         self.conditional = self.meta.get("brainvq.conditional", "true") == "true"
+        self.classes = classes_of(self.meta, str(self.dir / FILES["decoder"]))  # names in label order
         self.level_bins = int(self.meta.get("brainvq.level_bins", "0"))  # exports before levels have none
         step_in = {i.name: i.shape for i in self.sessions["prior_step"].get_inputs()}
         row_in = {i.name: i.shape for i in self.sessions["prior_row"].get_inputs()}
@@ -186,10 +178,9 @@ class OnnxSampler:
         return sess
 
     def labels_for(self, label: str, n: int) -> np.ndarray:
-        """``AD``/``NC``/``none`` as ``(n,)`` label ids (unconditional priors always get ``none``)."""
-        if label not in LABELS:
-            raise ConfigError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
-        return np.full(n, LABELS[label] if self.conditional else LABELS["none"], dtype=np.int64)
+        """A class name recorded with the export (``self.classes``), ``none`` or ``all`` (every class in turn) as
+        ``(n,)`` label ids (unconditional priors always get ``none``); see :func:`brainvq.data.labels.labels_for`."""
+        return labels_for(label, n, self.classes, self.conditional)
 
     def _fns(self):
         row, step = self.sessions["prior_row"], self.sessions["prior_step"]

@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     setup_logging()
     from brainvq.tracking.codes import encode_codes
 
-    print(f"encode_codes run {encode_codes(args.vqvae_run_id, args.batch_size)}")
+    print(f"encode_codes run {encode_codes(args.vqvae_run_id, args.batch_size, args.device)}")
 
 
 if __name__ == "__main__":

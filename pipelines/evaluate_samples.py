@@ -3,7 +3,7 @@ power, the reconstruction ceiling, Frechet distance and precision / recall with 
 label agreement and diversity (README, "How quality is measured").
 
 Generated slices come from a prior run (``--prior_run_id``), or from any folder of PNGs (``--samples_dir``,
-``FOLDER/{AD,NC}/*.png`` or ``FOLDER/*.png``) compared with an ADNI-layout ``--data_dir``: another generator is
+``FOLDER/<class>/*.png`` or ``FOLDER/*.png``) compared with an ADNI-layout ``--data_dir``: another generator is
 scored the same way. ``--split test`` (the report) also logs ``val/c2st_*``, the realism score on the validation
 split that the registry ranks samplers by. What depends only on the real data and the protocol (power checks, the
 feature network, the real floors) is computed once per data set and reused from an ``eval_calibration`` run.
@@ -43,17 +43,20 @@ def main(argv=None) -> None:
 
     import mlflow
 
+    from brainvq.engine.common import resolve_device
     from brainvq.errors import ConfigError
     from brainvq.quality.evaluate import EvalProtocol
     from brainvq.stages.evaluate import (
         evaluation_sets,
         generate_slices,
         read_sample_folder,
+        sample_folder,
         save_generated_grid,
         score_samples,
         vqvae_reconstructor,
     )
     from brainvq.tracking.calibration import calibration_for
+    from brainvq.tracking.datasets import log_data
     from brainvq.tracking.stage import stage_run
 
     log = logging.getLogger("brainvq.evaluate_samples")
@@ -62,6 +65,7 @@ def main(argv=None) -> None:
                                 top_k=args.top_k, pixel_temperature=args.pixel_temperature)
     except ValueError as exc:
         raise ConfigError(f"bad parameter: {exc}") from None
+    device = resolve_device(args.device)
 
     prior = vqvae = None
     tags = {"brainvq.eval_split": args.split, "brainvq.eval_protocol": protocol.digest()}
@@ -70,8 +74,9 @@ def main(argv=None) -> None:
 
         if not 0 < args.val_fraction < 1:
             raise ConfigError(f"bad parameter: val_fraction must be in (0, 1), got {args.val_fraction}")
-        fake = read_sample_folder(args.samples_dir, args.image_size)
-        splits = load_splits(args.data_dir, args.image_size, args.val_fraction, args.seed, 0)
+        sample_folder(args.samples_dir)  # a mistyped folder is one line before the real data is read
+        splits = load_splits(args.data_dir, args.image_size, args.val_fraction, args.seed, 0, classes=args.classes)
+        fake = read_sample_folder(args.samples_dir, args.image_size, splits.classes)  # labelled as the real data
         params = {k: v for k, v in vars(args).items() if k != "prior_run_id"}
     else:
         from brainvq.stages.vqvae import vqvae_run_splits
@@ -79,14 +84,24 @@ def main(argv=None) -> None:
 
         prior, ckpt, prior_run = load_stage_model(args.prior_run_id, PRIOR_STAGE)
         vqvae, _, vq_run = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")
-        splits = vqvae_run_splits(vq_run.data.params)
+        prior.to(device), vqvae.to(device)  # generation and reconstruction; the classifiers run on the CPU
+        splits = vqvae_run_splits(vq_run.data.params, vqvae.config.classes)
+        if prior.config.conditional and splits.classes != prior.config.classes:
+            from brainvq.errors import RunError
+
+            raise RunError(f"prior run {prior_run.info.run_id} was trained on classes "
+                           f"{','.join(prior.config.classes) or 'none'}, but its VQ-VAE run's data now reads as "
+                           f"{','.join(splits.classes) or 'none (flat)'}: the generated and real labels would differ")
         params = {k: v for k, v in vars(args).items()
-                  if k not in ("samples_dir", "data_dir", "val_fraction", "image_size")}
+                  if k not in ("samples_dir", "data_dir", "classes", "val_fraction", "image_size")}
         params["prior_run_id"] = prior_run.info.run_id
         tags.update({"brainvq.prior_run_id": prior_run.info.run_id, "brainvq.vqvae_run_id": vq_run.info.run_id})
     sets = evaluation_sets(splits, args.split)  # a split too small is refused before any run starts
 
     with stage_run("evaluate_samples", params, tags=tags):
+        log_data(splits.root, "evaluation")  # the real slices compared with
+        if args.samples_dir:
+            log_data(args.samples_dir, "generated")
         if prior is not None:
             t0 = time.monotonic()
             fake = generate_slices(prior, vqvae, protocol)

@@ -5,6 +5,7 @@ a FINISHED run are reused unless --force true.
 Examples:
     mlflow run . --env-manager local                        # demo set, 17-25 minutes on 2 CPU cores
     mlflow run . --env-manager local -P data_dir=/data/ADNI -P vqvae_epochs=40 -P prior_epochs=10
+    mlflow run . --env-manager local -P data_dir=/data/ADNI -P classes=CN,AD       # only these classes: CN 0, AD 1
 """
 
 from __future__ import annotations
@@ -34,6 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _class_map(data_dir: str, classes: str) -> dict[str, str]:
+    """The train_vqvae step's ``classes``: as given, else the class folders the data has now (names in label order),
+    so that a FINISHED run of another class map is never reused for this one. Nothing for a flat layout, or for a
+    folder that cannot be read (the step itself then fails with the reason)."""
+    from brainvq.data.adni import find_classes
+    from brainvq.errors import DataError
+
+    try:
+        names = find_classes(data_dir, classes)
+    except DataError:
+        return {"classes": classes} if classes else {}
+    return {"classes": ",".join(names)} if names else {}
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging()
@@ -49,7 +64,8 @@ def main(argv=None) -> None:
         if not data_dir:
             demo = run_step("make_demo_data", {"seed": args.seed}, pid, force)
             data_dir = demo.data.tags["brainvq.data_dir"]
-        vq = run_step("train_vqvae", {"data_dir": data_dir, "image_size": param_str(args.image_size),
+        picked = _class_map(data_dir, args.classes)
+        vq = run_step("train_vqvae", {"data_dir": data_dir, **picked, "image_size": param_str(args.image_size),
                                       "epochs": args.vqvae_epochs, "max_minutes": args.vqvae_max_minutes,
                                       "seed": args.seed}, pid, force)
         prior = run_step("train_prior", {"vqvae_run_id": vq.info.run_id, "epochs": args.prior_epochs,

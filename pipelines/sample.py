@@ -25,6 +25,7 @@ def main(argv=None) -> None:
     setup_logging()
     from brainvq.data.images import writable_folder, write_slices
     from brainvq.data.labels import levels_for
+    from brainvq.engine.common import resolve_device
     from brainvq.sampling.draw import check_sampling_args
     from brainvq.sampling.generate import generate
     from brainvq.tracking.runs import PRIOR_STAGE, load_stage_model
@@ -33,9 +34,11 @@ def main(argv=None) -> None:
     check_sampling_args(args.n, args.temperature, args.top_k, batch_size=args.batch_size, seed=args.seed,
                         pixel_temperature=args.pixel_temperature)
     levels_for(args.level, 1)
+    device = resolve_device(args.device)
     out = writable_folder(args.out, overwrite=args.overwrite)
     prior, ckpt, _ = load_stage_model(args.prior_run_id, PRIOR_STAGE)
     vqvae, _, _ = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")
+    prior.to(device), vqvae.to(device)
     images = generate(prior, vqvae, args.n, args.label, args.temperature, args.top_k, args.seed, args.batch_size,
                       level=args.level, pixel_temperature=args.pixel_temperature).images
     pngs = write_slices(images, out, overwrite=args.overwrite)[:-1]  # the slices, then grid.png

@@ -71,7 +71,7 @@ def main(argv=None) -> None:
             result = fit_prior(model_cfg, train_cfg, splits["train"], splits["val"], splits["test"],
                                checkpoint_dir=ckpt_dir, resume=args.resume,
                                extra_checkpoint={"vqvae_run_id": vq_id, "mlflow_run_id": run.info.run_id},
-                               tracker=MlflowTracker(run.info.run_id))
+                               tracker=MlflowTracker(run.info.run_id), vqvae=vqvae)
             log_prior_run(result, vqvae, train_cfg, vq_id, seed=args.seed)
             m = {k: result.test_metrics.get(f"prior/{k}", float("nan"))
                  for k in ("test_nll_bits", "unigram_bits", "uniform_bits")}

@@ -3,6 +3,7 @@
 Examples:
     mlflow run . -e train_vqvae --env-manager local                      # demo set
     mlflow run . -e train_vqvae --env-manager local -P data_dir=/data/ADNI -P max_minutes=8
+    brainvq train-vqvae --data_dir /data/ADNI --classes CN,AD      # only these class folders: CN 0, AD 1
     brainvq train-vqvae --data_dir /data/ADNI --epochs 40 --resume true
     torchrun --standalone --nproc_per_node 2 -m brainvq.pipelines.train_vqvae --data_dir /data/ADNI   # DDP
 """
@@ -25,10 +26,12 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging()
     from brainvq.cli.configs import apply_study_best, vqvae_configs_from_args
+    from brainvq.data.splits import resolve_data_dir
     from brainvq.engine import distributed
     from brainvq.engine.common import checkpoint_dir_for
     from brainvq.engine.tracker import NullTracker
     from brainvq.stages.vqvae import run_train_vqvae
+    from brainvq.tracking.datasets import log_data
     from brainvq.tracking.models import log_vqvae_model
     from brainvq.tracking.stage import claim_checkpoint, link_resumed_run, stage_run
     from brainvq.tracking.tracker import MlflowTracker
@@ -44,7 +47,7 @@ def main(argv=None) -> None:
         return run_train_vqvae(
             model_cfg, train_cfg, data_dir=args.data_dir, val_fraction=args.val_fraction,
             max_train_images=args.max_train_images, skip_bad=args.skip_bad, resume=args.resume,
-            checkpoint_dir=ckpt_dir, extra_checkpoint=extra, tracker=tracker,
+            checkpoint_dir=ckpt_dir, extra_checkpoint=extra, tracker=tracker, classes=args.classes,
         )
 
     distributed.init_from_env(args.device)  # no-op unless launched by torchrun with several processes
@@ -56,6 +59,7 @@ def main(argv=None) -> None:
             train(NullTracker())
             return
         with stage_run("train_vqvae", params, tags=distributed.run_tags()) as run:
+            log_data(resolve_data_dir(args.data_dir), "training")  # the folder's file-list digest, as an input
             if args.resume:
                 link_resumed_run(ckpt_dir / "last.pt", "vqvae")
             # The run ID goes into every checkpoint, so a resumed run can name the run it continues.

@@ -12,14 +12,19 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
+# How dark a blob's centre is made (a share of its radius), per class folder name: atrophy, milder in MCI.
+HOLES = {"AD": 0.35, "MCI": 0.2}
+
+
 def write_tiny_adni(root: Path, size=(32, 32), subjects_per_class: int = 3, slices: int = 4, test_subjects: int = 1,
-                    seed: int = 0) -> Path:
-    """Blob images in ``root/{train,test}/{AD,NC}/<subject>_<slice>.png``; AD blobs have a dark centre (atrophy)."""
+                    seed: int = 0, classes=("AD", "NC")) -> Path:
+    """Blob images in ``root/{train,test}/<class>/<subject>_<slice>.png`` for each of ``classes`` (default AD and
+    NC); AD blobs have a dark centre (atrophy), MCI blobs a smaller one (:data:`HOLES`), other classes none."""
     rng = np.random.default_rng(seed)
     h, w = size
     yy, xx = np.mgrid[:h, :w]
     for split, n_subj in (("train", subjects_per_class), ("test", test_subjects)):
-        for label in ("AD", "NC"):
+        for label in classes:
             d = root / split / label
             d.mkdir(parents=True, exist_ok=True)
             for s in range(n_subj):
@@ -29,8 +34,8 @@ def write_tiny_adni(root: Path, size=(32, 32), subjects_per_class: int = 3, slic
                     rr = r * (1 - 0.04 * k)
                     disc = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2) < rr**2
                     img = disc * (0.7 + 0.2 * np.sin(xx / 3.0 + s))
-                    if label == "AD":
-                        img = img * ~(((yy - h / 2) ** 2 + (xx - w / 2) ** 2) < (0.35 * rr) ** 2)
+                    if label in HOLES:
+                        img = img * ~(((yy - h / 2) ** 2 + (xx - w / 2) ** 2) < (HOLES[label] * rr) ** 2)
                     img = np.clip(img + rng.normal(0, 0.02, img.shape) * disc, 0, 1)
                     Image.fromarray((img * 255).astype(np.uint8)).save(d / f"{subject}_{k:03d}.png")
     return root
@@ -63,6 +68,13 @@ def logged_models(run):
         filter_string=f"source_run_id = '{run.info.run_id}'",
         output_format="list",
     )
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on now (for a test's own server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def postgres_available(host: str = "127.0.0.1", port: int = 5432) -> bool:

@@ -131,7 +131,8 @@ CASES = [
          needs_postgres=True, max_seconds=60),
     # --- more data layouts
     Case("split_without_pngs", _train("empty_split"), "no PNG files in", starts_run=True),
-    Case("class_folders_misnamed", _train("cn_only"), "folder(s) not named AD or NC hold PNGs: CN", starts_run=True),
+    Case("class_folders_misnamed", _train("cn_only", "--classes", "AD,NC"),
+         "classes=AD,NC: no class folder AD with PNG files in", starts_run=True),
     # --- more parameters, each refused before a run starts (and before torch is asked to do anything)
     Case("lr_negative", _train("data", "--lr", "-1"), "bad parameter: lr must be > 0, got -1.0"),
     Case("beta_negative", _train("data", "--beta", "-1"), "bad parameter: beta must be >= 0, got -1.0"),
@@ -164,7 +165,7 @@ CASES = [
          "the val split has 8 slices; an evaluation needs at least"),
     Case("flag_not_a_number", _train("data", "--epochs", "ten"), "argument --epochs: expected an integer, got 'ten'"),
     Case("flag_abbreviated", _train("data", "--epoch", "3"), "unrecognized arguments: --epoch 3"),
-    Case("choice_unknown", _sample("onnx", "--label", "MCI"), "argument --label: invalid choice: 'MCI'"),
+    Case("choice_unknown", _sample("onnx", "--provider", "gpu"), "argument --provider: invalid choice: 'gpu'"),
     Case("register_nothing", lambda ctx: ["register"], "nothing to register"),
     Case("cleanup_hours_nan", lambda ctx: ["cleanup", "--older_than_hours", "nan"],
          "older_than_hours must be a finite number >= 0"),
@@ -172,6 +173,9 @@ CASES = [
          "model folder not found"),
     Case("provider_cuda_unavailable", _sample("onnx", "--provider", "cuda"),
          "--provider cuda: CUDAExecutionProvider cannot run here", skip=lambda: _cuda_runs()),
+    Case("device_cuda_unavailable_encode", lambda ctx: ["encode-codes", "--vqvae_run_id", ctx["vqvae"], "--device",
+                                                        "cuda"],
+         "device=cuda was requested but CUDA is not available", skip=lambda: _torch_cuda()),
     # --- runs and checkpoints
     Case("prior_of_another_vqvae", lambda ctx: ["export-onnx", "--vqvae_run_id", ctx["other_vqvae"],
                                                 "--prior_run_id", ctx["prior"]], "was trained on VQ-VAE run"),
@@ -207,6 +211,10 @@ CASES = [
 
 def _cuda_runs() -> str:
     return "CUDA runs here, so --provider cuda is not an error" if torch.cuda.is_available() else ""
+
+
+def _torch_cuda() -> str:
+    return "torch has CUDA here, so device=cuda is not an error" if torch.cuda.is_available() else ""
 
 
 def _dead_pid() -> int:
@@ -278,10 +286,8 @@ def _bad_data(root: Path) -> dict[str, Path]:
     paths["empty_split"] = write_tiny_adni(root / "empty_split", subjects_per_class=1, slices=2)
     for png in (paths["empty_split"] / "test").rglob("*.png"):
         png.unlink()
-    paths["cn_only"] = write_tiny_adni(root / "cn_only", subjects_per_class=1, slices=2)
-    for split in ("train", "test"):  # ADNI's own spelling of the control group, and no AD folder at all
-        (paths["cn_only"] / split / "NC").rename(paths["cn_only"] / split / "CN")
-        shutil.rmtree(paths["cn_only"] / split / "AD")
+    # ADNI's own spelling of the control group, and no AD folder at all (asked for AD,NC: the names are wrong)
+    paths["cn_only"] = write_tiny_adni(root / "cn_only", subjects_per_class=1, slices=2, classes=("CN",))
     return paths
 
 
@@ -308,8 +314,8 @@ def _accepted_data(root: Path) -> Path:
     Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(data / "train" / "NC" / "deepNC_000.png")
     _png(data / "train" / "AD" / "bigAD_000.png", np.full((40, 24), 90, np.uint8))  # padded in W, cropped in H
     _png(data / "train" / "NC" / "upperNC_000.PNG", np.full((32, 32), 60, np.uint8))
-    for k in range(2):  # a class folder spelled as ADNI does: skipped, and named in a warning
-        _png(data / "train" / "CN" / f"cn_{k:03d}.png", np.full((32, 32), 70, np.uint8))
+    for k in range(2):  # a folder inside a class folder: skipped, and named in a warning
+        _png(data / "train" / "NC" / "extra" / f"cn_{k:03d}.png", np.full((32, 32), 70, np.uint8))
     return data
 
 
@@ -450,8 +456,8 @@ def test_rgb_16bit_other_sizes_and_stray_folders_are_accepted_with_one_warning_e
     warnings = [ln for ln in proc.stderr.splitlines() if "UserWarning" in ln]
     colour = [ln for ln in warnings if "colour" in ln]
     assert len(colour) == 1 and "2 colour (RGB/RGBA) images" in colour[0], proc.stderr[-3000:]
-    skipped = [ln for ln in warnings if "skipped" in ln]  # train/CN: ADNI's spelling is named, never dropped silently
-    assert len(skipped) == 1 and "CN: 2 PNGs" in skipped[0] and "NOT read" in skipped[0], proc.stderr[-3000:]
+    skipped = [ln for ln in warnings if "skipped" in ln]  # train/NC/extra: named, never dropped silently
+    assert len(skipped) == 1 and "NC/extra: 2 PNGs" in skipped[0] and "NOT read" in skipped[0], proc.stderr[-3000:]
     assert all(ln.startswith("UserWarning: ") for ln in warnings), warnings  # one line each, no source line after
     client = MlflowClient(results["accepted"]["store"])
     (run,) = [r for rid, r in _stage_runs(client).items() if rid not in before]

@@ -236,14 +236,22 @@ def test_other_folders_and_files_in_a_split_are_skipped_with_one_warning(tmp_pat
     _subjects(tmp_path / "train" / "nc", ["low1"])
     _subjects(tmp_path / "train" / "MCI", ["mci1", "mci2"])
     _subjects(tmp_path / "train" / "AD" / "more", ["deep1"])  # a nested folder
+    _subjects(tmp_path / "train" / ".thumbs", ["th1"])  # a hidden folder is never a class
     (tmp_path / "train" / "notes.txt").write_text("scanner notes")
     (tmp_path / "train" / "AD" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    # every class folder is read (issue 16); what is not a class folder is named, with the PNGs it holds
     s, messages = _load_warned(tmp_path, val_fraction=0.0)
-    assert len(s.train) == 4 and sorted(set(s.train.labels.tolist())) == [0, 1]
+    assert s.classes == ("AD", "CN", "MCI", "NC", "nc") and len(s.train) == 10
     (line,) = [m for m in messages if "skipped" in m]  # one line for the split, none for the clean test split
-    assert line == (f"{tmp_path / 'train'}: skipped 4 folder(s) that are not AD or NC (CN: 3 PNGs, MCI: 2 PNGs, "
-                    "nc: 1 PNGs, …) and 2 non-PNG file(s) (notes.txt, AD/.DS_Store); their 7 PNGs are NOT read "
-                    "(class folders must be named exactly AD and NC)")
+    assert line == (f"{tmp_path / 'train'}: skipped 2 folder(s) that are not class folders (.thumbs: 1 PNGs, "
+                    "AD/more: 1 PNGs) and 2 non-PNG file(s) (notes.txt, AD/.DS_Store); their 2 PNGs are NOT read (a "
+                    "class folder holds its PNGs directly and is not hidden)")
+    # classes= picks two of them: the others are named as left out
+    s, messages = _load_warned(tmp_path, val_fraction=0.0, classes="AD,NC")
+    assert len(s.train) == 4 and sorted(set(s.train.labels.tolist())) == [0, 1] and s.classes == ("AD", "NC")
+    (line,) = [m for m in messages if "skipped" in m]
+    assert line == (f"{tmp_path / 'train'}: skipped 5 folder(s) not in classes=AD,NC (.thumbs: 1 PNGs, CN: 3 PNGs, "
+                    "MCI: 2 PNGs, …) and 2 non-PNG file(s) (notes.txt, AD/.DS_Store); their 8 PNGs are NOT read")
     # the flat layout: only the stray file is named, and nothing says PNGs are lost
     _write(tmp_path / "flat" / "train" / "s_0.png", np.zeros((8, 8), np.uint8))
     (tmp_path / "flat" / "train" / "labels.csv").write_text("s,AD\n")
@@ -251,14 +259,20 @@ def test_other_folders_and_files_in_a_split_are_skipped_with_one_warning(tmp_pat
         scan_split(tmp_path / "flat", "train")
 
 
-def test_a_split_with_only_other_class_folders_is_an_error_naming_them(tmp_path):
+def test_a_class_named_in_classes_but_absent_is_an_error_naming_the_class_folders(tmp_path):
     _subjects(tmp_path / "train" / "CN", ["cn1", "cn2"])
     _subjects(tmp_path / "train" / "MCI", ["m1"])
     with pytest.raises(DataError) as err:
-        scan_split(tmp_path, "train")
+        scan_split(tmp_path, "train", classes="AD,NC")
     msg = str(err.value)
-    assert msg.startswith(f"no PNG files in {tmp_path / 'train'} ") and "\n" not in msg
-    assert msg.endswith("; folder(s) not named AD or NC hold PNGs: CN (2 PNGs), MCI (1 PNGs)")
+    assert msg == f"classes=AD,NC: no class folder AD with PNG files in {tmp_path}/train (class folders there: CN, MCI)"
+    # a split whose only PNGs lie in nested folders: the error names them
+    _subjects(tmp_path / "nested" / "train" / "AD" / "deeper", ["d1"])
+    with pytest.raises(DataError) as err:
+        scan_split(tmp_path / "nested", "train")
+    msg = str(err.value)
+    assert msg.startswith(f"no PNG files in {tmp_path / 'nested' / 'train'} ") and "\n" not in msg
+    assert msg.endswith("; folder(s) that are not class folders hold PNGs: AD (1 PNGs)")
 
 
 def test_a_split_with_one_class_warns_with_the_count(tmp_path):

@@ -57,11 +57,20 @@ def test_main_pipeline_runs_every_step_as_child_runs_and_reuses_them(tmp_path):
         assert client.get_model_version_by_alias(name, "champion").run_id == stages[step].info.run_id, name
         assert parent.data.tags[f"brainvq.registered.{name}"] == "1"
 
-    # a second run with the same parameters reuses every FINISHED step instead of training again
+    # a second run with the same parameters reuses every FINISHED step instead of training again, when the code is
+    # a clean commit (as in CI); with uncommitted changes every step runs again, and the log says why
+    # (tests/test_workflow_reuse.py covers both on a repository of its own)
+    from brainvq.tracking.workflow import code_version
+
+    clean = code_version(REPO).clean
     again = run_main(data)
     assert again.returncode == 0, again.stderr[-3000:]
     runs = client.search_runs([exp.experiment_id])
-    assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_vqvae"]) == 1
-    assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_prior"]) == 1
-    assert "reusing FINISHED run" in again.stderr
-    assert len(client.search_model_versions("name = 'brainvq-vqvae'")) == 1  # the same run keeps its version
+    trainings = 1 if clean else 2
+    assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_vqvae"]) == trainings
+    assert len([r for r in runs if r.data.tags.get("brainvq.stage") == "train_prior"]) == trainings
+    if clean:
+        assert "reusing FINISHED run" in again.stderr and "(same parameters, code version" in again.stderr
+        assert len(client.search_model_versions("name = 'brainvq-vqvae'")) == 1  # the same run keeps its version
+    else:
+        assert "uncommitted changes (a dirty tree is never reused)" in again.stderr

@@ -160,13 +160,13 @@ def _check(root: Path, seed: int, case: list[str], skip_bad: bool) -> str:
     said = [str(w.message) for w in caught if str(root) in str(w.message)]  # the reader's own warnings
     assert all("\n" not in m for m in said), f"{where}: multi-line warning in {said}"
     for split in ("train", "test"):  # nothing silent: anything the reader does not read is named in a warning
-        if _unread(root / split):
+        if _unread(root, split):
             assert any(m.startswith(f"{root / split}: skipped ") for m in said), f"{where}: {split}: silent {said}"
     assert len(splits.train) + len(splits.val) > 0 and len(splits.test) > 0, where
     for name in ("train", "val", "test"):
         ds = getattr(splits, name)
         assert ds.images.dtype == np.uint8 and ds.images.shape == (len(ds), *SIZE), f"{where}: {name}"
-        assert set(ds.labels.tolist()) <= {-1, 0, 1}, f"{where}: {name} labels"
+        assert set(ds.labels.tolist()) <= {-1, *range(len(splits.classes))}, f"{where}: {name} labels"
         if len(ds):
             x, y = ds.batch(np.arange(min(len(ds), 4)))
             assert x.shape[1:] == (1, *SIZE) and bool(x.isfinite().all()), f"{where}: {name}"
@@ -174,10 +174,25 @@ def _check(root: Path, seed: int, case: list[str], skip_bad: bool) -> str:
     return "ok"
 
 
-def _unread(folder: Path) -> bool:
-    """Whether ``folder`` holds anything besides ``AD``/``NC`` folders and ``.png`` files (in any case) in them."""
+def _class_folders(root: Path) -> set[str]:
+    """The tree's class folders, as ImageFolder finds them: folders directly in train/ or test/, not hidden, that hold
+    ``.png`` files (in any case) directly."""
+    names = set()
+    for split in ("train", "test"):
+        for d in os.listdir(root / split) if (root / split).is_dir() else ():
+            folder = root / split / d
+            if not d.startswith(".") and folder.is_dir() and any(
+                f.lower().endswith(".png") and not (folder / f).is_dir() for f in os.listdir(folder)
+            ):
+                names.add(d)
+    return names
+
+
+def _unread(root: Path, split: str) -> bool:
+    """Whether a split holds anything besides class folders and ``.png`` files (in any case) in them."""
+    folder, classes = root / split, _class_folders(root)
     for parent, dirs, files in os.walk(folder):
-        if any(Path(parent, d) not in (folder / "AD", folder / "NC") for d in dirs):
+        if any(Path(parent) != folder or d not in classes for d in dirs):
             return True
         if any(not f.lower().endswith(".png") for f in files):
             return True

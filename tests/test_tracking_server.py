@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,12 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import POSTGRES_URL, postgres_admin, requires_postgres, write_tiny_adni
+from conftest import POSTGRES_URL, free_port, postgres_admin, requires_postgres, write_tiny_adni
 from tiny_chain import TINY_VQVAE, subprocess_env
 
 pytestmark = [requires_postgres, pytest.mark.postgres, pytest.mark.slow]
 
 STARTUP_TIMEOUT_S = 180  # a fresh database runs MLflow's schema migrations first (~15 s here, more under load)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log_path) -> None:
@@ -50,7 +43,7 @@ def tracking_server(tmp_path):
     """`mlflow server` on a fresh PostgreSQL database; yields (url, artifact folder); stopped and dropped after."""
     db = f"brainvq_test_srv_{uuid.uuid4().hex[:12]}"
     postgres_admin(f"CREATE DATABASE {db}")
-    port, artifacts, log_path = _free_port(), tmp_path / "artifacts", tmp_path / "server.log"
+    port, artifacts, log_path = free_port(), tmp_path / "artifacts", tmp_path / "server.log"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{POSTGRES_URL}/{db}",
            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]  # the default 4 workers is 4 copies of MLflow on a 2-core machine
@@ -91,7 +84,7 @@ def test_train_vqvae_logs_to_a_postgres_backed_tracking_server(tracking_server, 
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/ssim")] == [1, 2]
     assert run.data.params["epochs"] == "2" and run.data.params["num_embeddings"] == "8"
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"reconstructions.png", "loss_curve.png", "config.json", "checkpoint"} <= names
+    assert {"reconstructions.png", "config.json", "checkpoint"} <= names
     config = json.loads(open(client.download_artifacts(run.info.run_id, "config.json", str(tmp_path))).read())
     assert config["model"]["num_embeddings"] == 8
     # the server proxied the uploads into --artifacts-destination

@@ -88,9 +88,10 @@ def _space(folder) -> str:
     return str(path)
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retried_trial_number: stable since 2.8
 def test_killed_worker_trial_is_failed_and_retried(pg, tiny_adni):
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     storage, mlflow_url = pg
@@ -116,7 +117,7 @@ def test_killed_worker_trial_is_failed_and_retried(pg, tiny_adni):
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert trials[0].state == TrialState.FAIL
-    retry = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == 0]
+    retry = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 0]
     assert len(retry) == 1 and retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retry[0].params == trials[0].params
     # The dead worker's child run is closed too, not left RUNNING.

@@ -28,6 +28,20 @@ def best_trial(study: optuna.Study, objective: str) -> optuna.trial.FrozenTrial 
     return study.best_trial
 
 
+def write_self_contained_html(fig, path: Path) -> Path:
+    """Write a plotly figure as one HTML file that carries plotly.js inline (about 4.8 MB).
+
+    Why inline: the MLflow UI shows an HTML artifact by fetching its text and loading it into a sandboxed iframe
+    from a ``blob:`` URL (``ShowArtifactHtmlView``). A ``blob:`` URL cannot serve as a base for relative URLs, so a
+    ``<script src="plotly.min.js">`` beside the file (plotly's ``include_plotlyjs="directory"``) never loads there:
+    ``Plotly`` stays undefined and the artifact pane stays blank. A CDN script (``"cdn"``, what ``mlflow.log_figure``
+    writes) needs the internet, which a cluster's MLflow server often lacks. Inline plotly.js draws everywhere,
+    offline too, and each file still opens on its own after a download.
+    """
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
 def save_plots(study: optuna.Study, out_dir: Path, objective: str, metric: str) -> tuple[list[Path], list[str]]:
     """Write the plots Optuna can make; returns (files, notes on the ones it could not)."""
     import optuna.visualization as vis
@@ -61,8 +75,7 @@ def save_plots(study: optuna.Study, out_dir: Path, objective: str, metric: str) 
             notes.append(f"{name}: skipped ({one_line(exc)})")
             continue
         path = out_dir / f"{name}.html"
-        # "directory": one plotly.min.js beside the HTML files, so the plots open offline without 3 MB each.
-        fig.write_html(str(path), include_plotlyjs="directory")
+        write_self_contained_html(fig, path)
         files.append(path)
     return files, notes
 

@@ -433,7 +433,7 @@ def finished_states() -> tuple[TrialState, ...]:
 
 
 def retry_of(trial: optuna.trial.FrozenTrial) -> int | None:
-    """Number of the trial this one retries (RetryFailedTrialCallback's system attr, read without its
+    """Number of the trial this one retries (RetryHeartbeatStaleTrialCallback's system attr, read without its
     experimental-API warning)."""
     return trial.system_attrs.get("failed_trial")
 
@@ -482,7 +482,10 @@ class _StaleTrial:
     """Heartbeat-stale trial (its worker died): close its MLflow child run as FAILED, then retry it."""
 
     def __init__(self, max_retry: int) -> None:
-        self.retry = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+        # Optuna 4.9 renamed RetryFailedTrialCallback (now a deprecated alias, removed in 6.0) to say what it retries
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
@@ -501,7 +504,7 @@ class _StaleTrial:
 
 def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 0, max_retry: int = 2):
     """RDBStorage with a heartbeat, so a worker killed mid-trial leaves a trial that the next worker marks FAIL and
-    retries (RetryFailedTrialCallback). ``heartbeat_interval=0`` turns the heartbeat off."""
+    retries (RetryHeartbeatStaleTrialCallback). ``heartbeat_interval=0`` turns the heartbeat off."""
     if not url:
         raise ConfigError("storage must not be empty (default sqlite:///optuna.db)")
     if url.split(":", 1)[0].split("+")[0] not in {"sqlite", "postgresql", "mysql", "oracle", "mssql"}:
@@ -608,7 +611,8 @@ def load_data(args: argparse.Namespace, space: Space):
 
         if not 0 < args.val_fraction < 1:
             raise ConfigError(f"bad parameter: val_fraction must be in (0, 1) for tuning, got {args.val_fraction}")
-        splits = load_splits(args.data_dir, args.image_size, args.val_fraction, args.seed, args.max_train_images)
+        splits = load_splits(args.data_dir, args.image_size, args.val_fraction, args.seed, args.max_train_images,
+                             classes=args.classes)
         if not len(splits.val):
             raise ConfigError(f"no validation slices (val_fraction={args.val_fraction}): tuning needs val/ssim")
         return splits, None

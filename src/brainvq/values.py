@@ -56,6 +56,35 @@ def int_tuple(name: str, value) -> tuple[int, ...]:
         ) from None
 
 
+# The class map of everything written before class maps were recorded (checkpoints, code files, ONNX exports):
+# label 0 = NC, 1 = AD. A data tree of exactly these two class folders still gets it (brainvq.data.labels.class_order).
+LEGACY_CLASSES = ("NC", "AD")
+# Sampling names that are not classes: the null label, and every class in turn.
+RESERVED_LABELS = ("none", "all", "both")
+
+
+def class_names(value, what: str = "classes") -> tuple[str, ...]:
+    """The ``classes`` parameter: comma-separated class folder names such as ``CN,AD`` (the order given is the label
+    order), or a sequence of names; empty = every class folder. Names must be distinct, non-empty folder names."""
+    if value is None:
+        return ()
+    parts = [p.strip() for p in (str(value).split(",") if isinstance(value, str) else map(str, value))]
+    if parts == [""]:
+        return ()
+    spelled = value if isinstance(value, str) else ",".join(map(str, value))
+    for name in parts:
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise ConfigError(f"bad parameter: {what} must be comma-separated class folder names such as CN,AD; "
+                              f"got {spelled!r}")
+        if name in RESERVED_LABELS:
+            raise ConfigError(f"bad parameter: {what}: {name!r} is a sampling name ({', '.join(RESERVED_LABELS)}), "
+                              "not a class name")
+    dupes = sorted({n for n in parts if parts.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"bad parameter: {what} names {', '.join(dupes)} twice; got {spelled!r}")
+    return tuple(parts)
+
+
 def param_str(value: object) -> str:
     """Params as MLproject spells them: booleans lower-case, tuples as ``HxW``."""
     if isinstance(value, bool):

@@ -13,6 +13,7 @@ from brainvq.cli.args import run_main
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS = {
     "make-demo-data": ("brainvq.pipelines.make_demo_data", "write the ADNI-layout demo set generated from MNI152"),
+    "make-slices": ("brainvq.pipelines.make_slices", "turn a folder of NIfTI volumes into ADNI-layout slices"),
     "train-vqvae": ("brainvq.pipelines.train_vqvae", "train the VQ-VAE (MLflow run)"),
     "encode-codes": ("brainvq.pipelines.encode_codes", "encode train/val/test into code grids of a VQ-VAE run"),
     "train-prior": ("brainvq.pipelines.train_prior", "train the prior (a gated PixelCNN) over a VQ-VAE's codes"),

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from brainvq.errors import ConfigError
-from brainvq.values import int_tuple
+from brainvq.values import class_names, int_tuple
 
 
 def _build(cls, **kwargs):
@@ -25,6 +25,7 @@ def vqvae_configs_from_args(args: argparse.Namespace):
         raise ConfigError(f"bad parameter: val_fraction must be in [0, 1), got {args.val_fraction}")
     if args.max_train_images < 0:
         raise ConfigError(f"bad parameter: max_train_images must be >= 0, got {args.max_train_images}")
+    class_names(getattr(args, "classes", ""))  # a bad spelling is one line before any run starts
     model = _build(
         VQVAEConfig, latent_dim=args.latent_dim, num_embeddings=args.num_embeddings, downsample=args.downsample,
         hidden_channels=args.hidden_channels, num_res_layers=args.num_res_layers, beta=args.beta, ema=args.ema,

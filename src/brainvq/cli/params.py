@@ -70,6 +70,7 @@ MV = "brainvq.models.vqvae:VQVAEConfig"
 TP = "brainvq.engine.prior:PriorTrainConfig"
 MP = "brainvq.models.pixelcnn:PixelCNNConfig"
 DEMO = "brainvq.data.demo:DemoConfig"
+SLICES = "brainvq.data.volumes:SliceConfig"
 EVAL = "brainvq.quality.evaluate:EvalProtocol"
 
 DATA_DIR = P("data_dir", "str", "", "ADNI-layout root with train/ and test/; empty = the bundled demo set")
@@ -86,10 +87,14 @@ OVERWRITE = P("overwrite", "bool", False,
 RESUME = P("resume", "bool", False, "continue from this configuration's last checkpoint (of a run that did not finish)")
 IMAGE_SIZE = P("image_size", "size", (240, 256), "HxW every slice is padded/cropped to")
 VAL_FRACTION = P("val_fraction", "float", 0.2, "share of training subjects held out as the validation split")
+CLASSES = P("classes", "str", "",
+            "class folders to read, comma-separated, in label order (e.g. CN,AD: CN 0, AD 1); empty = every class "
+            "folder, sorted (a tree of exactly AD and NC keeps NC 0, AD 1)")
 
 ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
     EntryPoint("main", "brainvq pipeline", "pipelines/main.py", (
         P("data_dir", "str", "", "ADNI-layout root; empty = generate and use the demo set"),
+        CLASSES,
         P("force", "bool", False, "rerun steps even when a matching FINISHED run exists"),
         P("image_size", "size", (240, 256), "HxW slices are padded/cropped to"),
         # Budgets count optimiser steps, not minutes, so every machine trains the same models and reports the same
@@ -110,8 +115,31 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("seed", "int", 0, "random seed (same seed, same bytes)", field=f"{DEMO}.seed"),
         P("image_size", "size", (240, 256), "HxW of the slices", field=f"{DEMO}.image_size"),
     )),
+    EntryPoint("make_slices", "brainvq make-slices", "pipelines/make_slices.py", (
+        P("in_dir", "str", "",
+          "folder of NIfTI volumes (.nii, .nii.gz): <class>/<subject>.nii.gz, or anywhere in it with labels_csv"),
+        P("out_dir", "str", "", "new (or empty) folder for the ADNI layout {train,test}/<class>/<subject>_<slice>.png"),
+        P("labels_csv", "str", "",
+          "CSV of subject,label (subject = file name without .nii/.nii.gz); empty = classes from folder names"),
+        P("slices", "int", 20, "consecutive axial slices per subject", field=f"{SLICES}.slices"),
+        P("slice_mm", "float", 2.0, "distance between consecutive slices in mm", field=f"{SLICES}.slice_mm"),
+        P("slab_level", "float", 0.5,
+          "height of the middle slice in the head/brain's axial extent: 0 its lowest plane, 1 its top",
+          field=f"{SLICES}.slab_level"),
+        P("pixel_mm", "float", 0.0, "mm per output pixel; 0 = fit: the slab's head/brain box fills 0.9 of the frame",
+          field=f"{SLICES}.pixel_mm"),
+        P("image_size", "size", (240, 256), "HxW of the slices", field=f"{SLICES}.image_size"),
+        P("low_percentile", "float", 0.5, "percentile of the nonzero voxels that becomes black",
+          field=f"{SLICES}.low_percentile"),
+        P("high_percentile", "float", 99.5, "percentile of the nonzero voxels that becomes white",
+          field=f"{SLICES}.high_percentile"),
+        P("test_fraction", "float", 0.2, "share of each class's subjects written to test/",
+          field=f"{SLICES}.test_fraction"),
+        P("seed", "int", 0, "seed of the train/test split", field=f"{SLICES}.seed"),
+    )),
     EntryPoint("train_vqvae", "brainvq train-vqvae", "pipelines/train_vqvae.py", (
         DATA_DIR,
+        CLASSES,
         P("epochs", "int", 30, "training epochs", field=f"{TV}.epochs"),
         P("batch_size", "int", 8, "images per optimiser step", field=f"{TV}.batch_size"),
         P("lr", "float", 3e-3, "peak Adam learning rate (cosine schedule)", field=f"{TV}.lr"),
@@ -141,6 +169,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
     EntryPoint("encode_codes", "brainvq encode-codes", "pipelines/encode_codes.py", (
         P("vqvae_run_id", "str", "latest", "train_vqvae run ID, or latest (newest FINISHED one)"),
         P("batch_size", "int", 32, "slices per encoder batch"),
+        DEVICE,
     )),
     EntryPoint("train_prior", "brainvq train-prior", "pipelines/train_prior.py", legacy=("train_pixelcnn",), params=(
         P("vqvae_run_id", "str", "latest", "train_vqvae run ID, or latest"),
@@ -154,7 +183,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         # the config is built, so a bad value is the one-line "bad parameter" error.
         P("dilation_cycle", "str", "1,2,4,8,16",
           "dilation of layers 1, 2, 3, ... repeating (layer 0 is never dilated); 1 = plain gated PixelCNN"),
-        P("conditional", "bool", True, "condition on AD/NC (with a null label)", field=f"{MP}.conditional"),
+        P("conditional", "bool", True, "condition on the class (with a null label)", field=f"{MP}.conditional"),
         P("level_bins", "int", 0,
           "also condition on the slice level within its subject, cut into this many bins; 0 = no levels",
           field=f"{MP}.level_bins"),
@@ -169,16 +198,19 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("prior_run_id", "str", "latest", "train_prior run ID, or latest (ignored with samples_dir)"),
         P("samples_dir", "str", "", "folder of generated PNGs to score instead of a prior run"),
         P("data_dir", "str", "", "ADNI-layout root the samples_dir slices are compared with; empty = the demo set"),
+        P("classes", "str", "", f"with samples_dir: {CLASSES.help}"),
         P("val_fraction", "float", 0.2, "with samples_dir: share of training subjects in val"),
         P("image_size", "size", (240, 256), "with samples_dir: HxW slices are fitted to"),
         P("split", "str", "test", "held-out split compared with: test reports, val chooses", choices=("test", "val")),
         P("n_samples", "int", 256,
-          "slices generated (half AD, half NC when conditional) and real held-out slices compared",
+          "slices generated (every class in turn when conditional) and real held-out slices compared",
           field=f"{EVAL}.n_samples"),
         P("temperature", "float", 1.0, "sampling temperature", field=f"{EVAL}.temperature"),
         P("top_k", "int", 0, "top-k sampling; 0 = all codes", field=f"{EVAL}.top_k"),
         P("pixel_temperature", "float", 0.3, PIXEL_TEMPERATURE.help, field=f"{EVAL}.pixel_temperature"),
         P("seed", "int", 0, "seed of sampling and of every classifier", field=f"{EVAL}.seed"),
+        # generation, encoding and decoding; the realism classifiers stay on the CPU, so a score never depends on it
+        DEVICE,
     )),
     EntryPoint("export_onnx", "brainvq export-onnx", "export/export_onnx.py", (
         P("vqvae_run_id", "str", "latest",
@@ -193,7 +225,8 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
           "or latest (newest export_onnx run)"),
         P("n", "int", 16, "number of samples"),
         P("batch_size", "int", 16, "samples generated together"),
-        P("label", "str", "none", "class to sample", choices=("AD", "NC", "none")),
+        P("label", "str", "none",
+          "class to sample: a class name recorded with the model (e.g. AD), none (no class) or all (each in turn)"),
         P("temperature", "float", 1.0, "softmax temperature"),
         P("top_k", "int", 0, "keep only the k most likely codes; 0 = all"),
         P("seed", "int", 0, "random seed (same seed, same codes as `brainvq sample`)"),
@@ -209,7 +242,9 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
     EntryPoint("", "brainvq sample", "pipelines/sample.py", (
         P("prior_run_id", "str", "latest", "train_prior run ID, or latest"),
         P("n", "int", 16, "number of slices"),
-        P("label", "str", "both", "class to generate (both = alternate)", choices=("AD", "NC", "none", "both")),
+        P("label", "str", "all",
+          "class to generate: a class name recorded with the prior (e.g. AD), none (no class) or all (every class "
+          "in turn; both = all)"),
         P("temperature", "float", 1.0, "softmax temperature (>0)"),
         P("top_k", "int", 0, "sample among the k most likely codes; 0 = all"),
         P("seed", "int", 0, "random seed (same seed, same slices)"),
@@ -218,6 +253,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         OVERWRITE,
         LEVEL,
         PIXEL_TEMPERATURE,
+        DEVICE,
     )),
     EntryPoint("", "brainvq register", "pipelines/register.py", (
         P("vqvae_run_id", "str", "", "train_vqvae run ID or latest; empty = skip"),
@@ -240,6 +276,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("study_name", "str", "brainvq-vqvae", "Optuna study; an existing one is resumed"),
         P("storage", "str", "sqlite:///optuna.db", "Optuna storage; PostgreSQL for parallel workers"),
         P("data_dir", "str", "", "ADNI-layout root; empty = the demo set"),
+        CLASSES,
         P("vqvae_run_id", "str", "latest", "stage=prior: the train_vqvae run whose codes are modelled"),
         P("seed", "int", 0, "seed for training and the sampler"),
         P("pruner", "str", "median", "early stopping of weak trials", choices=("median", "hyperband", "none")),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "adni": ("ADNISplits", "Sample", "SliceDataset", "cache_root", "cap_by_subject", "load_adni", "load_split",
-             "scan_split", "split_by_subject", "subject_of"),
+    "adni": ("ADNISplits", "Sample", "SliceDataset", "cache_root", "cap_by_subject", "find_classes", "load_adni",
+             "load_split", "scan_split", "split_by_subject", "subject_of"),
     "demo": ("default_demo_dir", "ensure_demo_data", "make_demo_data"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

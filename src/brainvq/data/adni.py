@@ -1,4 +1,8 @@
-"""ADNI-layout folders: ``ROOT/{train,test}/{AD,NC}/<subject>_<slice>.png`` (or flat ``ROOT/{train,test}/*.png``).
+"""ADNI-layout folders: ``ROOT/{train,test}/<class>/<subject>_<slice>.png`` (or flat ``ROOT/{train,test}/*.png``).
+
+Class folders are read as torchvision's ``ImageFolder`` reads them: any names (``AD``/``NC``, ADNI's ``AD``/``CN``,
+``AD``/``MCI``/``CN``, ...), labelled ``0..N-1`` in sorted order, or picked and ordered by the ``classes`` parameter
+(see :func:`find_classes` and :func:`brainvq.data.labels.class_order`). The flat layout is unlabelled.
 
 Slices are decoded once into a uint8 ``(N, H, W)`` array cached on disk (keyed by the file list, sizes, mtimes and
 image size) and memory-mapped, so later epochs and later runs never decode PNGs again.
@@ -21,8 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from brainvq.data.images import decode, few, shown, warn_conversions, warn_data
-from brainvq.data.labels import CLASSES, UNLABELLED
+from brainvq.data.labels import UNLABELLED, class_order
 from brainvq.errors import DataError, one_line
+from brainvq.values import RESERVED_LABELS, class_names
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the cache layout or the decoding changes: part of the key (2: 16-bit depths)
@@ -30,7 +35,7 @@ CACHE_FORMAT = 2  # bump when the cache layout or the decoding changes: part of 
 
 @dataclass(frozen=True)
 class Sample:
-    """One slice file: ``label`` is 1 (AD), 0 (NC) or -1 (flat layout, unlabelled)."""
+    """One slice file: ``label`` is its class's index in the data's class map, or -1 (flat layout, unlabelled)."""
 
     path: str
     label: int
@@ -67,15 +72,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("BRAINVQ_CACHE") or Path.home() / ".cache" / "brainvq")
 
 
-def scan_split(root: str | os.PathLike, split: str, skip_bad: bool = False) -> list[Sample]:
-    """A split's slices in a deterministic (sorted) order; labels from ``AD``/``NC`` subfolders, or -1 when flat.
+def scan_split(root: str | os.PathLike, split: str, skip_bad: bool = False, classes=None,
+               partial: bool = False) -> list[Sample]:
+    """A split's slices in a deterministic (sorted) order; labels from class subfolders, or -1 when flat.
 
-    ``.png`` is matched in any case. Everything else in the split (other folders such as ``CN`` or ``MCI``, nested
-    folders, non-PNG files) is skipped with one warning that counts and names it. Zero-byte and unreadable files
-    raise :class:`DataError` (or are dropped with a logged count when ``skip_bad``); corrupt contents are only found
-    when decoding (:func:`load_adni`).
+    ``classes``: the class map (names in label order, or ``"CN,AD"``), each of which must be a class folder of the
+    split unless ``partial`` (a folder of generated slices of some classes); None or empty: the class folders of
+    this split (:func:`find_classes`). ``.png`` is matched in any case. Everything else in the split (folders that
+    are not classes, nested folders, non-PNG files) is skipped with one warning that counts and names it. Zero-byte
+    and unreadable files raise :class:`DataError` (or are dropped with a logged count when ``skip_bad``); corrupt
+    contents are only found when decoding (:func:`load_adni`).
     """
-    samples, empty = _scan(root, split, skip_bad)
+    picked = class_names(classes)
+    names = picked if partial and picked else find_classes(root, classes, splits=(split,))
+    samples, empty = _scan(root, split, skip_bad, names, bool(picked))
     if empty:
         log.warning("%s: skipped %d zero-byte or unreadable file(s)", Path(root) / split, empty)
     return samples
@@ -115,35 +125,90 @@ def _pngs_under(folder: Path) -> int:
     return sum(_is_png(f) for _, _, files in os.walk(folder) for f in files)
 
 
-def _scan(root: str | os.PathLike, split: str, skip_bad: bool) -> tuple[list[Sample], int]:
-    """:func:`scan_split` that returns the number of zero-byte or unreadable files it dropped instead of logging it."""
+def _existing_root(root: str | os.PathLike) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data_dir does not exist or is not a folder: {shown(root)}")
+    return root
+
+
+def _holds_pngs(folder: Path) -> bool:
+    """Any PNG file directly in ``folder`` (stops at the first)."""
+    try:
+        with os.scandir(folder) as it:
+            return any(_is_png(e.name) and not _is_dir(e) for e in it)
+    except OSError:
+        return False
+
+
+def _class_folders(folder: Path) -> list[str]:
+    """Names of the class folders directly in a split folder: folders, not hidden, that hold PNG files directly."""
+    try:
+        with os.scandir(folder) as it:
+            dirs = sorted(e.name for e in it if _is_dir(e) and not e.name.startswith("."))
+    except OSError:
+        return []  # the split's own scan names the folder it cannot read
+    return [d for d in dirs if _holds_pngs(folder / d)]
+
+
+def find_classes(root: str | os.PathLike, classes=None, splits: Sequence[str] = ("train", "test")) -> tuple[str, ...]:
+    """The class map of a data tree, names in label order: ``classes`` (names, or ``"CN,AD"``) as given, each of
+    which must be a class folder of one of ``splits``; else every class folder of ``splits`` (folders, not hidden,
+    holding PNG files directly) in :func:`~brainvq.data.labels.class_order`. ``()``: no class folders (the flat
+    layout). Missing split folders are left to the split's own scan to report."""
+    root = _existing_root(root)
+    wanted = class_names(classes)
+    found = sorted({name for split in splits if (root / split).is_dir() for name in _class_folders(root / split)})
+    if not any((root / split).is_dir() for split in splits):
+        return wanted
+    where = f"{shown(root)}/{' or '.join(splits)}"
+    if wanted:
+        missing = [c for c in wanted if c not in found]
+        if missing:
+            raise DataError(f"classes={','.join(wanted)}: no class folder {shown(missing[0])} with PNG files in "
+                            f"{where} (class folders there: {few([shown(f) for f in found]) or 'none'})")
+        return wanted
+    for name in found:
+        if name in RESERVED_LABELS or "," in name:
+            raise DataError(f"class folder {shown(name)} in {where}: a class cannot be named "
+                            f"{', '.join(RESERVED_LABELS)} or hold a comma; rename it, or leave it out with classes=")
+    return class_order(found)
+
+
+def _scan(root: str | os.PathLike, split: str, skip_bad: bool, classes: Sequence[str],
+          picked: bool = False) -> tuple[list[Sample], int]:
+    """:func:`scan_split` with the class map resolved (``picked``: chosen by the ``classes`` parameter) that returns
+    the number of zero-byte or unreadable files it dropped instead of logging it."""
+    root = _existing_root(root)
     folder = root / split
     if not folder.is_dir():
         raise DataError(f"missing split folder {shown(folder)} (expected {shown(root)}/train and {shown(root)}/test)")
     pngs, dirs, other = _entries(folder)
+    label_of = {name: i for i, name in enumerate(classes)}
     labelled: list[Sample] = []
-    skipped_dirs = [d for d in dirs if d.name not in CLASSES]
-    for name, label in sorted(CLASSES.items()):
-        if (folder / name) in dirs:
-            files, nested, extra = _entries(folder / name)
-            labelled += [Sample(str(p), label, subject_of(p)) for p in files]
+    skipped_dirs = [d for d in dirs if d.name not in label_of]
+    read = []
+    for d in dirs:  # sorted by name: files come in alphabetical order of class folder (AD before NC), then of name
+        if d.name in label_of:
+            files, nested, extra = _entries(d)
+            labelled += [Sample(str(p), label_of[d.name], subject_of(p)) for p in files]
             skipped_dirs += nested
             other += extra
+            read += [d.name] if files else []
     flat = [Sample(str(p), UNLABELLED, subject_of(p)) for p in pngs]
     if labelled and flat:
-        raise DataError(f"{shown(folder)} mixes AD/NC subfolders with loose PNG files; use one layout")
+        raise DataError(f"{shown(folder)} mixes {'/'.join(map(shown, read))} subfolders with loose PNG files; "
+                        "use one layout")
     samples = labelled or flat
     held = {d: _pngs_under(d) for d in skipped_dirs}
     if not samples:
         found = [f"{shown(d.relative_to(folder))} ({n} PNGs)" for d, n in held.items() if n]
+        why = f"not in classes={','.join(classes)}" if picked else "that are not class folders"
         raise DataError(  # the folder named once: a long path must not make the line unreadable
-            f"no PNG files in {shown(folder)} (expected AD/*.png and NC/*.png in it, or *.png)"
-            + (f"; folder(s) not named AD or NC hold PNGs: {few(found)}" if found else "")
+            f"no PNG files in {shown(folder)} (expected <class>/*.png in it, or *.png)"
+            + (f"; folder(s) {why} hold PNGs: {few(found)}" if found else "")
         )
-    _warn_skipped(folder, held, other)
+    _warn_skipped(folder, held, other, classes if picked else None)
     sizes = {s.path: _size(s.path) for s in samples}
     bad = {path for path, size in sizes.items() if size <= 0}
     if bad and not skip_bad:
@@ -154,19 +219,22 @@ def _scan(root: str | os.PathLike, split: str, skip_bad: bool) -> tuple[list[Sam
     return [s for s in samples if s.path not in bad], len(bad)
 
 
-def _warn_skipped(folder: Path, held: dict[Path, int], other: list[Path]) -> None:
-    """One warning for everything in a split that is not read: folders (with the PNGs they hold) and non-PNG files."""
+def _warn_skipped(folder: Path, held: dict[Path, int], other: list[Path], picked: Sequence[str] | None) -> None:
+    """One warning for everything in a split that is not read: folders (with the PNGs they hold) and non-PNG files.
+    ``picked``: the classes the ``classes`` parameter chose (None: every class folder is read)."""
     parts = []
     if held:
         named = [f"{shown(d.relative_to(folder))}: {n} PNGs" for d, n in held.items()]
-        parts.append(f"{len(held)} folder(s) that are not AD or NC ({few(named)})")
+        why = f"not in classes={','.join(picked)}" if picked else "that are not class folders"
+        parts.append(f"{len(held)} folder(s) {why} ({few(named)})")
     if other:
         parts.append(f"{len(other)} non-PNG file(s) ({few([shown(f.relative_to(folder)) for f in other])})")
     if not parts:
         return
     ignored = sum(held.values())
-    # a class folder spelt CN or nc must not leave training on AD alone without saying so
-    loud = f"; their {ignored} PNGs are NOT read (class folders must be named exactly AD and NC)" if ignored else ""
+    # slices in a nested or hidden folder, or of a class left out, must not go missing without saying so
+    hint = "" if picked else " (a class folder holds its PNGs directly and is not hidden)"
+    loud = f"; their {ignored} PNGs are NOT read{hint}" if ignored else ""
     warn_data(f"{shown(folder)}: skipped {' and '.join(parts)}{loud}", stacklevel=4)
 
 
@@ -302,6 +370,7 @@ class ADNISplits:
     test: SliceDataset
     root: str
     skipped: int
+    classes: tuple[str, ...] = ()  # the class map: names in label order; () for the flat layout
 
 
 def _cache_key(samples: list[Sample], size: tuple[int, int]) -> str:
@@ -388,10 +457,11 @@ def _build_cache(samples: list[Sample], size: tuple[int, int], img_path: Path, m
 
 
 def _open_split(
-    root: str | os.PathLike, split: str, size: tuple[int, int], skip_bad: bool, cache_dir: str | os.PathLike | None
+    root: str | os.PathLike, split: str, size: tuple[int, int], skip_bad: bool, cache_dir: str | os.PathLike | None,
+    classes: Sequence[str], picked: bool,
 ) -> tuple[SliceDataset, int, dict]:
     """One split from the cache (decoding it first if needed); returns ``(dataset, skipped, kinds)``."""
-    samples, empty = _scan(root, split, skip_bad)
+    samples, empty = _scan(root, split, skip_bad, classes, picked)
     cache = Path(cache_dir).expanduser() if cache_dir else cache_root() / "slices"
     key = _cache_key(samples, size)
     img_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
@@ -410,19 +480,22 @@ def _open_split(
     flat = bool(kept) and kept[0].label == UNLABELLED
     levels = None if flat else slice_levels(subjects, paths)
     ds = SliceDataset(images, [s.label for s in kept], subjects, paths, levels=levels)
-    _warn_one_class(ds.labels, Path(root) / split)
+    _warn_missing_classes(ds.labels, Path(root) / split, classes)
     return ds, empty + len(meta["bad"]), meta["kinds"]
 
 
-def _warn_one_class(labels: np.ndarray, folder: Path) -> None:
-    """A labelled split whose slices are all AD or all NC: a classifier or a conditional prior learns one class."""
+def _warn_missing_classes(labels: np.ndarray, folder: Path, classes: Sequence[str]) -> None:
+    """A labelled split without slices of some class: a classifier or a conditional prior never sees that class."""
     present = set(labels.tolist()) - {UNLABELLED}
+    if not present:
+        return
+    missing = " or ".join(shown(c) for i, c in enumerate(classes) if i not in present)
     if len(present) == 1:
         (label,) = present
-        name = {v: k for k, v in CLASSES.items()}
-        missing = " or ".join(k for k, v in sorted(CLASSES.items()) if v != label)
-        warn_data(f"{shown(folder)}: one class only: {len(labels)} {name[label]} slices and no {missing} slices",
-                  stacklevel=4)
+        warn_data(f"{shown(folder)}: one class only: {len(labels)} {shown(classes[label])} slices"
+                  + (f" and no {missing} slices" if missing else ""), stacklevel=4)
+    elif missing:
+        warn_data(f"{shown(folder)}: no {missing} slices (classes {', '.join(map(shown, classes))})", stacklevel=4)
 
 
 def load_split(
@@ -431,9 +504,12 @@ def load_split(
     image_size=(240, 256),
     skip_bad: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    classes=None,
 ) -> tuple[SliceDataset, int]:
-    """One split (``train`` or ``test``) from the decoded-image cache; returns ``(dataset, skipped files)``."""
-    ds, skipped, kinds = _open_split(root, split, tuple(int(s) for s in image_size), skip_bad, cache_dir)
+    """One split (``train`` or ``test``) from the decoded-image cache; returns ``(dataset, skipped files)``. Labels
+    follow the class map of the whole tree (:func:`find_classes` over train and test), as :func:`load_adni`'s do."""
+    ds, skipped, kinds = _open_split(root, split, tuple(int(s) for s in image_size), skip_bad, cache_dir,
+                                     find_classes(root, classes), bool(class_names(classes)))
     warn_conversions(kinds, Path(root) / split)
     if skipped:
         log.warning("%s: skipped %d unreadable file(s)", Path(root) / split, skipped)
@@ -448,17 +524,21 @@ def load_adni(
     skip_bad: bool = False,
     cache_dir: str | os.PathLike | None = None,
     max_train_images: int = 0,
+    classes=None,
 ) -> ADNISplits:
     """Train/val/test slices of an ADNI-layout folder; val is carved from train by subject (see
     :func:`split_by_subject`), and ``max_train_images`` > 0 caps train (see :func:`cap_by_subject`).
 
-    Bad files raise :class:`DataError` naming the file, or with ``skip_bad`` are skipped and counted.
+    ``classes``: which class folders are read, in label order (names, or ``"CN,AD"``); None or empty: all of them,
+    sorted (:func:`find_classes`). The map is ``ADNISplits.classes``. Bad files raise :class:`DataError` naming the
+    file, or with ``skip_bad`` are skipped and counted.
     """
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     size = tuple(int(s) for s in image_size)
-    train_all, skipped_tr, kinds_tr = _open_split(root, "train", size, skip_bad, cache_dir)
-    test, skipped_te, kinds_te = _open_split(root, "test", size, skip_bad, cache_dir)
+    names, picked = find_classes(root, classes), bool(class_names(classes))
+    train_all, skipped_tr, kinds_tr = _open_split(root, "train", size, skip_bad, cache_dir, names, picked)
+    test, skipped_te, kinds_te = _open_split(root, "test", size, skip_bad, cache_dir, names, picked)
     warn_conversions({k: kinds_tr.get(k, 0) + kinds_te.get(k, 0) for k in {*kinds_tr, *kinds_te}}, root)  # once
     skipped = skipped_tr + skipped_te
     if skipped:
@@ -478,4 +558,4 @@ def load_adni(
                   "never split, and a class gives val a subject only when it has 2 or more")
     if 0 < max_train_images < len(tr_idx):
         tr_idx = tr_idx[cap_by_subject([train_all.subjects[i] for i in tr_idx], int(max_train_images), seed)]
-    return ADNISplits(train_all.subset(tr_idx), train_all.subset(val_idx), test, str(root), skipped)
+    return ADNISplits(train_all.subset(tr_idx), train_all.subset(val_idx), test, str(root), skipped, tuple(names))

@@ -13,25 +13,30 @@ SPLITS = ("train", "val", "test")
 
 
 class CodeSet(NamedTuple):
-    """Code grids of one split: ``codes`` (N,h,w) int64, ``labels`` (N,) int64 (1 AD, 0 NC, -1 unknown) and
-    ``levels`` (N,) float32, the slice's axial level in [0, 1] within its subject (NaN unknown; None: not recorded)."""
+    """Code grids of one split: ``codes`` (N,h,w) int64, ``labels`` (N,) int64 (the class's index in ``classes``,
+    -1 unknown), ``levels`` (N,) float32, the slice's axial level in [0, 1] within its subject (NaN unknown; None:
+    not recorded) and ``classes``, the class names in label order (``()`` flat layout; None: codes encoded before
+    class maps were recorded, whose labels are ``LEGACY_CLASSES``, NC 0 and AD 1)."""
 
     codes: np.ndarray
     labels: np.ndarray
     levels: np.ndarray | None = None
+    classes: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.codes)
 
 
 def save_codes(path: Path, codes: np.ndarray, labels: np.ndarray, subjects: list[str], num_embeddings: int,
-               levels: np.ndarray | None = None) -> Path:
-    """Write one split's codes as an ``.npz`` of plain arrays (loads without pickle)."""
+               levels: np.ndarray | None = None, classes: tuple[str, ...] | None = None) -> Path:
+    """Write one split's codes as an ``.npz`` of plain arrays (loads without pickle); ``classes`` names the labels
+    (None: not recorded, read back as the labels of ``LEGACY_CLASSES``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     levels = np.full(len(codes), np.nan, np.float32) if levels is None else np.asarray(levels, dtype=np.float32)
+    named = {} if classes is None else {"classes": np.asarray(list(classes), dtype=str)}
     np.savez_compressed(path, codes=codes.astype(np.int64), labels=np.asarray(labels, dtype=np.int64),
                         subjects=np.asarray(subjects, dtype=str), num_embeddings=np.int64(num_embeddings),
-                        levels=levels)
+                        levels=levels, **named)
     return path
 
 
@@ -41,6 +46,7 @@ def load_codes(path: Path, num_embeddings: int | None = None) -> tuple[CodeSet, 
         with np.load(path, allow_pickle=False) as z:
             codes, labels, subjects, k = z["codes"], z["labels"], list(z["subjects"]), int(z["num_embeddings"])
             levels = z["levels"] if "levels" in z.files else None  # codes encoded before levels were recorded
+            classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files else None  # ... or class maps
     except (OSError, KeyError, ValueError) as exc:
         raise ModelFileError(f"codes file {path} is unreadable ({one_line(exc)})") from None
     if num_embeddings is not None and k != num_embeddings:
@@ -49,4 +55,6 @@ def load_codes(path: Path, num_embeddings: int | None = None) -> tuple[CodeSet, 
         raise ModelFileError(f"codes file {path} holds indices outside [0, {k})")
     if levels is not None and levels.shape != labels.shape:
         raise ModelFileError(f"codes file {path} holds {len(levels)} levels for {len(labels)} grids")
-    return CodeSet(codes, labels, levels), subjects
+    if classes is not None and labels.size and labels.max() >= len(classes):
+        raise ModelFileError(f"codes file {path} holds label {labels.max()} for {len(classes)} classes")
+    return CodeSet(codes, labels, levels, classes), subjects

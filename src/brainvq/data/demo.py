@@ -21,6 +21,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from brainvq.data.images import new_output_folder
 from brainvq.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -211,9 +212,7 @@ def make_demo_data(
         cfg = DemoConfig(train_subjects, test_subjects, seed, slices_per_subject, tuple(image_size))
     except ValueError as exc:
         raise DataError(f"make_demo_data: {exc}") from None
-    out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"output folder {out} is not empty; choose a new folder")
+    out = new_output_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

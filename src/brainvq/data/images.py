@@ -146,6 +146,22 @@ def save_grid(rows: Sequence[np.ndarray], path: str | Path) -> Path:
 
 
 
+def new_output_folder(path: str | os.PathLike, name: str = "out_dir") -> Path:
+    """Check that a command can fill ``path`` from scratch, before it does any work: ``path`` is absent or an empty
+    folder, and its parent (created when missing) takes new folders. A one-line ``DataError`` naming ``name``
+    otherwise: a data set is never mixed with other files. Only the parent is created."""
+    out = Path(path).expanduser()
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise DataError(f"{name}: output folder {shown(out)} is not empty; choose a new folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise DataError(f"{name}: cannot create output folder {shown(out)} ({exc.strerror or one_line(exc)})") from None
+    return out
+
+
 SAMPLE_FILES = ("sample_*.png", "grid.png")  # what write_slices writes; --overwrite replaces only such folders
 
 

@@ -1,25 +1,56 @@
 """The label map, defined once: class folders to dataset labels, sampling names to the prior's label ids, and the
-prior's condition ids, which pair a label with a slice level when the prior is conditioned on levels."""
+prior's condition ids, which pair a label with a slice level when the prior is conditioned on levels.
+
+A data tree's classes are its class folders, as torchvision's ``ImageFolder`` reads them: sorted names get labels
+``0..N-1`` (:func:`class_order`), or the ``classes`` parameter picks and orders them. The map travels with what is
+made from the data (the VQ-VAE checkpoint, code files, the prior checkpoint, ONNX metadata); anything recorded
+before maps were recorded is ``LEGACY_CLASSES`` (NC 0, AD 1). The prior's null label ("no class", trained by label
+dropout) is ``len(classes)``.
+"""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
 from brainvq.errors import ConfigError
+from brainvq.values import LEGACY_CLASSES, RESERVED_LABELS
 
-CLASSES = {"NC": 0, "AD": 1}  # class folder -> dataset label (sorted by id)
+__all__ = ["LEGACY_CLASSES", "RESERVED_LABELS", "UNLABELLED", "class_order", "condition_ids", "label_ids",
+           "labels_for", "level_ids", "levels_for"]
+
 UNLABELLED = -1  # slices of the flat layout, which has no class folders
-NULL_LABEL = len(CLASSES)  # the prior's null label: "no class", trained by label dropout
-LABELS = {**CLASSES, "none": NULL_LABEL}  # sampling names -> prior label ids
 
 
-def labels_for(label: str, n: int) -> np.ndarray:
-    """``AD``/``NC``/``none`` (or ``both``: half AD, half NC) as prior label ids."""
-    if label == "both":
-        return np.array([LABELS["AD"], LABELS["NC"]] * ((n + 1) // 2), dtype=np.int64)[:n]
-    if label not in LABELS:
-        raise ConfigError(f"label must be one of AD, NC, none, both; got {label!r}")
-    return np.full(n, LABELS[label], dtype=np.int64)
+def class_order(names) -> tuple[str, ...]:
+    """Label order of the class folders found in a data tree: sorted names (``ImageFolder``'s rule), except that a
+    tree of exactly ``AD`` and ``NC`` keeps brainvq's order from before class maps (NC 0, AD 1), so that models,
+    figures and exports made from such a tree before stay comparable with new ones."""
+    found = sorted(set(names))
+    return LEGACY_CLASSES if found == sorted(LEGACY_CLASSES) else tuple(found)
+
+
+def label_ids(classes: Sequence[str]) -> dict[str, int]:
+    """Sampling names -> prior label ids: each class its index, ``none`` the null label ``len(classes)``."""
+    return {**{name: i for i, name in enumerate(classes)}, "none": len(classes)}
+
+
+def labels_for(label: str, n: int, classes: Sequence[str], conditional: bool = True) -> np.ndarray:
+    """``(n,)`` int64 prior label ids for a sampling name: a class recorded with the model, ``none`` (the null label)
+    or ``all`` (every class in turn, in alphabetical order: AD, NC, AD, ... for the two-class set; ``both`` is the
+    same). An unconditional prior (``conditional=False``) gets the null label whatever the (valid) name."""
+    classes = tuple(classes)
+    ids = label_ids(classes)
+    if label in ("all", "both"):
+        turn = [ids[c] for c in sorted(classes)] or [ids["none"]]  # a model without classes: the null label
+        out = np.array(turn * (n // len(turn) + 1), dtype=np.int64)[:n]
+    elif label in ids:
+        out = np.full(n, ids[label], dtype=np.int64)
+    else:
+        names = ", ".join(classes) if classes else "no classes: it was trained on a flat layout"
+        raise ConfigError(f"label must be a class recorded with the model ({names}), none or all; got {label!r}")
+    return out if conditional else np.full(n, ids["none"], dtype=np.int64)
 
 
 def levels_for(level: str | float, n: int, seed: int = 0) -> np.ndarray:

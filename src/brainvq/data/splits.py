@@ -22,9 +22,11 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 
 
 def load_splits(data_dir: str | None, image_size, val_fraction: float, seed: int, max_train_images: int,
-                skip_bad: bool = False) -> ADNISplits:
+                skip_bad: bool = False, classes=None) -> ADNISplits:
+    """The splits of ``data_dir`` (or the demo set); ``classes`` picks and orders the class folders (empty: all)."""
     root = resolve_data_dir(data_dir)
     splits = load_adni(root, image_size=tuple(image_size), val_fraction=val_fraction, seed=seed,
-                       skip_bad=skip_bad, max_train_images=max_train_images)
-    log.info("data %s: %d train / %d val / %d test slices", root, len(splits.train), len(splits.val), len(splits.test))
+                       skip_bad=skip_bad, max_train_images=max_train_images, classes=classes)
+    log.info("data %s: %d train / %d val / %d test slices%s", root, len(splits.train), len(splits.val),
+             len(splits.test), f", classes {','.join(splits.classes)}" if splits.classes else " (flat: no classes)")
     return splits

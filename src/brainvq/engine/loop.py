@@ -78,6 +78,37 @@ class TrainSpec(NamedTuple):
     # (model, split name "val" or "test") -> metrics; every rank calls it (it may shard over them)
     evaluate: Callable[[torch.nn.Module, str], dict[str, float]]
     clip_grad_norm: float = 0.0  # 0 = no clipping
+    # (model in eval mode) -> {key: (H, W) uint8 picture}: reconstructions or samples for the tracker's image log
+    # (see fit); None = no pictures
+    preview: Callable[[torch.nn.Module], dict[str, np.ndarray]] | None = None
+
+
+PREVIEWS_PER_RUN = 10  # pictures per key and run at most: enough for the UI's step slider
+# Pictures may take at most this share of the training time, the last epoch's aside: a VQ-VAE's reconstructions
+# (milliseconds) come at every cadence point, a prior's samples (seconds each on a CPU: one decoding step per code)
+# only a few times per run.
+PREVIEW_SHARE = 0.05
+
+
+def preview_every(epochs: int) -> int:
+    """Epochs between two previews: about :data:`PREVIEWS_PER_RUN` per run, whatever its length."""
+    return max(1, math.ceil(epochs / PREVIEWS_PER_RUN))
+
+
+def log_preview(spec: TrainSpec, model: torch.nn.Module, tracker: Tracker, step: int) -> float:
+    """Hand ``spec.preview``'s pictures to ``tracker`` at ``step``; returns the seconds it took. The model is put in
+    eval mode (and back), and the preview draws on a fork of the RNG: a run trains to the same weights with or
+    without previews."""
+    t0 = time.monotonic()
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        images = spec.preview(model)
+    model.train(was_training)
+    for key, image in images.items():
+        tracker.log_image(key, image, step)
+    return time.monotonic() - t0
 
 
 def fit(
@@ -96,7 +127,10 @@ def fit(
 ) -> LoopResult:
     """Train ``spec``'s model for ``train_config.epochs`` over ``n_train`` examples, checkpointing every epoch to
     ``checkpoint_dir/last.pt`` (plus ``extra_checkpoint`` entries) before its metrics go to ``tracker`` (step =
-    epoch); the test metrics are logged once at the end.
+    epoch); the test metrics are logged once at the end. ``spec.preview``'s pictures go to ``tracker.log_image``
+    (rank 0 only): before the first epoch (step 0: the MLflow UI opens its image charts there), every
+    :func:`preview_every` epochs while they have taken at most :data:`PREVIEW_SHARE` of the time, and after the last
+    epoch.
 
     ``resume=True`` continues from that checkpoint (finished epochs are not repeated; a checkpoint whose model config
     differs rebuilds the model from its own config). Inside a torchrun process group every rank trains its share of
@@ -148,6 +182,10 @@ def fit(
     total_steps = tc.epochs * steps_per_epoch
     step = start_epoch * steps_per_epoch
     stopped_early = False
+    previews = spec.preview is not None and distributed.is_main()
+    every, previewed, preview_s, t_start = preview_every(tc.epochs), start_epoch, 0.0, time.monotonic()
+    if previews and start_epoch == 0:
+        preview_s += log_preview(spec, model, tracker, 0)  # the untrained model
     for epoch in range(start_epoch, tc.epochs):
         if budget.exhausted():
             stopped_early = True
@@ -198,12 +236,18 @@ def fit(
                 world_size=distributed.world_size(), **extra,
             )
         tracker.log_metrics(metrics, step=epoch + 1)
+        if (previews and (epoch + 1) % every == 0
+                and preview_s <= PREVIEW_SHARE * (time.monotonic() - t_start - preview_s)):
+            preview_s += log_preview(spec, model, tracker, epoch + 1)
+            previewed = epoch + 1
         log.info("%s epoch %d/%d %s", spec.name, epoch + 1, tc.epochs,
                  " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if not k.endswith(("/lr", "_per_second"))))
         run_callbacks(callbacks, epoch + 1, metrics)
         if stopped_early:
             break
 
+    if previews and history and previewed != len(history):  # the last epoch's pictures, whatever the cadence
+        log_preview(spec, model, tracker, len(history))
     test_metrics: dict[str, float] = {}
     if has_test:
         test_metrics = spec.evaluate(model, "test")

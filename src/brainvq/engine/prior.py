@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from brainvq.data.codes import CodeSet
+from brainvq.data.images import image_grid, to_uint8
 from brainvq.data.labels import condition_ids
 from brainvq.engine import distributed, loop
 from brainvq.engine.loop import LoopResult, StepOutput
@@ -148,6 +149,24 @@ def baseline_bits(train: CodeSet, test: CodeSet, num_embeddings: int, val: CodeS
             "prior/position_pseudocount": alpha}
 
 
+PREVIEW_PER_ROW = 2  # the per-epoch sample picture: 2 slices per class (4 unconditional ones)
+
+
+def sample_rows(prior: GatedPixelCNN, vqvae, n_per_row: int, seed: int = 0) -> list[np.ndarray]:
+    """Rows of decoded samples, each ``(n_per_row,H,W)`` uint8: one per class, in alphabetical order, when the prior
+    is conditional (AD above NC), else two rows of unconditional ones. One call of the fast cached sampler
+    (:func:`brainvq.sampling.generate.generate`) draws them all: its time goes with the codes per grid, not the
+    grids."""
+    from brainvq.sampling.generate import generate
+
+    per_class = prior.config.conditional and prior.config.num_classes > 0
+    n = n_per_row * (prior.config.num_classes if per_class else 2)
+    # "both": every class in turn, alphabetically
+    out = generate(prior, vqvae, n, "both" if per_class else "none", seed=seed, progress=False)
+    row = out.labels if per_class else np.arange(n) // n_per_row
+    return [to_uint8(out.images[row == r]) for r in dict.fromkeys(row.tolist())]  # rows in order of appearance
+
+
 def fit_prior(
     model_config: PixelCNNConfig,
     train_config: PriorTrainConfig,
@@ -160,10 +179,19 @@ def fit_prior(
     extra_checkpoint: dict | None = None,
     tracker: Tracker = NullTracker(),
     callbacks: Iterable[Callable[[int, dict], None]] = (),
+    vqvae=None,
 ) -> PriorFitResult:
     """Train the prior by maximum likelihood with :func:`brainvq.engine.loop.fit`; logs ``prior/train_nll_bits`` and
-    ``prior/val_nll_bits`` per epoch and ``prior/test_nll_bits`` with its baselines at the end."""
+    ``prior/val_nll_bits`` per epoch and ``prior/test_nll_bits`` with its baselines at the end. Given the ``vqvae``
+    that decodes its codes, also the picture ``prior/samples`` every few epochs (:func:`sample_rows`, drawn with the
+    training seed each time: the step slider shows one draw as the prior learns). The model is built
+    for the class map of ``train`` (``CodeSet.classes``: N classes and the null label), whatever ``model_config``
+    says of classes."""
     tc = train_config
+    if train.classes is not None and tuple(train.classes) != model_config.classes:
+        # the prior's labels are its training codes' labels: it takes their class map (names, and so the size of
+        # its label tables); codes encoded before class maps were recorded keep the config's (NC 0, AD 1)
+        model_config = replace(model_config, classes=tuple(train.classes), num_classes=len(train.classes))
     cfg = model_config
     train_levels = code_levels(train)
     if cfg.level_bins and np.isnan(train_levels).all():
@@ -204,7 +232,11 @@ def fit_prior(
                 "prior/test_nll_bits_uncond": nll_bits(model, test, device=device, shard=True, unconditional=True),
                 **baseline_bits(train, test, model.config.num_embeddings, val)}
 
-    spec = loop.TrainSpec(PRIOR_KIND, "prior", build, step, ("loss",), epoch_metrics, evaluate, clip_grad_norm=1.0)
+    def preview(model: GatedPixelCNN) -> dict[str, np.ndarray]:
+        return {"prior/samples": image_grid(sample_rows(model, vqvae, PREVIEW_PER_ROW, tc.seed))}
+
+    spec = loop.TrainSpec(PRIOR_KIND, "prior", build, step, ("loss",), epoch_metrics, evaluate, clip_grad_norm=1.0,
+                          preview=preview if vqvae is not None else None)
     return loop.fit(spec, model_config, tc, len(train), has_val=val is not None and len(val) > 0,
                     has_test=test is not None and len(test) > 0, checkpoint_dir=checkpoint_dir, resume=resume,
                     extra_checkpoint=extra_checkpoint, tracker=tracker, callbacks=callbacks)

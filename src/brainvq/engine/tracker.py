@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 from typing import Mapping, Protocol
 
+import numpy as np
+
 
 class Tracker(Protocol):
     def log_params(self, params: Mapping[str, object]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    # ``image``: (H, W) uint8 grey picture; one per ``key`` and ``step`` (the epoch), for the UI's step slider.
+    def log_image(self, key: str, image: np.ndarray, step: int) -> None: ...
 
 
 class NullTracker:
@@ -32,6 +36,9 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
 
+    def log_image(self, key: str, image: np.ndarray, step: int) -> None:
+        pass
+
 
 class MemoryTracker(NullTracker):
     """Keeps metrics in memory (tests, tuning objectives)."""
@@ -40,6 +47,7 @@ class MemoryTracker(NullTracker):
         self.params: dict[str, object] = {}
         self.metrics: dict[str, list[tuple[int | None, float]]] = {}
         self.tags: dict[str, str] = {}
+        self.images: dict[str, list[tuple[int, np.ndarray]]] = {}
 
     def log_params(self, params: Mapping[str, object]) -> None:
         self.params.update(params)
@@ -50,3 +58,6 @@ class MemoryTracker(NullTracker):
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.tags.update(tags)
+
+    def log_image(self, key: str, image: np.ndarray, step: int) -> None:
+        self.images.setdefault(key, []).append((step, image))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from brainvq.data.images import image_grid, to_uint8
 from brainvq.engine import distributed, loop
 from brainvq.engine.loop import LoopResult, StepOutput
 from brainvq.engine.tracker import NullTracker, Tracker
@@ -102,6 +103,18 @@ def evaluate_vqvae(model: VQVAE, data: SliceDataset, batch_size: int = 32, devic
     }
 
 
+PREVIEW_IMAGES = 4  # slices in the per-epoch reconstruction picture: cheap, and enough to see blur or artefacts
+
+
+@torch.no_grad()
+def reconstruction_rows(model: VQVAE, data: SliceDataset, n: int) -> list[np.ndarray]:
+    """Two rows of pictures, each ``(n,H,W)`` uint8: ``n`` slices spread evenly over ``data``, their reconstructions."""
+    idx = np.linspace(0, len(data) - 1, num=min(n, len(data))).astype(int)
+    x, _ = data.batch(idx)
+    recon = model(x.to(next(model.parameters()).device)).recon.cpu().numpy()
+    return [to_uint8(x.numpy()), to_uint8(recon)]
+
+
 LN2 = float(np.log(2))
 
 
@@ -139,7 +152,9 @@ def fit_vqvae(
     callbacks: Iterable[Callable[[int, dict], None]] = (),
 ) -> FitResult:
     """Train a VQ-VAE with :func:`brainvq.engine.loop.fit`: ``train/*`` and ``val/*`` metrics per epoch (step =
-    epoch), ``test/*`` at the end, a resumable checkpoint in ``checkpoint_dir/last.pt`` every epoch.
+    epoch), ``test/*`` at the end, a resumable checkpoint in ``checkpoint_dir/last.pt`` every epoch, and the picture
+    ``val/reconstructions`` (:func:`reconstruction_rows` of 4 validation slices; ``train/...`` without a validation
+    split) every few epochs.
 
     Inside a torchrun process group every rank trains ``batch_size`` images of each global batch of
     ``batch_size x world_size`` (see ``engine.distributed``).
@@ -177,8 +192,14 @@ def fit_vqvae(
             ).items()
         }
 
+    shown = val if val is not None and len(val) else train
+    key = "val/reconstructions" if shown is val else "train/reconstructions"
+
+    def preview(model: VQVAE) -> dict[str, np.ndarray]:
+        return {key: image_grid(reconstruction_rows(model, shown, PREVIEW_IMAGES))}
+
     spec = loop.TrainSpec("vqvae", "vqvae", build, step, ("loss", "recon_loss", "vq_loss", "pixel_bits"), epoch_metrics,
-                         evaluate)
+                         evaluate, preview=preview)
     result = loop.fit(
         spec,
         model_config,

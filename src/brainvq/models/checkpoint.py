@@ -14,14 +14,16 @@ from typing import Any
 import torch
 
 from brainvq.errors import ModelFileError, one_line
-from brainvq.values import deprecated
+from brainvq.values import LEGACY_CLASSES, deprecated
 
 PRIOR_KIND = "prior"
 # Kinds written by older brainvq releases, read for one more release (with a deprecation note) under today's name.
 LEGACY_KINDS = {"pixelcnn": PRIOR_KIND}
 # Config fields added after checkpoints were written, with the value that rebuilds those older checkpoints as they
 # were trained (a field's default is what new models get, which an older checkpoint's weights may not fit).
-LEGACY_FIELDS = {"vqvae": {"pixel_noise": False}}
+# A prior without ``classes`` was trained on labels 0 = NC, 1 = AD (LEGACY_CLASSES); a VQ-VAE without it recorded
+# no class map (None).
+LEGACY_FIELDS = {"vqvae": {"pixel_noise": False, "classes": None}, PRIOR_KIND: {"classes": list(LEGACY_CLASSES)}}
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:

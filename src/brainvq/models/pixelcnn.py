@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brainvq.values import LEGACY_CLASSES
+
 
 class PixelCNNOutput(NamedTuple):
     logits: torch.Tensor  # (B,K,h,w)
@@ -37,7 +39,12 @@ class PixelCNNConfig:
     num_layers: int = 12
     hidden_channels: int = 32
     conditional: bool = True
-    num_classes: int = 2  # labels 0 = NC, 1 = AD; label num_classes is the null (unconditional) label
+    # Labels 0..num_classes-1 are the classes named by ``classes`` (the class map of the training codes, which
+    # fit_prior sets); label num_classes is the null (unconditional) label. 0 classes: codes of a flat layout, where
+    # every slice has the null label. The defaults are the two-class map of every prior trained before class maps
+    # were recorded (0 NC, 1 AD), which is what such a checkpoint rebuilds as (models.checkpoint.LEGACY_FIELDS).
+    num_classes: int = 2
+    classes: tuple[str, ...] = LEGACY_CLASSES
     kernel_size: int = 3
     code_shape: tuple[int, int] = (60, 64)  # (h, w)
     # Layer i > 0 dilates both stacks by dilation_cycle[i % len]; (1,) is the plain gated PixelCNN. A cycle such as
@@ -55,9 +62,13 @@ class PixelCNNConfig:
     def __post_init__(self) -> None:
         if self.num_embeddings < 2:
             raise ValueError(f"num_embeddings must be >= 2, got {self.num_embeddings}")
-        for name in ("num_layers", "hidden_channels", "num_classes"):
+        for name in ("num_layers", "hidden_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))  # JSON round-trips tuples as lists
+        if len(self.classes) != self.num_classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must name each of the num_classes={self.num_classes} labels once, "
+                             f"got {list(self.classes)}")
         if self.kernel_size < 3 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 3, got {self.kernel_size}")
         shape = tuple(int(s) for s in self.code_shape)
@@ -122,6 +133,7 @@ class PixelCNNConfig:
         d = asdict(self)
         d["code_shape"] = list(self.code_shape)
         d["dilation_cycle"] = list(self.dilation_cycle)
+        d["classes"] = list(self.classes)
         return d
 
 

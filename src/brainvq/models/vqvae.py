@@ -71,6 +71,10 @@ class VQVAEConfig:
     # slices is smoother than any of them, and a full-resolution realism test sees exactly that (README, "The
     # decoder's ceiling"). Checkpoints written before this field rebuild with it off (models.checkpoint).
     pixel_noise: bool = True
+    # The class map of the data it was trained on (names in label order, () for the flat layout), recorded so that
+    # its codes are read back with the same labels (brainvq.stages.vqvae.vqvae_run_splits); None: not recorded
+    # (checkpoints from before class maps). The model itself never uses it.
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.downsample not in (2, 4, 8):
@@ -88,6 +92,8 @@ class VQVAEConfig:
             raise ValueError(f"image_size {size} must be two positive sizes divisible by downsample={self.downsample}")
         # Shared validation of the quantiser fields.
         self.quantizer_config()
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))  # JSON gives lists
 
     def quantizer_config(self) -> QuantizerConfig:
         return QuantizerConfig(
@@ -111,6 +117,7 @@ class VQVAEConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_size"] = list(self.image_size)
+        d["classes"] = None if self.classes is None else list(self.classes)
         return d
 
 

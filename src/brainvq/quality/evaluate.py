@@ -3,14 +3,19 @@
 Two parts, because one of them depends only on the real data and the protocol:
 
 * :func:`calibrate` (once per data set, split and protocol; the tracking layer stores and reuses it): the power of
-  the realism test (:func:`brainvq.quality.c2st.power_checks`), the feature network (an AD/NC
-  :class:`~brainvq.models.critic.Critic` trained on the training split only) and the real floors read beside
-  every generated figure: ``real/fd``, ``real/precision``, ``real/recall`` (real training vs real held-out slices),
-  ``real/trtr_accuracy``, ``real/label_classifier_accuracy`` and ``real/msssim_diversity`` (pairs across subjects).
+  the realism test (:func:`brainvq.quality.c2st.power_checks`), the feature network (a
+  :class:`~brainvq.models.critic.Critic` over the data's classes, trained on the training split only) and the real
+  floors read beside every generated figure: ``real/fd``, ``real/precision``, ``real/recall`` (real training vs
+  real held-out slices), ``real/trtr_accuracy``, ``real/label_classifier_accuracy`` and ``real/msssim_diversity``
+  (pairs across subjects).
 * :func:`evaluate_generated`: the generated slices against the same real slices: ``gen/c2st_accuracy`` with its 95%
   interval and p-value, ``gen/fd``, ``gen/precision``, ``gen/recall``, ``gen/tstr_accuracy``,
   ``gen/label_agreement``, ``gen/msssim_diversity`` and, given the VQ-VAE, ``gen/c2st_recon_ceiling``: real vs the
   VQ-VAE's reconstructions of other held-out slices, the figure no prior over its codes can beat.
+
+Every classifier is N-way (one logit for two classes, a softmax over more): TRTR, TSTR and label agreement read
+the same for AD/NC and for AD/MCI/CN. Without two or more classes (a flat layout, one class folder) the feature
+network and what needs it are skipped, with a logged reason.
 
 The held-out slices are those of one split: ``val`` when the figures choose something (registry, defaults),
 ``test`` for the report.
@@ -19,6 +24,7 @@ The held-out slices are those of one split: ``val`` when the figures choose some
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, NamedTuple
@@ -42,6 +48,7 @@ from brainvq.quality.classify import embed, fit_critic, front_maps, predict_labe
 from brainvq.quality.diversity import msssim_diversity
 from brainvq.quality.fidelity import frechet_ci95, frechet_distance, precision_recall
 
+log = logging.getLogger(__name__)
 POWER_METRICS = {"null": "gen/c2st_null", "blur10": "gen/c2st_power_blur10", "blur05": "gen/c2st_power_blur05",
                  "noise": "gen/c2st_power_noise"}
 
@@ -97,7 +104,8 @@ class EvalProtocol:
 
 
 class Slices(NamedTuple):
-    """A set of slices: ``images`` uint8 ``(N,H,W)``, ``labels`` ``(N,)`` (1 AD, 0 NC, -1 unknown), ``subjects``,
+    """A set of slices: ``images`` uint8 ``(N,H,W)``, ``labels`` ``(N,)`` (class indices of the data's class map,
+    -1 unknown), ``subjects``,
     and ``levels`` ``(N,)``: each slice's axial level in [0, 1] (NaN or None: unknown)."""
 
     images: np.ndarray
@@ -118,8 +126,9 @@ class Slices(NamedTuple):
 
     @property
     def labelled(self) -> bool:
+        """Every slice has a class, and there are two or more classes: a classifier can be trained and scored."""
         labels = np.asarray(self.labels)
-        return len(labels) > 0 and bool(np.isin(labels, (0, 1)).all()) and len(np.unique(labels)) == 2
+        return len(labels) > 0 and bool((labels >= 0).all()) and len(np.unique(labels)) >= 2
 
 
 class Calibration(NamedTuple):
@@ -127,7 +136,7 @@ class Calibration(NamedTuple):
 
     metrics: dict[str, float]  # real/* floors and gen/c2st_null, gen/c2st_power_* (with their intervals)
     power: dict[str, C2STResult]
-    features: Critic | None  # the AD/NC network trained on the training split; None for unlabelled data
+    features: Critic | None  # the class network trained on the training split; None without two or more classes
 
 
 def data_digest(*arrays: np.ndarray) -> str:
@@ -211,13 +220,17 @@ def calibrate(real: Slices, held_out: Slices, train: Slices, protocol: EvalProto
         f_real = embed(features, front_maps(as_tensor(real.images), cell))
         f_floor = embed(features, front_maps(as_tensor(floor.images), cell))
         metrics.update(_fidelity("real", f_real, f_floor, protocol.seed))
+    else:
+        log.info("the real slices do not all carry one of two or more classes (a flat layout, or one class): no "
+                 "feature network, so no FD, precision / recall, TRTR, TSTR or label agreement")
     return Calibration(metrics, power, features)
 
 
 def evaluate_generated(fake: Slices, real: Slices, held_out: Slices, calibration: Calibration,
                        protocol: EvalProtocol = EvalProtocol(),
                        reconstruct: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
-    """Generated slices ``fake`` (labels 1 AD / 0 NC when class-conditional, else -1) against ``real``
+    """Generated slices ``fake`` (class indices of the real data's class map when class-conditional, else -1)
+    against ``real``
     (:func:`select_real` of ``held_out``). ``reconstruct`` (uint8 slices -> their VQ-VAE reconstructions as uint8)
     adds ``gen/c2st_recon_ceiling``."""
     c2st = protocol.c2st

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from brainvq.data.labels import LABELS, labels_for, levels_for
+from brainvq.data.labels import labels_for, levels_for
 from brainvq.models.vqvae import VQVAE
 from brainvq.sampling.draw import PIXEL_TEMPERATURE, pixel_draw
 
@@ -25,10 +25,10 @@ def decode_codes(vqvae: VQVAE, codes: np.ndarray, seed: int = 0, pixel_temperatu
     """``(n,h,w)`` code grids -> ``(n,1,H,W)`` float32 slices in [0,1]: drawn from the decoder's p(x | codes) with
     ``seed`` and ``pixel_temperature`` (:func:`brainvq.sampling.draw.pixel_draw`, as the onnxruntime sampler draws
     them), or its mean when ``pixel_temperature`` is 0 or the VQ-VAE has no noise model."""
-
+    device = next(vqvae.parameters()).device  # the caller placed the model; the draw itself is numpy
     out = []
     for s in range(0, len(codes), batch_size):
-        d = vqvae.decode_indices_distribution(torch.as_tensor(codes[s : s + batch_size]))
+        d = vqvae.decode_indices_distribution(torch.as_tensor(codes[s : s + batch_size], device=device))
         if d.scale is None or pixel_temperature == 0:
             out.append(d.mean.cpu().numpy())
         else:
@@ -37,10 +37,12 @@ def decode_codes(vqvae: VQVAE, codes: np.ndarray, seed: int = 0, pixel_temperatu
 
 
 @torch.no_grad()
-def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: float = 1.0, top_k: int = 0, seed: int = 0,
+def generate(prior, vqvae: VQVAE, n: int, label: str = "all", temperature: float = 1.0, top_k: int = 0, seed: int = 0,
              batch_size: int = 16, progress: bool = True, level: str | float = "random",
              pixel_temperature: float = PIXEL_TEMPERATURE) -> Generated:
-    """Sample ``n`` code grids from the prior (exact raster order, fast cached path) and decode them. ``level``: the
+    """Sample ``n`` code grids from the prior (exact raster order, fast cached path) and decode them. ``label``: a
+    class the prior records (``prior.config.classes``), ``none`` or ``all`` (every class in turn; see
+    :func:`brainvq.data.labels.labels_for`). ``level``: the
     slices' level in [0, 1], ``random`` or ``none`` (see :func:`brainvq.data.labels.levels_for`); priors without
     level bins ignore it. ``pixel_temperature``: the scale of the pixel draw from the decoder's p(x | codes), 0 for
     its mean (see :func:`decode_codes`).
@@ -51,9 +53,7 @@ def generate(prior, vqvae: VQVAE, n: int, label: str = "both", temperature: floa
     from brainvq.sampling.torch_sampler import sample_codes
 
     prior.config.check_decoder(vqvae.config)
-    labels = labels_for(label, n)
-    if not prior.config.conditional:
-        labels = np.full(n, LABELS["none"], dtype=np.int64)
+    labels = labels_for(label, n, prior.config.classes, prior.config.conditional)
     # the seed before it seeds levels
     check_sampling_args(n, temperature, top_k, batch_size=batch_size, seed=seed, pixel_temperature=pixel_temperature)
     levels = levels_for(level, n, seed)  # checked even when the prior has no levels: a typo is a typo

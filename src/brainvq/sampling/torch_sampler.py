@@ -40,14 +40,17 @@ def _check(prior, n: int, labels: np.ndarray, temperature: float, top_k: int, me
     if not cfg.conditional:
         labels[:] = cfg.null_label  # unconditional priors ignore labels
     if labels.min() < 0 or labels.max() > cfg.null_label:
-        raise ConfigError(f"labels must be in 0..{cfg.null_label} (0 NC, 1 AD, {cfg.null_label} none)")
+        names = ", ".join(f"{i} {c}" for i, c in enumerate(cfg.classes))
+        raise ConfigError(f"labels must be in 0..{cfg.null_label} ({names + ', ' if names else ''}"
+                          f"{cfg.null_label} none)")
     return labels
 
 
 @torch.no_grad()
 def sample_codes(prior, n: int, labels, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
                  batch_size: int = 16, method: str = "fast", progress: bool = True, levels=None) -> np.ndarray:
-    """Sample ``n`` code grids ``(n,h,w)`` int64; ``labels`` is one label id or ``(n,)`` ids (0 NC, 1 AD, 2 none);
+    """Sample ``n`` code grids ``(n,h,w)`` int64; ``labels`` is one label id or ``(n,)`` ids (the index of a class
+    in ``prior.config.classes``, or ``num_classes`` for none: :func:`brainvq.data.labels.labels_for` makes them);
     ``levels`` ``(n,)`` slice levels in [0, 1] (NaN or None: no level), used by priors with level bins only.
 
     ``method="fast"`` uses the cached row/step modules (~1/(h·w) of a full pass per code); ``"naive"`` runs the whole

@@ -96,18 +96,18 @@ def score_samples(fake: Slices, sets: EvalSets, protocol: EvalProtocol,
 
 @torch.no_grad()
 def generate_slices(prior, vqvae, protocol: EvalProtocol, progress: bool = True, batch_size: int = 128) -> Slices:
-    """``protocol.n_samples`` slices from a prior run: half AD, half NC when it is class-conditional.
+    """``protocol.n_samples`` slices from a prior run: every class in turn when it is class-conditional (half AD,
+    half NC for the two-class set), labelled with the prior's label ids (-1 for the null label).
 
     A large batch amortises the per-code overhead of the cached sampler (154 vs 393 ms per grid at 128 vs 16 on a
     2-core CPU); the codes do not depend on it (the uniforms are drawn for all slices at once).
     """
     from brainvq.data.images import to_uint8
-    from brainvq.data.labels import LABELS
     from brainvq.sampling.generate import generate
 
-    out = generate(prior, vqvae, protocol.n_samples, "both", protocol.temperature, protocol.top_k, protocol.seed,
+    out = generate(prior, vqvae, protocol.n_samples, "all", protocol.temperature, protocol.top_k, protocol.seed,
                    batch_size=batch_size, progress=progress, pixel_temperature=protocol.pixel_temperature)
-    labels = np.where(out.labels == LABELS["none"], -1, out.labels)  # the null label: no class requested
+    labels = np.where(out.labels == prior.config.null_label, -1, out.labels)  # the null label: no class requested
     return Slices(to_uint8(out.images), labels, [f"generated{i}" for i in range(len(labels))], out.levels)
 
 
@@ -122,25 +122,26 @@ def vqvae_reconstructor(vqvae, batch_size: int = 32, seed: int = 0,
     @torch.no_grad()
     def reconstruct(images: np.ndarray) -> np.ndarray:
         vqvae.eval()
+        device = next(vqvae.parameters()).device
         x = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0).unsqueeze(1)  # (N,1,H,W)
-        codes = torch.cat([vqvae.encode_indices(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+        codes = torch.cat([vqvae.encode_indices(x[s : s + batch_size].to(device)).cpu()
+                           for s in range(0, len(x), batch_size)])
         return to_uint8(decode_codes(vqvae, codes.numpy(), seed, pixel_temperature, batch_size))
 
     return reconstruct
 
 
-def read_sample_folder(folder: str | Path, image_size: tuple[int, int]) -> Slices:
-    """Generated slices from a folder of PNGs: ``FOLDER/{AD,NC}/*.png`` (labelled) or ``FOLDER/*.png``.
+def read_sample_folder(folder: str | Path, image_size: tuple[int, int], classes=()) -> Slices:
+    """Generated slices from a folder of PNGs: ``FOLDER/<class>/*.png`` (labelled with the real data's class map
+    ``classes``, so that its labels mean what the real slices' do) or ``FOLDER/*.png``.
 
     ``grid.png`` (the contact sheet ``sample-onnx`` writes beside its slices) is left out, with a warning.
     """
     from brainvq.data import scan_split
     from brainvq.data.images import decode
 
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"samples_dir does not exist or is not a folder: {folder}")
-    samples = scan_split(folder.parent, folder.name)
+    folder = sample_folder(folder)
+    samples = scan_split(folder.parent, folder.name, classes=_sample_classes(folder, classes), partial=True)
     kept = [s for s in samples if Path(s.path).name != "grid.png"]
     if len(kept) < len(samples):
         log.warning("%s: left out grid.png (a contact sheet, not a slice)", folder)
@@ -149,6 +150,28 @@ def read_sample_folder(folder: str | Path, image_size: tuple[int, int]) -> Slice
     images = np.stack([decode(s.path, tuple(image_size))[0] for s in kept])
     log.info("samples_dir %s: %d slices", folder, len(kept))
     return Slices(images, np.array([s.label for s in kept], dtype=np.int64), [s.subject for s in kept])
+
+
+def sample_folder(folder: str | Path) -> Path:
+    """``samples_dir`` as a folder that exists: checked before the real data is read (which may generate the demo
+    set), so a mistyped folder is one line at once."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"samples_dir does not exist or is not a folder: {folder}")
+    return folder
+
+
+def _sample_classes(folder: Path, classes) -> tuple[str, ...]:
+    """The class folders of a samples folder, checked against the real data's class map ``classes``: labels are the
+    real data's, so a class the real data lacks cannot be scored."""
+    from brainvq.data.adni import find_classes
+
+    found = find_classes(folder.parent, splits=(folder.name,))
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise DataError(f"samples_dir {folder} has class folder {unknown[0]}, which the real data does not have "
+                        f"(its classes: {', '.join(classes) or 'none, a flat layout'})")
+    return tuple(classes) if found else ()
 
 
 def save_generated_grid(fake: Slices, path: str | Path, rows: int = 4, per_row: int = 8) -> Path:

@@ -35,11 +35,15 @@ def calibration_for(real, held_out, train, *, protocol, split: str):
     import tempfile
     from pathlib import Path
 
+    import numpy as np
+
     from brainvq.models.checkpoint import atomic_save, load_model
     from brainvq.quality.evaluate import Calibration, calibrate, data_digest
     from brainvq.tracking.runs import download_artifact, find_stage_runs
 
-    params = {"data_digest": data_digest(held_out.images, train.images), "split": split,
+    # the labels too: one tree read with another class map (classes=AD,NC vs NC,AD) trains another feature network
+    digest = data_digest(held_out.images, train.images, np.asarray(held_out.labels), np.asarray(train.labels))
+    params = {"data_digest": digest, "split": split,
               "calibration_protocol": protocol.calibration_digest()}
     found = find_stage_runs(CALIBRATION_STAGE, params=params)
     if found:

@@ -12,18 +12,26 @@ from brainvq.tracking.stage import stage_run
 log = logging.getLogger(__name__)
 
 
-def encode_codes(vqvae_run_id: str, batch_size: int = 32) -> str:
-    """Run the stage (nested under the active run if there is one) and return its MLflow run ID."""
+def encode_codes(vqvae_run_id: str, batch_size: int = 32, device: str = "auto") -> str:
+    """Run the stage (nested under the active run if there is one) and return its MLflow run ID. ``device``: where
+    the encoder runs (``auto``, ``cpu``, ``cuda[:N]``, ``mps``)."""
+    from brainvq.data.splits import resolve_data_dir
+    from brainvq.engine.common import resolve_device
     from brainvq.stages.encode import encode_all_splits
+    from brainvq.tracking.datasets import log_data
     from brainvq.tracking.runs import load_stage_model
 
+    where = resolve_device(device)  # a bad or unavailable device is one line before the download
     vqvae, _, vq_run = load_stage_model(vqvae_run_id, "train_vqvae")
+    vqvae.to(where)
     params = {
         "vqvae_run_id": vq_run.info.run_id,
         "batch_size": batch_size,
+        "device": device,
         "num_embeddings": vqvae.config.num_embeddings,
     }
     with stage_run("encode_codes", params, tags={"brainvq.vqvae_run_id": vq_run.info.run_id}) as run:
+        log_data(resolve_data_dir(vq_run.data.params.get("data_dir", "")), "encoding")
         with tempfile.TemporaryDirectory() as tmp:
             files = encode_all_splits(vqvae, vq_run.data.params, tmp, batch_size)
             for path in files.values():

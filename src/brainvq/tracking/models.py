@@ -7,6 +7,13 @@ from typing import Mapping
 
 import mlflow
 
+CLASSES_TAG = "brainvq.classes"  # the class map a model was trained with: names in label order, comma-separated
+
+
+def classes_tag(classes) -> dict[str, str]:
+    """The run tag naming a model's classes (``""``: none, a flat layout)."""
+    return {CLASSES_TAG: ",".join(classes or ())}
+
 
 def torch_requirements() -> list[str]:
     """Pinned requirements for logged PyTorch models (skips MLflow's slow requirement inference)."""
@@ -29,7 +36,8 @@ def log_vqvae_model(result, files: Mapping[str, "os.PathLike"], stopped_early: b
         mlflow.log_artifact(str(path), "checkpoint" if name == "checkpoint" else None)
     if result.test_metrics:
         mlflow.log_metrics(result.test_metrics)
-    mlflow.set_tag("brainvq.stopped_by_time_budget", str(stopped_early).lower())
+    mlflow.set_tags({"brainvq.stopped_by_time_budget": str(stopped_early).lower(),
+                     **classes_tag(result.model.config.classes)})
     model = Reconstructor(result.model.cpu().eval())
     h, w = result.model.config.image_size
     example = np.zeros((1, 1, h, w), dtype=np.float32)
@@ -60,6 +68,7 @@ def log_prior_run(result, vqvae, train_config, vqvae_run_id: str, seed: int = 0)
     if result.test_metrics:
         mlflow.log_metrics(result.test_metrics)
     prior = result.model.cpu().eval()
+    mlflow.set_tags(classes_tag(prior.config.classes))
     h, w = prior.config.code_shape
     codes = np.zeros((1, h, w), dtype=np.int64)
     labels = np.full((1,), prior.config.num_classes, dtype=np.int64)

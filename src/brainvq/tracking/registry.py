@@ -7,16 +7,19 @@ registered model   a version is                                         ranked o
 =================  ===================================================  ==========================================
 brainvq-vqvae      the ``train_vqvae`` run's logged PyTorch ``model``   ``val/ssim``, higher wins
 brainvq-prior      the ``train_prior`` run's logged ``model``           ``prior/val_nll_bits``, lower wins
-brainvq-sampler    the ``export_onnx`` run's ``onnx/`` folder: decoder,  ``val/c2st_accuracy`` (the realism test on
-                   prior and the fast sampler's graphs, one pair         the validation split under the default
-                                                                         evaluation protocol), lower wins when the
-                                                                         95% intervals do not overlap; else its
+brainvq-sampler    the ``export_onnx`` run's pyfunc model ``sampler``:  ``val/c2st_accuracy`` (the realism test on
+                   the onnxruntime sampler with the run's ``onnx/``      the validation split under the default
+                   files (decoder, prior and the fast sampler's graphs,  evaluation protocol), lower wins when the
+                   one pair) as its artifacts                            95% intervals do not overlap; else its
                                                                          prior's ``prior/val_nll_bits``, lower wins
 =================  ===================================================  ==========================================
 
-The sampler is registered as the whole ``onnx/`` folder, not one ``mlflow.onnx`` model, because sampling needs the
-decoder and the prior *of the same export* (they carry one pair ID): ``brainvq sample-onnx --model_dir
-models:/brainvq-sampler@champion`` downloads exactly that set. Its realism score is read from the FINISHED
+The sampler is registered as one pyfunc model that holds the whole set, not one ``mlflow.onnx`` model, because
+sampling needs the decoder and the prior *of the same export* (they carry one pair ID).
+``mlflow.pyfunc.load_model("models:/brainvq-sampler@champion")`` and ``mlflow models serve`` sample with it (see
+``export/pyfunc_sampler.py``), and ``brainvq sample-onnx --model_dir models:/brainvq-sampler@champion`` downloads the
+version's source run's ``onnx/`` folder, the same files. An export logged before the pyfunc model existed is
+registered as that ``onnx/`` folder. Its realism score is read from the FINISHED
 ``evaluate_samples`` run of the sampler's prior under the default protocol (:data:`DEFAULT_PROTOCOL`: sample count,
 seed, temperature and classifier recipe, recorded as the run's ``brainvq.eval_protocol`` tag); the evaluation is
 deterministic, and the first such run is used, so rerunning it until a seed is lucky changes nothing. Two versions
@@ -45,6 +48,7 @@ from brainvq.tracking.runs import PRIOR_STAGE
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
 ONNX_FILES = ("decoder.onnx", "prior.onnx", "prior_row.onnx", "prior_step.onnx")
+SAMPLER_MODEL = "sampler"  # the name of the export_onnx run's pyfunc model (runs:/<export run>/sampler)
 
 
 @dataclass(frozen=True)
@@ -115,10 +119,17 @@ def _metric_tags(metrics: dict[str, float], keys) -> dict[str, str]:
     return {k: repr(float(metrics[k])) for k in keys if k in metrics}
 
 
-def plan_run(kind: str, run_id: str) -> Plan:
-    """Check that ``run_id`` (or ``latest``) is a FINISHED run of the kind's stage with what a version needs."""
+def _ready_model(run, name: str):
+    """The run's READY logged model called ``name`` (MLflow 3 logs models as entities linked to it), or None."""
     import mlflow
 
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{name}'")
+    return next((m for m in models if m.status.name == "READY"), None)
+
+
+def plan_run(kind: str, run_id: str) -> Plan:
+    """Check that ``run_id`` (or ``latest``) is a FINISHED run of the kind's stage with what a version needs."""
     from brainvq.tracking.runs import find_stage_runs, prior_run_id_tag, resolve_run
 
     spec = SPECS[kind]
@@ -146,17 +157,18 @@ def plan_run(kind: str, run_id: str) -> Plan:
             tags.update({PROTOCOL_TAG: protocol, "brainvq.eval_run_id": first.info.run_id})
         tags.update({"brainvq.vqvae_run_id": run.data.tags.get("brainvq.vqvae_run_id", ""),
                      "brainvq.prior_run_id": px_id, "brainvq.pair_id": run.data.tags.get("brainvq.pair_id", "")})
-        plan = Plan(spec, rid, source=f"runs:/{rid}/onnx")
+        # the pyfunc model (loadable and servable); an export from before it existed: its onnx/ folder
+        model = _ready_model(run, SAMPLER_MODEL)
+        plan = (Plan(spec, rid, source=model.model_uri, model_id=model.model_id) if model
+                else Plan(spec, rid, source=f"runs:/{rid}/onnx"))
     else:
         metrics = dict(run.data.metrics)
         if kind == "prior":
             tags["brainvq.vqvae_run_id"] = run.data.tags.get("brainvq.vqvae_run_id", "")
-        models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
-                                             filter_string=f"source_run_id = '{rid}' AND name = 'model'")
-        ready = [m for m in models if m.status.name == "READY"]
-        if not ready:
+        model = _ready_model(run, "model")
+        if model is None:
             raise RunError(f"{spec.stage} run {rid} has no READY logged model 'model' to register")
-        plan = Plan(spec, rid, source=ready[0].model_uri, model_id=ready[0].model_id)
+        plan = Plan(spec, rid, source=model.model_uri, model_id=model.model_id)
     if not any(metric in metrics for metric, _ in spec.criteria):
         wanted = " or ".join(m for m, _ in spec.criteria)
         raise RunError(f"{spec.stage} run {rid} has no {wanted} metric to rank it by")

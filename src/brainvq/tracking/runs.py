@@ -1,7 +1,8 @@
 """Stage hand-over through MLflow: find a stage's run (or the latest one) and fetch its checkpoint.
 
-Every stage tags its run ``brainvq.stage=<stage>``; later stages find earlier ones by run ID or ``latest``
-(the newest FINISHED run of that stage) with MLflow's public ``MlflowClient.search_runs``.
+Every stage tags its run ``brainvq.stage=<stage>``; later stages find earlier ones by run ID, ``latest`` (the newest
+FINISHED run of that stage, found with MLflow's public ``MlflowClient.search_runs``) or a registered model version,
+``models:/<name>@<alias>`` or ``models:/<name>/<version>``, which stands for the run it was registered from.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from brainvq.errors import RunError, one_line
 
 STAGE_TAG = "brainvq.stage"
+MODELS_URI = "models:/"  # a registered model version, by alias or number: models:/brainvq-prior@champion
 PRIOR_STAGE = "train_prior"
 # Stage names of older brainvq releases, found under today's name (their runs keep their tags and artifacts).
 LEGACY_STAGES = {PRIOR_STAGE: ("train_pixelcnn",)}
@@ -55,12 +57,34 @@ def _experiment_ids(client, experiment_name: str | None) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
 
 
+def version_run_id(spec: str, client=None) -> str:
+    """The source run of a registered model version, ``models:/<name>@<alias>`` or ``models:/<name>/<version>``."""
+    from mlflow.exceptions import MlflowException
+
+    client = client or _client()
+    ref = spec[len(MODELS_URI) :].strip("/")
+    name, alias = ref.split("@", 1) if "@" in ref else (ref, "")
+    name, _, version = name.partition("/")
+    if not name or not (alias or version.isdigit()):
+        raise RunError(f"bad model URI {spec!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise RunError(f"no registered model version {spec} ({one_line(exc)})") from None
+    if not mv.run_id:
+        raise RunError(f"{spec} records no source run; pass the run ID instead")
+    return mv.run_id
+
+
 def resolve_run(run_id: str, stage: str, experiment_name: str | None = None):
-    """Return the MLflow ``Run`` for ``run_id`` (or ``latest``), checking it is a FINISHED run of ``stage``."""
+    """Return the MLflow ``Run`` for ``run_id`` (a run ID, ``latest`` or a ``models:/`` URI of a registered model
+    version: its source run), checking it is a FINISHED run of ``stage``."""
     from mlflow.exceptions import MlflowException
 
     client = _client()
     run_id = (run_id or "").strip()
+    if run_id.startswith(MODELS_URI):
+        run_id = version_run_id(run_id, client)
     if run_id in ("", "latest"):
         runs = [r for name in stage_names(stage) for r in client.search_runs(
             _experiment_ids(client, experiment_name),
@@ -112,7 +136,7 @@ def fetch_checkpoint(run_id: str, stage: str, dst_dir: str | os.PathLike | None 
 
 
 def load_stage_model(run_id: str, stage: str):
-    """Model of a finished stage run: returns ``(model, ckpt, run)``."""
+    """Model of a finished stage run (run ID, ``latest`` or ``models:/<name>@<alias>``): ``(model, ckpt, run)``."""
     from brainvq.errors import ModelFileError
     from brainvq.models.checkpoint import load_model
 

@@ -21,7 +21,7 @@ from typing import Iterator, Mapping
 import mlflow
 
 from brainvq.errors import RunError, one_line
-from brainvq.tracking.runs import STAGE_TAG
+from brainvq.tracking.runs import PRIOR_STAGE, STAGE_TAG
 from brainvq.values import param_str
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,16 @@ def stage_run(stage: str, params: Mapping[str, object], tags: Mapping[str, str] 
     from brainvq.tracking.store import check_tracking_store
 
     check_tracking_store()  # an unreachable store is a one-line error before any work, not minutes of retries
+    system = system_metrics(stage)
     attach = os.environ.get("MLFLOW_RUN_ID") if not nested else None
     if attach and mlflow.active_run() is None:
-        run = mlflow.start_run(run_id=attach)
+        run = mlflow.start_run(run_id=attach, log_system_metrics=system)
         # start_run() with no run_id would attach to MLFLOW_RUN_ID again: nested stages (encode_codes inside
         # train_prior) must get runs of their own.
         os.environ.pop("MLFLOW_RUN_ID", None)
     else:
-        run = mlflow.start_run(nested=nested or mlflow.active_run() is not None, run_name=run_name or stage)
+        run = mlflow.start_run(nested=nested or mlflow.active_run() is not None, run_name=run_name or stage,
+                               log_system_metrics=system)
     try:
         mlflow.set_tags({STAGE_TAG: stage, **process_tags(), **(tags or {})})
         # `mlflow run` has already logged the entry point's parameters as given; MLflow forbids changing a logged
@@ -60,6 +62,29 @@ def stage_run(stage: str, params: Mapping[str, object], tags: Mapping[str, str] 
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+# Training runs record MLflow's system metrics (system/cpu_utilization_percentage, memory, disk, network; GPU
+# utilisation and memory too where nvidia-ml-py is installed), charted on the run page's "System metrics" tab.
+SYSTEM_METRICS_STAGES = ("train_vqvae", PRIOR_STAGE)
+# MLflow samples every 10 s by default: a few points for a minutes-long training. Every 2 s costs one psutil read and
+# one run lookup; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
+SYSTEM_METRICS_INTERVAL_S = 2
+
+
+def system_metrics(stage: str) -> bool | None:
+    """``log_system_metrics`` for a stage's run: True for training stages, None (MLflow's own default, from
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING) for the rest and wherever that variable is set: the user's word wins."""
+    import importlib.util
+
+    if stage not in SYSTEM_METRICS_STAGES or os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"):
+        return None
+    if importlib.util.find_spec("psutil") is None:  # MLflow would refuse to start the run
+        log.warning("psutil is not installed: the %s run records no system metrics", stage)
+        return False
+    if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    return True
 
 
 def link_resumed_run(checkpoint: str | os.PathLike, kind: str) -> str | None:
