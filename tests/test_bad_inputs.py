@@ -563,7 +563,7 @@ def test_brainvq_debug_restores_the_traceback_and_the_library_logs(outcomes, tmp
     """The one line is the default; `BRAINVQ_DEBUG=1` shows what it hides: our traceback and MLflow's own logs."""
     results, _ = outcomes
     ctx = results["accepted"]["ctx"]
-    env = subprocess_env(f"sqlite:///{tmp_path / 'mlflow.db'}", ctx["root"] / "cache", BRAINVQ_DEBUG="1")
+    env = subprocess_env(f"sqlite:///{tmp_path / 'new.db'}", ctx["root"] / "cache", BRAINVQ_DEBUG="1")  # no store yet
     proc = subprocess.run([sys.executable, "-m", "brainvq.cli", "register", "--vqvae_run_id", "latest"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2

@@ -267,9 +267,11 @@ def _tiny_study() -> optuna.Study:
 def test_sweep_plots_are_self_contained_html(tmp_path):
     from brainvq.tuning import plots
 
-    files, _ = plots.save_plots(_tiny_study(), tmp_path, "ssim", "val/ssim")
+    out = tmp_path / "plots"
+    out.mkdir()
+    files, _ = plots.save_plots(_tiny_study(), out, "ssim", "val/ssim")
     assert {f.name for f in files} >= {"optimization_history.html", "contour_latent_dim_num_embeddings.html"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in files)  # no plotly.min.js beside
+    assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in files)  # no plotly.min.js beside
     for f in files:
         html = f.read_text()
         assert not re.search(r"<script[^>]*\bsrc\s*=", html, re.I), f"{f.name} loads a script from elsewhere"
