@@ -127,6 +127,10 @@ def _import_time_imports(path: Path):
             stack.extend(ast.iter_child_nodes(node))
 
 
+# Marks the partial copy of brainvq a logged sampler carries (pyfunc_sampler.py moves it behind an installed brainvq).
+CARRIED_MARKER = "CARRIED_BY_MODEL"
+
+
 def sampler_code_paths(dst: Path) -> list[str]:
     """Copy the modules of brainvq that the pyfunc model file imports, and those they import, with their packages'
     ``__init__.py``, into ``dst/brainvq``; returns it for ``code_paths``. That copy is torch-free (the modules the
@@ -154,6 +158,7 @@ def sampler_code_paths(dst: Path) -> list[str]:
                     todo.append(Path(spec.origin))
                 if not done[module]:  # `from brainvq.errors import BrainVQError`: the rest is a name, not a module
                     break
+    (dst / "brainvq" / CARRIED_MARKER).write_text("the brainvq modules the brainvq-sampler pyfunc model runs on\n")
     return [str(dst / "brainvq")]
 
 

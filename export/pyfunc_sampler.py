@@ -25,15 +25,28 @@ default ``auto``) and ``{"threads": k}`` choose how onnxruntime runs.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import mlflow
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from brainvq.errors import BrainVQError
-from brainvq.export.api import Sampler, png_base64
-from brainvq.export.ort_sampler import OnnxSampler
+# MLflow puts the model's code folder first on sys.path. The brainvq there is a partial copy (the sampler's modules):
+# anywhere on the path it would shadow an installed brainvq (an editable install's finder comes after every path
+# entry) for later imports in this process and the processes it spawns (`brainvq.data.adni` not found). So it stays
+# on the path only where no brainvq is installed, which is what it is carried for. (The marker's name is
+# mlflow_export.CARRIED_MARKER, which cannot be imported before this.)
+_carried = [p for p in sys.path if (Path(p) / "brainvq" / "CARRIED_BY_MODEL").is_file()]
+for _entry in _carried:
+    sys.path.remove(_entry)
+if importlib.util.find_spec("brainvq") is None:
+    sys.path.extend(_carried)
+
+from brainvq.errors import BrainVQError  # noqa: E402
+from brainvq.export.api import Sampler, png_base64  # noqa: E402
+from brainvq.export.ort_sampler import OnnxSampler  # noqa: E402
 
 # Import brainvq at module level only: the modules logged with the model are these and those they import at module
 # level (brainvq.export.mlflow_export.sampler_code_paths); served alone, the model runs on that copy.
