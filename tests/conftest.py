@@ -97,6 +97,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_url(url: str, proc, log_path: Path, timeout_s: float, interval_s: float = 0.5) -> None:
+    """Wait until ``url`` answers (HTTP 200) while the server process ``proc`` runs; fail with the tail of its log
+    when it exits or ``timeout_s`` passes first."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{url} did not answer within {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(interval_s)
+
+
 def postgres_available(host: str = "127.0.0.1", port: int = 5432) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):

@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cli_fork import Forked
-from conftest import REPO, postgres_available, write_tiny_adni
+from conftest import REPO, free_port, postgres_available, wait_for_url, write_tiny_adni
 from tiny_chain import TINY_VQVAE, subprocess_env, tiny_store, train_lineage, train_prior, train_vqvae
 
 pytestmark = pytest.mark.slow
@@ -523,26 +523,15 @@ def test_two_samplers_on_one_folder_never_mix(outcomes, tmp_path):
 
 def test_a_server_that_rejects_the_host_header_is_one_line(tmp_path):
     """A real `mlflow server` that allows another host name: the CLI's probe names the fix, in one line."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                f"sqlite:///{tmp_path / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
                                "--workers", "1", "--allowed-hosts", "example.org"],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # /health is exempt from the Host check
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
+        # /health is exempt from the Host check
+        wait_for_url(f"http://127.0.0.1:{port}/health", server, tmp_path / "server.log", 180)
         env = subprocess_env(f"http://127.0.0.1:{port}", tmp_path / "cache")
         proc = subprocess.run([sys.executable, "-m", "brainvq.cli", "register", "--vqvae_run_id", "latest"],
                               capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)

@@ -19,7 +19,7 @@ from brainvq.data.adni import find_classes
 from brainvq.data.labels import class_order, labels_for
 from brainvq.errors import ConfigError, DataError, ModelFileError
 from conftest import write_tiny_adni
-from tiny_chain import tiny_store, train_lineage
+from tiny_chain import tiny_store, train_lineage, use_store
 
 TREES = {"cn": ("AD", "CN"), "three": ("AD", "MCI", "CN")}  # folder names as written (ADNI's CN, a third class)
 
@@ -215,8 +215,7 @@ def test_a_tree_trains_exports_and_samples_by_class_name(chains, tree, tmp_path,
     from brainvq.tracking.runs import PRIOR_STAGE, load_stage_model
 
     uri, root, lineage = chains[tree]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("BRAINVQ_CACHE", str(root / "cache"))
+    use_store(monkeypatch, uri, root)
     classes = tuple(sorted(TREES[tree]))  # sorted folder names -> 0..N-1
     client = MlflowClient(uri)
     for run_id in (lineage.vqvae, lineage.prior):  # what the runs were trained with, as a tag

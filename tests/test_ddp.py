@@ -11,7 +11,6 @@ EMA codebooks give weight differences of ~1 and val/ssim differences of ~2e-3.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -23,6 +22,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from brainvq.models.checkpoint import load_checkpoint
+from conftest import free_port
 
 RTOL, ATOL = 1e-5, 1e-4
 VQVAE_ARGS = ["--image_size", "32x32", "--epochs", "2", "--hidden_channels", "16", "--latent_dim", "8",
@@ -139,12 +139,6 @@ def test_torchrun_prior_logs_one_run_encodes_once_and_matches_one_process(tiny_a
 # --- library level: torch.multiprocessing, every rank's state ----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tiny_codes(n: int = 24, seed: int = 0):
     from brainvq.engine.prior import CodeSet
 
@@ -223,7 +217,7 @@ def _rank_main(rank: int, world: int, port: int, data_dir: str, out_dir: str) ->
 def test_ddp_ranks_stay_in_sync_and_prior_matches_one_process(tiny_adni, tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tiny_adni), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), str(tiny_adni), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for part in ("vqvae", "prior"):  # identical weights *and buffers* (EMA codebook, cluster sizes) on every rank
         for name, value in ranks[0][part].items():

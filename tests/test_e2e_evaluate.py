@@ -12,7 +12,7 @@ from PIL import Image
 
 from brainvq.cli import main as cli
 from conftest import write_tiny_adni
-from tiny_chain import tiny_store, train_lineage
+from tiny_chain import tiny_store, train_lineage, use_store
 
 pytestmark = pytest.mark.slow
 FIGURES = ("gen/c2st_accuracy", "gen/c2st_accuracy_ci95", "gen/c2st_pvalue", "gen/c2st_null", "gen/c2st_power_blur10",
@@ -34,8 +34,7 @@ def chain(tmp_path_factory):
 @pytest.fixture
 def store(chain, isolated_env, monkeypatch):
     uri, root, _, _ = chain
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("BRAINVQ_CACHE", str(root / "cache"))
+    use_store(monkeypatch, uri, root)
     return MlflowClient()
 
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import free_port, write_tiny_adni
-from tiny_chain import tiny_store, train_prior, train_vqvae
+from conftest import free_port, wait_for_url, write_tiny_adni
+from tiny_chain import tiny_store, train_prior, train_vqvae, use_store
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +53,8 @@ class UIServer:
         self._url = f"http://127.0.0.1:{port}"
 
     def url(self, timeout_s: float = 120) -> str:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{self._url}/health", timeout=2):
-                    return self._url
-            except OSError:
-                assert time.monotonic() < deadline, f"mlflow server not up in {timeout_s} s:\n" + \
-                    self.log_path.read_text()[-3000:]
-                time.sleep(0.3)
+        wait_for_url(f"{self._url}/health", self.proc, self.log_path, timeout_s, interval_s=0.3)
+        return self._url
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
@@ -105,8 +96,7 @@ def chain(tmp_path_factory, ui_server):
 @pytest.fixture
 def client(chain, isolated_env, monkeypatch):
     uri, root, _, _ = chain
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("BRAINVQ_CACHE", str(root / "cache"))
+    use_store(monkeypatch, uri, root)
     return MlflowClient()
 
 

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from brainvq.errors import RunError
 from brainvq.tracking.registry import CHAMPION, SPECS, compare, register_pipeline, register_run
 from conftest import write_tiny_adni
-from tiny_chain import subprocess_env, tiny_store, train_lineage
+from tiny_chain import subprocess_env, tiny_store, train_lineage, use_store
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,7 @@ def lineages(tmp_path_factory):
 def client(lineages, isolated_env, monkeypatch):
     """Point this test at the module's store and start from an empty registry."""
     uri, root, _ = lineages
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("BRAINVQ_CACHE", str(root / "cache"))
+    use_store(monkeypatch, uri, root)
     c = MlflowClient()
     for model in c.search_registered_models():
         c.delete_registered_model(model.name)

@@ -11,10 +11,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ from brainvq.data.images import to_uint8
 from brainvq.errors import RunError
 from brainvq.export.api import decode_png_base64, png_base64
 from brainvq.tracking.registry import CHAMPION, register_run
-from conftest import REPO
+from conftest import REPO, free_port, wait_for_url
 from tiny_chain import tiny_store
 
 CHAMPION_URI = f"models:/brainvq-sampler@{CHAMPION}"
@@ -152,12 +150,6 @@ def test_pyfunc_and_load_sampler_give_the_slices_of_sample_onnx(at_store, tmp_pa
     assert png_base64(images) == pngs
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, params: dict) -> tuple[int, dict]:
     body = json.dumps({"inputs": [], "params": params}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
@@ -172,7 +164,7 @@ def test_mlflow_models_serve_answers_with_png_slices_without_torch(at_store, tmp
     # a torch that cannot be imported, first on the server's path: the served sampler must never need it
     (tmp_path / "notorch" / "torch").mkdir(parents=True)
     (tmp_path / "notorch" / "torch" / "__init__.py").write_text("raise ImportError('the sampler imported torch')")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": at_store.uri, "PYTHONPATH": str(tmp_path / "notorch")}
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
@@ -181,17 +173,7 @@ def test_mlflow_models_serve_answers_with_png_slices_without_torch(at_store, tmp
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_for_url(f"{base}/ping", server, tmp_path / "server.log", 90)
         status, answer = _post(f"{base}/invocations", ASK)
         assert status == 200, answer
         first = decode_png_base64(answer["predictions"])

@@ -8,14 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import POSTGRES_URL, free_port, postgres_admin, requires_postgres, write_tiny_adni
+from conftest import POSTGRES_URL, free_port, postgres_admin, requires_postgres, wait_for_url, write_tiny_adni
 from tiny_chain import TINY_VQVAE, subprocess_env
 
 pytestmark = [requires_postgres, pytest.mark.postgres, pytest.mark.slow]
@@ -24,18 +22,7 @@ STARTUP_TIMEOUT_S = 180  # a fresh database runs MLflow's schema migrations firs
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log_path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+    wait_for_url(f"{url}/health", proc, log_path, STARTUP_TIMEOUT_S)
 
 
 @pytest.fixture

@@ -25,6 +25,12 @@ class Lineage:
     export: str
 
 
+def use_store(monkeypatch: pytest.MonkeyPatch, uri: str, root: Path) -> None:
+    """Point this test at a module's store (``tiny_store``'s URI) and its brainvq cache."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("BRAINVQ_CACHE", str(root / "cache"))
+
+
 @contextlib.contextmanager
 def tiny_store(root: Path):
     """MLflow store, brainvq cache and working folder under ``root`` while a module-scoped fixture trains."""

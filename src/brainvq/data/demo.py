@@ -21,7 +21,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from brainvq.data.images import new_output_folder
+from brainvq.data.images import new_output_folder, write_subject
 from brainvq.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -227,10 +227,7 @@ def make_demo_data(
         # One generator per subject keyed by (seed, split, index): a subject looks the same whatever the set size.
         rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
         subject = f"{label}_s{number:04d}"  # unique across splits, like ADNI subject ids
-        folder = out / split / label
-        folder.mkdir(parents=True, exist_ok=True)
-        for k, img in enumerate(_subject(tpl, rng, ad, cfg)):
-            Image.fromarray(img).save(folder / f"{subject}_{k:03d}.png", optimize=False, compress_level=1)
+        write_subject(out / split / label, subject, _subject(tpl, rng, ad, cfg))
     (out / MARKER).write_text(
         json.dumps({"version": VERSION, "generator": GENERATOR_REVISION, **asdict(cfg)}, default=list)
     )

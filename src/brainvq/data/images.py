@@ -146,6 +146,15 @@ def save_grid(rows: Sequence[np.ndarray], path: str | Path) -> Path:
 
 
 
+def write_subject(folder: str | os.PathLike, subject: str, slices: np.ndarray) -> None:
+    """One subject's ``(S,H,W)`` uint8 slices as ``folder/<subject>_<slice>.png`` (``000`` the lowest), the ADNI
+    layout brainvq reads; fast zlib level, since the cache decodes each file once."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, img in enumerate(slices):
+        Image.fromarray(img).save(folder / f"{subject}_{k:03d}.png", optimize=False, compress_level=1)
+
+
 def new_output_folder(path: str | os.PathLike, name: str = "out_dir") -> Path:
     """Check that a command can fill ``path`` from scratch, before it does any work: ``path`` is absent or an empty
     folder, and its parent (created when missing) takes new folders. A one-line ``DataError`` naming ``name``

@@ -31,12 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
 from brainvq.data.demo import SLICE_STEP
-from brainvq.data.images import few, new_output_folder, shown, to_uint8, warn_data
+from brainvq.data.images import few, new_output_folder, shown, to_uint8, warn_data, write_subject
 from brainvq.errors import ConfigError, DataError, one_line
 from brainvq.values import RESERVED_LABELS
 
@@ -322,10 +321,7 @@ def make_slices(in_dir: str | os.PathLike, out_dir: str | os.PathLike, labels_cs
             except ValueError as exc:
                 raise DataError(f"{shown(v.path)}: {exc}") from None
             split = "test" if v.subject in test else "train"
-            folder = staged / split / v.label
-            folder.mkdir(parents=True, exist_ok=True)
-            for k, img in enumerate(images):
-                Image.fromarray(img).save(folder / f"{v.subject}_{k:03d}.png", optimize=False, compress_level=1)
+            write_subject(staged / split / v.label, v.subject, images)
             subjects[v.subject] = {"class": v.label, "split": split, "source": str(v.path.resolve()),
                                    "voxel_mm": list(zooms), **info}
         manifest = {"in_dir": str(Path(in_dir).expanduser().resolve()), "labels_csv": str(labels_csv),
