@@ -1,4 +1,5 @@
-"""Sampling benchmark on one exported default-size prior (60x64 codes, K=64): naive vs fast, decoder ORT vs torch.
+"""Sampling benchmark on one exported default-size prior (60x64 codes, K=64): naive vs fast, decoder ORT vs torch,
+and whole subjects (20 slices, each conditioned on the one below) with onnxruntime.
 
     python benchmarks/sampling.py                       # random weights, default PixelCNNConfig / VQVAEConfig
     python benchmarks/sampling.py --prior_run_id latest   # a trained prior and the VQ-VAE it was trained on
@@ -35,7 +36,7 @@ def models(args):
     from brainvq.cli.configs import int_tuple
 
     return vq, GatedPixelCNN(PixelCNNConfig(num_layers=args.num_layers, hidden_channels=args.hidden_channels,
-                                            code_shape=vq.config.code_shape,
+                                            code_shape=vq.config.code_shape, slice_context=args.slice_context,
                                             dilation_cycle=int_tuple("dilation_cycle", args.dilation_cycle)))
 
 
@@ -51,6 +52,12 @@ def main(argv=None) -> None:
 
     add_param(p, "dilation_cycle", default=entry_point("train-prior").param("dilation_cycle").default,
               help="prior dilation cycle when random (train_prior's default)")
+    from brainvq.values import str2bool
+
+    add_param(p, "slice_context", type=str2bool,
+              default=entry_point("train-prior").param("slice_context").default,
+              help="random prior conditioned on the slice below (train_prior's default); subjects need it")
+    add_param(p, "slices", type=int, default=20, help="slices per subject for the subject rows")
     add_param(p, "n", type=int, default=16, help="slices to sample")
     add_param(p, "naive_steps", type=int, default=12, help="full prior passes timed for the naive estimate")
     add_param(p, "provider", default="cpu", help="auto, cuda or cpu")
@@ -119,6 +126,19 @@ def main(argv=None) -> None:
         print(f"sample_onnx failed: {r.stderr.strip()}")
     else:
         print(f"sample_onnx end to end ({args.n} slices sampled + decoded + PNGs, new process): {wall:.2f} s wall")
+
+    if s.slice_context:  # whole subjects: the slices of one subject are sequential, subjects batch together
+        for n_subj in (1, 8):
+            subj_labels = np.full(n_subj, cfg.null_label, dtype=np.int64)
+            t = time.perf_counter()
+            codes = s.sample_subject_codes(n_subj, subj_labels, args.slices, seed=0)
+            sample_s = time.perf_counter() - t
+            t = time.perf_counter()
+            s.decode(codes.reshape(-1, h, w), seed=0)
+            decode_s = time.perf_counter() - t
+            print(f"subjects ({args.slices} slices each, batch {n_subj}): sampling {sample_s / n_subj:.2f} s + "
+                  f"decoding {decode_s / n_subj:.2f} s = {(sample_s + decode_s) / n_subj:.2f} s per subject "
+                  f"({sample_s / (n_subj * args.slices):.3f} s per slice sampled)")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,25 @@ class Sampler:
         return s.decode(codes, batch_size, seed, pixel_temperature)
 
 
+    def sample_subjects(
+        self,
+        n: int = 4,
+        label: str = "all",
+        slices: int = 0,
+        seed: int = 0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        pixel_temperature: float = PIXEL_TEMPERATURE,
+        batch_size: int = 16,
+    ) -> tuple[np.ndarray, list[str]]:
+        """``n`` whole subjects, ``(n, S, 1, H, W)`` float32 in [0, 1] with slice 0 the lowest, and each subject's
+        class name (``none`` unlabelled): the slices ``brainvq sample-subjects`` writes for the same arguments.
+        Needs a prior trained with ``slice_context``; ``slices`` 0 = as many as its training subjects had."""
+        s = self.onnx
+        images, labels = s.sample_subjects(n, label, slices, temperature, top_k, seed, pixel_temperature, batch_size)
+        return images, s.class_names(labels)
+
+
 def png_bytes(images: np.ndarray) -> list[bytes]:
     """``(N,1,H,W)`` floats in [0,1] (or ``(N,H,W)`` uint8) -> one 8-bit grey PNG per slice, the bytes
     ``brainvq sample-onnx`` writes to ``sample_<i>.png``."""

@@ -42,15 +42,27 @@ def _uses(x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 class PriorGraph(nn.Module):
-    """``codes (B,h,w) int64, label (B,) int64 -> logits (B,K,h,w)``."""
+    """``codes (B,h,w) int64, label (B,) int64 -> logits (B,K,h,w)``; a slice-context prior also takes
+    ``below (B,h,w) int64``, the codes of the slice below (or its bottom / unknown token everywhere)."""
 
     def __init__(self, prior) -> None:
         super().__init__()
         self.prior = prior
 
-    def forward(self, codes: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        logits = self.prior(codes, label).logits
+    def forward(self, codes: torch.Tensor, label: torch.Tensor, below: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.prior(codes, label, below).logits
         return logits if self.prior.config.conditional else _uses(logits, label)
+
+
+class ContextGraph(nn.Module):
+    """``below (B,h,w) int64 -> bias (B,h,w,L*2C)``: :class:`brainvq.models.pixelcnn.SliceContextNet`."""
+
+    def __init__(self, prior) -> None:
+        super().__init__()
+        self.net = prior.context_module().eval()
+
+    def forward(self, below: torch.Tensor) -> torch.Tensor:
+        return self.net(below).bias
 
 
 class RowGraph(nn.Module):
@@ -90,7 +102,8 @@ def _stamp(path: Path, meta: dict[str, str]) -> None:
 
 
 def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = None) -> dict[str, Path]:
-    """Write ``decoder.onnx``, ``prior.onnx``, ``prior_row.onnx`` and ``prior_step.onnx`` to ``out_dir``.
+    """Write ``decoder.onnx``, ``prior.onnx``, ``prior_row.onnx`` and ``prior_step.onnx`` to ``out_dir``, and
+    ``prior_context.onnx`` for a prior with ``slice_context``.
 
     ``meta`` may carry ``vqvae_run_id`` and ``prior_run_id``; every file gets the same metadata (codebook size,
     code grid, image size, the class map, conditional, versions, run ids) and a shared pair id. Returns
@@ -109,12 +122,19 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
     codes = torch.zeros(b, h, w, dtype=torch.int64)
     labels = torch.full((b,), pc.null_label, dtype=torch.int64)
     batch = {0: "batch"}
-    paths = {name: out / fname for name, fname in FILES.items()}
+    paths = {name: out / fname for name, fname in FILES.items() if name != "prior_context" or pc.slice_context}
     dec_out = ["image", "loc", "scale"] if vc.pixel_noise else ["image"]
     _export(DecoderGraph(vqvae), (codes,), paths["decoder"], ["codes"], dec_out,
             {"codes": batch, **{name: batch for name in dec_out}}, opset)
-    _export(PriorGraph(prior), (codes, labels), paths["prior"], ["codes", "label"], ["logits"],
-            {"codes": batch, "label": batch, "logits": batch}, opset)
+    if pc.slice_context:
+        below = torch.full((b, h, w), pc.unknown_token, dtype=torch.int64)
+        _export(PriorGraph(prior), (codes, labels, below), paths["prior"], ["codes", "label", "below"], ["logits"],
+                {"codes": batch, "label": batch, "below": batch, "logits": batch}, opset)
+        _export(ContextGraph(prior), (below,), paths["prior_context"], ["below"], ["bias"],
+                {"below": batch, "bias": batch}, opset)
+    else:
+        _export(PriorGraph(prior), (codes, labels), paths["prior"], ["codes", "label"], ["logits"],
+                {"codes": batch, "label": batch, "logits": batch}, opset)
     _export(RowGraph(prior), (codes[:, 0], torch.zeros(pc.vcache_shape(b)), labels, torch.ones(1, dtype=torch.int64)),
             paths["prior_row"], ["codes_row", "vcache", "label", "row"], ["vrow", "vcache_out"],
             {"codes_row": batch, "vcache": batch, "label": batch, "vrow": {1: "batch"}, "vcache_out": batch}, opset)
@@ -126,5 +146,5 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
         _stamp(path, build_metadata(
             name, pid, brainvq.__version__, vq_id, px_id, pc.num_embeddings, pc.code_shape, vc.image_size,
             pc.conditional, pc.num_layers, pc.hidden_channels, pc.kernel_size, pc.dilation_cycle, pc.level_bins,
-            pc.classes))
+            pc.classes, pc.slice_context, pc.stack_slices))
     return paths

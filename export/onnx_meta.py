@@ -18,7 +18,10 @@ FILES = {
     "prior": "prior.onnx",
     "prior_row": "prior_row.onnx",
     "prior_step": "prior_step.onnx",
+    # slice-context priors only: the codes of the slice below -> every layer's gate bias (sample_subjects)
+    "prior_context": "prior_context.onnx",
 }
+REQUIRED = ("decoder", "prior", "prior_row", "prior_step")  # in every export; prior_context when slice_context
 
 # Keys every file carries (strings). Shapes of caches come from the graphs' own input shapes.
 KEYS = (
@@ -37,6 +40,8 @@ KEYS = (
     "brainvq.kernel_size",
     "brainvq.dilation_cycle",
     "brainvq.level_bins",
+    "brainvq.slice_context",
+    "brainvq.stack_slices",
 )
 
 
@@ -61,6 +66,8 @@ def build_metadata(
     dilation_cycle: tuple[int, ...],
     level_bins: int = 0,
     classes: tuple[str, ...] = LEGACY_CLASSES,
+    slice_context: bool = False,
+    stack_slices: int = 0,
 ) -> dict[str, str]:
     """The ``metadata_props`` of one exported file; ``classes``: the prior's class names in label order."""
     return {
@@ -80,6 +87,9 @@ def build_metadata(
         "brainvq.dilation_cycle": ",".join(map(str, dilation_cycle)),
         # the graphs' label input takes condition ids: label * (level_bins + 1) + level bin when this is not 0
         "brainvq.level_bins": str(int(level_bins)),
+        # "true": prior.onnx takes a third input, below, and prior_context.onnx is part of the set
+        "brainvq.slice_context": str(bool(slice_context)).lower(),
+        "brainvq.stack_slices": str(int(stack_slices)),  # slices per training subject: a subject's default height
     }
 
 

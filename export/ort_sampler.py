@@ -18,17 +18,21 @@ import onnxruntime as ort
 from brainvq.data.images import writable_folder, write_slices
 from brainvq.data.labels import condition_ids, labels_for, levels_for
 from brainvq.errors import ConfigError, ModelFileError, RunError, one_line
-from brainvq.export.onnx_meta import FILES, check_set, classes_of
+from brainvq.export.onnx_meta import FILES, REQUIRED, check_set, classes_of
 from brainvq.sampling.draw import (
     PIXEL_TEMPERATURE,
     check_sampling_args,
     fast_sample_batch,
     naive_sample_batch,
     pixel_draw,
+    sample_stacks,
+    stack_conditions,
+    stack_uniforms,
     uniforms,
 )
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+STACK_SLICES = 20  # a subject's height when the export does not record its training subjects' (the ADNI layout's)
 
 
 def physical_cores() -> int:
@@ -126,6 +130,13 @@ class OnnxSampler:
         self.conditional = self.meta.get("brainvq.conditional", "true") == "true"
         self.classes = classes_of(self.meta, str(self.dir / FILES["decoder"]))  # names in label order
         self.level_bins = int(self.meta.get("brainvq.level_bins", "0"))  # exports before levels have none
+        # slice-context priors (exports before them have none) also condition on the slice below
+        self.slice_context = self.meta.get("brainvq.slice_context", "false") == "true"
+        self.stack_slices = int(self.meta.get("brainvq.stack_slices", "0"))  # 0: not recorded
+        if self.slice_context:
+            self._session("prior_context")
+            check_set({"decoder": self.meta,
+                       "prior_context": dict(self.sessions["prior_context"].get_modelmeta().custom_metadata_map)})
         step_in = {i.name: i.shape for i in self.sessions["prior_step"].get_inputs()}
         row_in = {i.name: i.shape for i in self.sessions["prior_row"].get_inputs()}
         # decoders trained with pixel_noise export p(x | codes) as two more outputs, loc and scale, beside the mean
@@ -138,7 +149,8 @@ class OnnxSampler:
             return self.sessions[name]
         path = self.dir / FILES[name]
         if not path.is_file():
-            raise ModelFileError(f"{path} not found (an export holds {', '.join(FILES.values())})")
+            raise ModelFileError(f"{path} not found (an export holds {', '.join(FILES[n] for n in REQUIRED)}, and "
+                                 f"{FILES['prior_context']} when its prior has slice context)")
         first = self.providers is None
         if first:
             want = [CPU] if self.requested == "cpu" else [CUDA, CPU]
@@ -182,6 +194,10 @@ class OnnxSampler:
         ``(n,)`` label ids (unconditional priors always get ``none``); see :func:`brainvq.data.labels.labels_for`."""
         return labels_for(label, n, self.classes, self.conditional)
 
+    def class_names(self, labels: np.ndarray) -> list[str]:
+        """Label ids -> class names (``none`` for the null label)."""
+        return [self.classes[i] if i < len(self.classes) else "none" for i in np.asarray(labels).tolist()]
+
     def _fns(self):
         row, step = self.sessions["prior_row"], self.sessions["prior_step"]
         row_out, step_out = ["vrow", "vcache_out"], ["logits", "hcache_out"]
@@ -194,12 +210,55 @@ class OnnxSampler:
 
         return row_fn, step_fn
 
-    def full_fn(self, codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """``prior.onnx``: logits ``(B,K,h,w)`` of a code grid (the naive sampler's one pass per code)."""
+    def full_fn(self, codes: np.ndarray, labels: np.ndarray, below: np.ndarray | None = None) -> np.ndarray:
+        """``prior.onnx``: logits ``(B,K,h,w)`` of a code grid (the naive sampler's one pass per code); ``below``:
+        the slice below's codes for a slice-context export (None: not given)."""
         if "prior" not in self.sessions:  # loaded on first use only; checked against the rest of the set then
             check_set({"decoder": self.meta, "prior": dict(self._session("prior").get_modelmeta().custom_metadata_map)})
         sess = self.sessions["prior"]
-        return sess.run(["logits"], {"codes": codes, "label": labels})[0]
+        feed = {"codes": codes, "label": labels}
+        if self.slice_context:
+            feed["below"] = self._unknown(codes.shape) if below is None else below
+        return sess.run(["logits"], feed)[0]
+
+    def _unknown(self, shape) -> np.ndarray:
+        return np.full(shape, self.num_embeddings + 1, np.int64)  # PixelCNNConfig.unknown_token: "not given"
+
+    def context_fn(self, below: np.ndarray) -> np.ndarray:
+        """``prior_context.onnx``: the gate biases ``(B,h,w,L*2C)`` from the slice below's codes ``(B,h,w)``."""
+        return self.sessions["prior_context"].run(["bias"], {"below": np.ascontiguousarray(below)})[0]
+
+    def _slice(self, conditions, u, below, temperature, top_k, method, max_steps=None) -> np.ndarray:
+        """One slice of every grid in a batch: ``conditions (B,)``, ``u (B,h,w)``, ``below (B,h,w)`` or None."""
+        b = len(conditions)
+        if method == "fast":
+            context = None
+            if self.slice_context:
+                context = self.context_fn(self._unknown(u.shape) if below is None else below)
+            return fast_sample_batch(*self._fns(), conditions, u, self.num_embeddings, (b, *self.hcache_tail),
+                                     (b, *self.vcache_tail), temperature, top_k, context=context)
+        return naive_sample_batch(lambda c, lab: self.full_fn(c, lab, below), conditions, u, temperature, top_k,
+                                  max_steps=max_steps)
+
+    def sample_subject_codes(self, n: int, labels: np.ndarray, slices: int = 20, temperature: float = 1.0,
+                             top_k: int = 0, seed: int = 0, batch_size: int = 16, method: str = "fast") -> np.ndarray:
+        """``(n,slices,h,w)`` int64: ``n`` subjects, bottom slice first, each slice conditioned on the one below;
+        the same seed gives the same codes as ``brainvq.sampling.torch_sampler.sample_subject_codes``."""
+        check_sampling_args(n, temperature, top_k, self.num_embeddings, batch_size, method, seed)
+        if not self.slice_context:
+            raise ConfigError(f"the export in {self.dir} has no slice context: its prior samples single slices, not "
+                              "subjects (train the prior with slice_context=true and export again)")
+        if slices < 1:
+            raise ConfigError(f"bad parameter: slices must be >= 1, got {slices}")
+        conditions = stack_conditions(np.broadcast_to(np.asarray(labels, dtype=np.int64), (n,)), slices,
+                                      self.level_bins)  # (n,S)
+        u = stack_uniforms(n, slices, self.code_shape, seed)
+        bottom = self.num_embeddings  # PixelCNNConfig.bottom_token
+        out = []
+        for s in range(0, n, batch_size):
+            out.append(sample_stacks(lambda c, ub, below: self._slice(c, ub, below, temperature, top_k, method),
+                                     conditions[s : s + batch_size], u[s : s + batch_size], bottom))
+        return np.concatenate(out)
 
     def sample_codes(
         self,
@@ -224,23 +283,27 @@ class OnnxSampler:
         out = []
         for s in range(0, n, batch_size):
             lab, ub = np.asarray(labels[s : s + batch_size], dtype=np.int64), u[s : s + batch_size]
-            if method == "fast":
-                b = len(lab)
-                out.append(
-                    fast_sample_batch(
-                        *self._fns(),
-                        lab,
-                        ub,
-                        self.num_embeddings,
-                        (b, *self.hcache_tail),
-                        (b, *self.vcache_tail),
-                        temperature,
-                        top_k,
-                    )
-                )
-            else:  # naive (checked above)
-                out.append(naive_sample_batch(self.full_fn, lab, ub, temperature, top_k, max_steps=max_steps))
+            out.append(self._slice(lab, ub, None, temperature, top_k, method, max_steps))
         return np.concatenate(out)
+
+    def sample_subjects(self, n: int, label: str = "all", slices: int = 0, temperature: float = 1.0, top_k: int = 0,
+                        seed: int = 0, pixel_temperature: float = PIXEL_TEMPERATURE, batch_size: int = 16,
+                        timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` subjects decoded: ``(images (n,S,1,H,W) float32 in [0,1], labels (n,))``, slice 0 the lowest;
+        ``slices`` 0: the export's training subjects' height (:data:`STACK_SLICES` when not recorded). Slice ``k``
+        of subject ``i`` is the call's slice ``i * S + k`` for the pixel draw. ``timings`` gets ``sample_s`` and
+        ``decode_s``."""
+        check_sampling_args(n, temperature, top_k, batch_size=batch_size, seed=seed,
+                            pixel_temperature=pixel_temperature)
+        slices = slices or self.stack_slices or STACK_SLICES
+        labels = self.labels_for(label, n)
+        t0 = time.perf_counter()
+        codes = self.sample_subject_codes(n, labels, slices, temperature, top_k, seed, batch_size)  # (n,S,h,w)
+        t1 = time.perf_counter()
+        images = self.decode(codes.reshape(-1, *codes.shape[2:]), batch_size, seed, pixel_temperature)
+        if timings is not None:
+            timings.update(sample_s=t1 - t0, decode_s=time.perf_counter() - t1)
+        return images.reshape(n, slices, *images.shape[1:]), labels
 
     def decode(self, codes: np.ndarray, batch_size: int = 16, seed: int | None = None,
                pixel_temperature: float = PIXEL_TEMPERATURE) -> np.ndarray:
@@ -297,4 +360,87 @@ def sample_to_pngs(
         "decode_s": t3 - t2,
         "total_s": time.perf_counter() - t0,
         "provider": sampler.providers[0],
+    }
+
+
+def _subjects_folder(out: str, overwrite: bool) -> Path:
+    """Check before sampling that subjects can go to ``out``: new or empty, or (``overwrite``) holding only an
+    earlier call's subjects (``synth-*`` files in class folders and ``nifti/``). One line naming ``out`` otherwise."""
+    from brainvq.data.stacks import SYNTHETIC_PREFIX
+
+    path = Path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        held = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+    except OSError as exc:
+        raise ConfigError(f"out: cannot write subjects to {path} ({exc.strerror or exc})") from None
+    foreign = [str(p.relative_to(path)) for p in held if not p.name.startswith(SYNTHETIC_PREFIX)]
+    if foreign:
+        raise ConfigError(f"out: {path} holds other files ({', '.join(foreign[:3])}); choose an empty or new folder")
+    if held and not overwrite:
+        raise ConfigError(f"out: {path} already holds {len(held)} files of an earlier run; pass --overwrite true to "
+                          "replace them, or choose a new folder")
+    return path
+
+
+def sample_subjects_to_folder(
+    model_dir: str,
+    out: str,
+    n_subjects: int = 4,
+    label: str = "all",
+    slices: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    pixel_temperature: float = PIXEL_TEMPERATURE,
+    provider: str = "auto",
+    overwrite: bool = False,
+    batch_size: int = 16,
+    threads: int | None = None,
+) -> dict:
+    """What ``brainvq sample-subjects`` does: ``n_subjects`` subjects of ``slices`` slices each, written as
+    ``out/<class>/<subject>_<slice>.png`` and ``out/nifti/<subject>.nii.gz`` (:mod:`brainvq.data.stacks`). All or
+    nothing: written into a hidden folder beside ``out`` that then takes its place. Returns timings and paths."""
+    import shutil
+    import tempfile
+
+    from brainvq.data.stacks import subject_ids, write_subjects
+
+    t0 = time.perf_counter()
+    check_sampling_args(n_subjects, temperature, top_k, batch_size=batch_size, seed=seed,
+                        pixel_temperature=pixel_temperature)
+    if slices == 1 or slices < 0:
+        raise ConfigError(f"bad parameter: slices must be >= 2 (a subject is a stack of slices), or 0 for as many "
+                          f"as the training subjects had, got {slices}")
+    path = _subjects_folder(out, overwrite)
+    sampler = OnnxSampler(resolve_model_dir(model_dir), provider, threads)
+    print(sampler.provider_line, flush=True)
+    t1 = time.perf_counter()
+    timings: dict[str, float] = {}
+    images, labels = sampler.sample_subjects(n_subjects, label, slices, temperature, top_k, seed, pixel_temperature,
+                                             batch_size, timings)  # (n,S,1,H,W)
+    slices = images.shape[1]
+    names = sampler.class_names(labels)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        written = write_subjects(tmp, images, names, subject_ids(n_subjects, seed))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "pngs": [path / p.relative_to(tmp) for p in written["pngs"]],
+        "volumes": [path / p.relative_to(tmp) for p in written["volumes"]],
+        "classes": names,
+        "slices": slices,
+        "load_s": t1 - t0,
+        "sample_s": timings["sample_s"],
+        "decode_s": timings["decode_s"],
+        "total_s": time.perf_counter() - t0,
+        "provider": sampler.providers[0],
+        "model_dir": sampler.dir,
+        "meta": sampler.meta,
     }

@@ -1,6 +1,6 @@
 """The whole chain on one command: make_demo_data → train_vqvae → train_prior → export_onnx → sample →
-evaluate_samples, as one parent MLflow run with a child run per step. Steps whose identical parameters already have
-a FINISHED run are reused unless --force true.
+evaluate_samples → sample_subjects → evaluate_subjects, as one parent MLflow run with a child run per step. Steps
+whose identical parameters already have a FINISHED run are reused unless --force true.
 
 Examples:
     mlflow run . --env-manager local                        # demo set, 17-25 minutes on 2 CPU cores
@@ -27,6 +27,9 @@ SUMMARY = (
     "gen/c2st_power_noise", "gen/fd", "real/fd", "gen/precision", "real/precision", "gen/recall", "real/recall",
     "gen/tstr_accuracy", "real/trtr_accuracy", "gen/label_agreement", "real/label_classifier_accuracy",
     "gen/msssim_diversity", "real/msssim_diversity",
+    "prior/val_nll_bits_stack", "prior/test_nll_bits_stack",
+    "vol/adjacent_ssim", "real/adjacent_ssim", "vol/pair_c2st", "vol/pair_c2st_ci95", "vol/tstr_subject_accuracy",
+    "real/trtr_subject_accuracy", "vol/augmentation_gain", "vol/augmentation_gain_ci95",
 )
 
 
@@ -76,9 +79,18 @@ def main(argv=None) -> None:
                             "out": os.path.abspath("outputs/samples"), "overwrite": True}, pid, True)
         ev = run_step("evaluate_samples", {"prior_run_id": prior.info.run_id, "n_samples": args.n_samples,
                                            "seed": args.seed, "split": "test"}, pid, force)
+        # whole subjects: sampled torch-free from the export, each slice conditioned on the one below, then scored
+        subjects = {}
+        if "prior/val_nll_bits_stack" in prior.data.metrics:  # a slice-context prior (not a flat layout's fallback)
+            subj = run_step("sample_subjects", {"model_dir": f"runs:/{exp.info.run_id}/onnx",
+                                                "n_subjects": args.n_subjects, "seed": args.seed,
+                                                "out": os.path.abspath("outputs/subjects"), "overwrite": True},
+                            pid, True)
+            subjects = run_step("evaluate_subjects", {"subjects_run_id": subj.info.run_id, "seed": args.seed,
+                                                      "split": "test"}, pid, force).data.metrics
         import mlflow
 
-        summary = {**vq.data.metrics, **prior.data.metrics, **ev.data.metrics}
+        summary = {**vq.data.metrics, **prior.data.metrics, **ev.data.metrics, **subjects}
         mlflow.log_metrics({k: summary[k] for k in SUMMARY if k in summary})
         print(" ".join(f"{k}={summary[k]:.4f}" for k in SUMMARY if k in summary))
         if args.register:  # last, once every step is FINISHED (see brainvq.tracking.registry)

@@ -67,7 +67,8 @@ def prior_train_config_from_args(args: argparse.Namespace):
 
     int_tuple("dilation_cycle", args.dilation_cycle)
     return _build(PriorTrainConfig, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  max_minutes=args.max_minutes, device=args.device, level_dropout=args.level_dropout)
+                  max_minutes=args.max_minutes, device=args.device, level_dropout=args.level_dropout,
+                  slice_dropout=args.slice_dropout)
 
 
 def prior_configs_from_args(args: argparse.Namespace, vqvae_config):
@@ -79,5 +80,6 @@ def prior_configs_from_args(args: argparse.Namespace, vqvae_config):
         PixelCNNConfig, num_embeddings=vqvae_config.num_embeddings, num_layers=args.num_layers,
         hidden_channels=args.hidden_channels, conditional=args.conditional, code_shape=tuple(vqvae_config.code_shape),
         dilation_cycle=int_tuple("dilation_cycle", args.dilation_cycle), level_bins=args.level_bins,
+        slice_context=args.slice_context,
     )
     return model, train

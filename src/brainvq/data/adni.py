@@ -151,6 +151,14 @@ def _class_folders(folder: Path) -> list[str]:
     return [d for d in dirs if _holds_pngs(folder / d)]
 
 
+def is_class_tree(root: str | os.PathLike) -> bool:
+    """A folder with class folders of PNGs directly in it and neither ``train/`` nor ``test/``: the layout of one
+    split, which generated subjects are written in (:mod:`brainvq.data.stacks`)."""
+    root = Path(root).expanduser()
+    return (root.is_dir() and not (root / "train").is_dir() and not (root / "test").is_dir()
+            and bool(_class_folders(root)))
+
+
 def find_classes(root: str | os.PathLike, classes=None, splits: Sequence[str] = ("train", "test")) -> tuple[str, ...]:
     """The class map of a data tree, names in label order: ``classes`` (names, or ``"CN,AD"``) as given, each of
     which must be a class folder of one of ``splits``; else every class folder of ``splits`` (folders, not hidden,
@@ -536,9 +544,18 @@ def load_adni(
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     size = tuple(int(s) for s in image_size)
-    names, picked = find_classes(root, classes), bool(class_names(classes))
-    train_all, skipped_tr, kinds_tr = _open_split(root, "train", size, skip_bad, cache_dir, names, picked)
-    test, skipped_te, kinds_te = _open_split(root, "test", size, skip_bad, cache_dir, names, picked)
+    if is_class_tree(root):
+        # A folder of class folders with no train/ or test/ (generated subjects, `brainvq sample-subjects`; one split
+        # of an ADNI tree): all of it trains, its validation split is carved as usual, and there is no test split.
+        names, picked = find_classes(root, classes, splits=(".",)), bool(class_names(classes))
+        train_all, skipped_tr, kinds_tr = _open_split(root, ".", size, skip_bad, cache_dir, names, picked)
+        test, skipped_te, kinds_te = train_all.subset(np.zeros(0, np.int64)), 0, {}
+        warn_data(f"{shown(root)} holds class folders and no train/ or test/: every slice is a training slice "
+                  "(validation carved from them), and there is no test split")
+    else:
+        names, picked = find_classes(root, classes), bool(class_names(classes))
+        train_all, skipped_tr, kinds_tr = _open_split(root, "train", size, skip_bad, cache_dir, names, picked)
+        test, skipped_te, kinds_te = _open_split(root, "test", size, skip_bad, cache_dir, names, picked)
     warn_conversions({k: kinds_tr.get(k, 0) + kinds_te.get(k, 0) for k in {*kinds_tr, *kinds_te}}, root)  # once
     skipped = skipped_tr + skipped_te
     if skipped:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brainvq.data.codes import CodeSet
+from brainvq.data.codes import BOTTOM, UNKNOWN, CodeSet, below_index, stack_height
 from brainvq.data.images import image_grid, to_uint8
 from brainvq.data.labels import condition_ids
 from brainvq.engine import distributed, loop
@@ -43,13 +43,16 @@ class PriorTrainConfig:
     # Share of training examples whose slice level is replaced by "no level" (priors with level_bins only), so
     # the prior also samples without a level.
     level_dropout: float = 0.1
+    # Share of training grids whose slice below is hidden ("not given"; slice_context priors only), so one model
+    # samples single slices (evaluate_samples, `brainvq sample`) as well as stacks of slices (sample_subjects).
+    slice_dropout: float = 0.25
     device: str = "auto"
     num_threads: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         loop.check_settings(self)
-        for name in ("label_dropout", "level_dropout"):
+        for name in ("label_dropout", "level_dropout", "slice_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
@@ -77,16 +80,32 @@ def model_conditions(labels: torch.Tensor, levels: np.ndarray | None, config: Pi
     return torch.from_numpy(condition_ids(labels.numpy(), levels, config.level_bins))
 
 
+def below_codes(data: CodeSet, idx: np.ndarray, below: np.ndarray, config: PixelCNNConfig,
+                hide: np.ndarray | None = None) -> torch.Tensor:
+    """The slice-context input of grids ``idx`` ``(B,h,w)``: the codes of the slice below (``below`` from
+    :func:`brainvq.data.codes.below_index`), the bottom token for a subject's lowest slice, the unknown token where
+    it is not known or ``hide`` (B,) bool is set."""
+    b = below[idx]  # (B,)
+    out = np.where((b >= 0)[:, None, None], data.codes[np.maximum(b, 0)], config.unknown_token)
+    out[b == BOTTOM] = config.bottom_token
+    out[b == UNKNOWN] = config.unknown_token
+    if hide is not None:
+        out[hide] = config.unknown_token
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.int64))
+
+
 @torch.no_grad()
 def nll_bits(model: GatedPixelCNN, data: CodeSet, batch_size: int = 64, device="cpu", shard: bool = False,
-             unconditional: bool = False) -> float:
+             unconditional: bool = False, stack: bool = False) -> float:
     """Mean negative log-likelihood in bits per code. ``unconditional=True`` gives every grid the null label (and
-    no level).
+    no level). A slice-context prior scores single slices (the slice below not given) unless ``stack=True``: each
+    grid given the slice below it, as subjects are sampled.
     ``shard=True`` (every rank must call it) splits the data over DDP ranks and sums over them."""
     model.eval()
     if len(data) == 0:
         return float("nan")
     part = distributed.shard_slice(len(data)) if shard else slice(0, len(data))
+    below = below_index(data) if stack and model.config.slice_context else None
     total, count = 0.0, 0
     for s in range(part.start, part.stop, batch_size):
         e = min(s + batch_size, part.stop)
@@ -95,7 +114,8 @@ def nll_bits(model: GatedPixelCNN, data: CodeSet, batch_size: int = 64, device="
         levels = code_levels(data)[s:e]
         if unconditional:  # neither the label nor the level
             labels, levels = torch.full_like(labels, model.config.num_classes), None
-        logits = model(codes, model_conditions(labels, levels, model.config).to(device)).logits
+        context = None if below is None else below_codes(data, np.arange(s, e), below, model.config).to(device)
+        logits = model(codes, model_conditions(labels, levels, model.config).to(device), context).logits
         total += F.cross_entropy(logits, codes, reduction="sum").item()
         count += codes.numel()
     if shard:
@@ -194,6 +214,13 @@ def fit_prior(
         model_config = replace(model_config, classes=tuple(train.classes), num_classes=len(train.classes))
     cfg = model_config
     train_levels = code_levels(train)
+    if cfg.slice_context and (below_index(train) == UNKNOWN).all():
+        log.warning("slice_context=true but no training grid has a known slice below it (a flat layout, names "
+                    "without _<slice number>, or codes encoded before brainvq 0.3): training a single-slice prior")
+        model_config = cfg = replace(cfg, slice_context=False)
+    if cfg.slice_context and stack_height(train) >= 2:
+        model_config = cfg = replace(cfg, stack_slices=stack_height(train))
+    train_below = below_index(train) if cfg.slice_context else None
     if cfg.level_bins and np.isnan(train_levels).all():
         log.warning("level_bins=%d but the training codes carry no slice levels (encoded before brainvq 0.3, or "
                     "names without _<slice number>): every slice trains as 'no level'", cfg.level_bins)
@@ -215,8 +242,12 @@ def fit_prior(
                 levels[(torch.rand(len(levels), generator=gen) < tc.level_dropout).numpy()] = np.nan
         conditions = model_conditions(labels, levels, cfg)
         part = distributed.shard_slice(len(idx))
+        below = None
+        if cfg.slice_context:
+            hide = (torch.rand(len(idx), generator=gen) < tc.slice_dropout).numpy()
+            below = below_codes(train, idx, train_below, cfg, hide)[part].to(device)
         codes = torch.as_tensor(train.codes[idx[part]], device=device)
-        loss = F.cross_entropy(net(codes, conditions[part].to(device)).logits, codes)
+        loss = F.cross_entropy(net(codes, conditions[part].to(device), below).logits, codes)
         return StepOutput(loss, loss.detach()[None], {"bits": f"{loss.item() / LN2:.3f}"})
 
     def epoch_metrics(means: dict[str, float], n_batches: int, seconds: float, lr: float) -> dict[str, float]:
@@ -226,9 +257,16 @@ def fit_prior(
 
     def evaluate(model: GatedPixelCNN, split: str) -> dict[str, float]:
         device = next(model.parameters()).device
+        stack = model.config.slice_context
         if split == "val":
-            return {"prior/val_nll_bits": nll_bits(model, val, device=device, shard=True)}
-        return {"prior/test_nll_bits": nll_bits(model, test, device=device, shard=True),
+            out = {"prior/val_nll_bits": nll_bits(model, val, device=device, shard=True)}
+            if stack:  # what subject sampling uses: each slice given the one below
+                out["prior/val_nll_bits_stack"] = nll_bits(model, val, device=device, shard=True, stack=True)
+            return out
+        extra = {}
+        if stack:
+            extra["prior/test_nll_bits_stack"] = nll_bits(model, test, device=device, shard=True, stack=True)
+        return {**extra, "prior/test_nll_bits": nll_bits(model, test, device=device, shard=True),
                 "prior/test_nll_bits_uncond": nll_bits(model, test, device=device, shard=True, unconditional=True),
                 **baseline_bits(train, test, model.config.num_embeddings, val)}
 

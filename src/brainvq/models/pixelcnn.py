@@ -58,6 +58,16 @@ class PixelCNNConfig:
     # (label, level bin) pair gets its own gate biases and position tables: the 20 axial levels of a subject are 20
     # different anatomies (cerebellum to vertex), which one shared set of tables has to average.
     level_bins: int = 0
+    # Slice stacks: also condition on the code grid of the slice below in the same subject (a subject is a stack of
+    # consecutive axial slices, and the slice below fixes most of the next one). That grid is fully known before
+    # the slice is sampled, so a small non-causal conv net reads it and adds a bias map to every layer's horizontal
+    # gate: the spatial conditioning h -> V*s(h) of conditional PixelCNN (van den Oord et al. 2016, section 2.3).
+    # Its tokens beside the K codes: BOTTOM (K) "no slice below: the first slice of a stack" and UNKNOWN (K+1)
+    # "not given" (single slices; slice_dropout in training). False (the field's default) keeps older checkpoints.
+    slice_context: bool = False
+    # Slices per subject in the training codes (the most common count; fit_prior sets it, 0 = unknown): how tall a
+    # sampled subject is by default, so its slices span the levels the prior learnt transitions between.
+    stack_slices: int = 0
 
     def __post_init__(self) -> None:
         if self.num_embeddings < 2:
@@ -80,6 +90,9 @@ class PixelCNNConfig:
             raise ValueError(f"dilation_cycle must be one or more ints >= 1, got {self.dilation_cycle!r}")
         object.__setattr__(self, "dilation_cycle", cycle)
         object.__setattr__(self, "conditional", bool(self.conditional))
+        object.__setattr__(self, "slice_context", bool(self.slice_context))
+        if self.stack_slices < 0 or self.stack_slices == 1:
+            raise ValueError(f"stack_slices must be 0 (unknown) or >= 2, got {self.stack_slices}")
         if self.level_bins < 0 or self.level_bins == 1:
             raise ValueError(f"level_bins must be 0 (no levels) or >= 2, got {self.level_bins}")
         if self.level_bins and not self.conditional:
@@ -89,6 +102,16 @@ class PixelCNNConfig:
     def num_conditions(self) -> int:
         """Condition ids the prior knows: labels (with the null label), times level bins (with "no level")."""
         return (self.num_classes + 1) * (self.level_bins + 1 if self.level_bins else 1)
+
+    @property
+    def bottom_token(self) -> int:
+        """Slice-context index of "no slice below": the first slice of a stack (``slice_context`` priors)."""
+        return self.num_embeddings
+
+    @property
+    def unknown_token(self) -> int:
+        """Slice-context index of "slice below not given": single slices (``slice_context`` priors)."""
+        return self.num_embeddings + 1
 
     @property
     def null_label(self) -> int:
@@ -196,6 +219,17 @@ class GatedPixelCNN(nn.Module):
         self.row_bias = nn.Parameter(torch.zeros(tables, gh, n * 2 * c))
         self.col_bias = nn.Parameter(torch.zeros(tables, gw, n * 2 * c))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, config.num_embeddings, 1))
+        # Built last, so a prior without it draws the same initial weights as before it existed.
+        self.context = SliceContextNet(config) if config.slice_context else None
+
+    def slice_bias(self, below: torch.Tensor | None, shape: tuple[int, int, int]) -> torch.Tensor | None:
+        """Every layer's horizontal gate bias from the slice below, ``(B,h,w,L*2C)``; None without slice context.
+        ``below`` ``(B,h,w)`` codes, or the tokens ``bottom_token`` / ``unknown_token``; None: not given."""
+        if self.context is None:
+            return None
+        if below is None:
+            below = torch.full(shape, self.config.unknown_token, dtype=torch.int64, device=self.row_bias.device)
+        return self.context(below).bias
 
     def label_biases(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """Per-layer gate biases ``(B, L, 4C)`` (vertical 2C then horizontal 2C), or None when unconditional."""
@@ -211,7 +245,8 @@ class GatedPixelCNN(nn.Module):
             return self.row_bias.expand(batch, -1, -1), self.col_bias.expand(batch, -1, -1)
         return self.row_bias[labels], self.col_bias[labels]
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> PixelCNNOutput:
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None,
+                below: torch.Tensor | None = None) -> PixelCNNOutput:
         # Channels-last throughout, every conv as one matmul over a window of shifted copies (im2col), and the position
         # tables broadcast per layer instead of materialised as a (B,h,w,L,2C) tensor: on 2 CPU cores that trains
         # ~1.3x the steps/s of Conv2d on NCHW tensors at batch 4 (benchmarks/prior_training.py).
@@ -221,6 +256,7 @@ class GatedPixelCNN(nn.Module):
         cond = self.label_biases(labels, b)  # (B,L,4C) | None
         x = self.embedding(codes)  # (B,h,w,C)
         rows, cols = self.position_tables(labels, b)  # (B,h,L*2C), (B,w,L*2C)
+        stack = self.slice_bias(below, (b, h, w))  # (B,h,w,L*2C) | None
         v, hs, gates = x, x, []
         for i, d in enumerate(self.config.dilations):
             v_conv, h_conv, layer = self.v_convs[i], self.h_convs[i], slice(i * 2 * c, (i + 1) * 2 * c)
@@ -239,6 +275,8 @@ class GatedPixelCNN(nn.Module):
             if cond is not None:
                 v_pre = v_pre + cond[:, i, None, None, : 2 * c]
                 h_pre = h_pre + cond[:, i, None, None, 2 * c :]
+            if stack is not None:
+                h_pre = h_pre + stack[..., layer]
             g = gate(h_pre, -1)  # (B,h,w,C)
             gates.append(g)
             if i < n - 1:
@@ -250,6 +288,13 @@ class GatedPixelCNN(nn.Module):
         out = F.linear(F.relu(F.linear(F.relu(skip), pointwise_weight(o1), o1.bias)), pointwise_weight(o2), o2.bias)
         return PixelCNNOutput(out.permute(0, 3, 1, 2))  # (B,K,h,w)
 
+    def context_module(self) -> "SliceContextNet":
+        """The slice-context net alone (``slice_context`` priors): run once per slice by the stack samplers, its
+        bias map added to the row module's output (:func:`brainvq.sampling.draw.fast_sample_batch`)."""
+        if self.context is None:
+            raise ValueError("this prior has no slice context (trained with slice_context=false)")
+        return self.context
+
     def row_module(self) -> "PixelCNNRowStep":
         """Per-row step module (snapshot of the current weights)."""
         return PixelCNNRowStep(self)
@@ -257,6 +302,33 @@ class GatedPixelCNN(nn.Module):
     def step_module(self) -> "PixelCNNStep":
         """Per-position step module (snapshot of the current weights)."""
         return PixelCNNStep(self)
+
+
+class SliceContextOutput(NamedTuple):
+    bias: torch.Tensor  # (B,h,w,L*2C): every layer's horizontal gate bias, layer-major
+
+
+class SliceContextNet(nn.Module):
+    """The code grid of the slice below -> a horizontal gate bias per layer and position.
+
+    ``forward(below (B,h,w) int64)`` -> :class:`SliceContextOutput`. Codes embed through their own table (plus the
+    bottom and unknown tokens), then three 3x3 convs (a 7x7-code window of the slice below, ~28x28 pixels at
+    downsample 4: a structure moves a few pixels between slices 2 mm apart) and a 1x1 projection to every layer's
+    2C gate pre-activations. Non-causal: the slice below is known in full before this one is sampled.
+    """
+
+    def __init__(self, config: PixelCNNConfig) -> None:
+        super().__init__()
+        c, n = config.hidden_channels, config.num_layers
+        self.embedding = nn.Embedding(config.num_embeddings + 2, c)
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for _ in range(3))
+        self.out = nn.Conv2d(c, n * 2 * c, 1)
+
+    def forward(self, below: torch.Tensor) -> SliceContextOutput:
+        x = self.embedding(below).permute(0, 3, 1, 2)  # (B,C,h,w)
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return SliceContextOutput(self.out(x).permute(0, 2, 3, 1))  # (B,h,w,L*2C)
 
 
 def _frozen(t: torch.Tensor) -> torch.Tensor:

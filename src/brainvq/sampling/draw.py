@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from brainvq.data.images import to_uint8
+from brainvq.data.labels import condition_ids
 from brainvq.errors import ConfigError, ModelFileError
 
 # (codes_row (B,w) int64, vcache, labels (B,) int64, row (1,) int64) -> (vrow (w,B,L,2C), vcache)
@@ -22,6 +23,10 @@ RowFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], "tuple[np.nda
 StepFn = Callable[[np.ndarray, np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 # (codes (B,h,w) int64, labels (B,) int64) -> logits (B,K,h,w)
 FullFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (below (B,h,w) int64) -> every layer's horizontal gate bias from the slice below (B,h,w,L*2C): slice-context priors
+ContextFn = Callable[[np.ndarray], np.ndarray]
+# (codes (B,h,w) int64, labels (B,) int64, below (B,h,w) int64) -> logits (B,K,h,w): a slice-context prior's full pass
+StackFullFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def check_sampling_args(n: int, temperature: float, top_k: int, num_embeddings: int | None = None,
@@ -78,10 +83,14 @@ def draw(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int
 
 def fast_sample_batch(row_fn: RowFn, step_fn: StepFn, labels: np.ndarray, u: np.ndarray, num_embeddings: int,
                       hcache_shape: tuple[int, ...], vcache_shape: tuple[int, ...], temperature: float = 1.0,
-                      top_k: int = 0, on_row: Callable[[], None] | None = None) -> np.ndarray:
+                      top_k: int = 0, on_row: Callable[[], None] | None = None,
+                      context: np.ndarray | None = None) -> np.ndarray:
     """Exact raster-order sampling with cached activations (Ramachandran et al. 2017, arXiv 1704.06001).
 
     One ``row_fn`` call per row and one ``step_fn`` call per code. ``labels (B,)``, ``u (B,h,w)`` ``-> (B,h,w)``.
+    ``context`` ``(B,h,w,L*2C)``: a slice-context prior's gate biases from the slice below (a :data:`ContextFn`'s
+    output). They enter the horizontal gates only, as one more additive term, so they join each row's terms here,
+    outside the graphs, and the row and step graphs stay those of a prior without slice context.
     """
     b, h, w = u.shape
     codes = np.zeros((b, h, w), dtype=np.int64)
@@ -94,6 +103,8 @@ def fast_sample_batch(row_fn: RowFn, step_fn: StepFn, labels: np.ndarray, u: np.
         vrow, new_vcache = row_fn(above, vcache, labels, np.array([i], dtype=np.int64))  # (w,B,L,2C)
         if i:
             vcache = new_vcache  # the first call only produced row 0's label terms; its cache is padding
+        if context is not None:
+            vrow = vrow + context[:, i].reshape(b, w, *vrow.shape[2:]).transpose(1, 0, 2, 3)  # (w,B,L,2C)
         hcache, prev = hzero, pad
         for j in range(w):
             logits, hcache = step_fn(prev, hcache, vrow[j])
@@ -123,6 +134,49 @@ def naive_sample_batch(full_fn: FullFn, labels: np.ndarray, u: np.ndarray, tempe
     return codes
 
 
+def stack_levels(slices: int) -> np.ndarray:
+    """The level of each slice of a sampled stack, ``(slices,)`` float32: bottom 0 to top 1, as the data's levels
+    are the rank of a slice among its subject's, scaled to [0, 1] (:func:`brainvq.data.adni.slice_levels`)."""
+    return np.linspace(0.0, 1.0, slices, dtype=np.float32) if slices > 1 else np.zeros(1, np.float32)
+
+
+def stack_conditions(labels: np.ndarray, slices: int, level_bins: int) -> np.ndarray:
+    """Condition ids ``(n, slices)`` of stacks: each subject's label ``(n,)`` at every slice, with the slice's level
+    (:func:`stack_levels`) when the prior has level bins."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    levels = np.broadcast_to(stack_levels(slices), (n, slices)).ravel() if level_bins else None
+    return condition_ids(np.repeat(labels, slices), levels, level_bins).reshape(n, slices)
+
+
+def sample_stacks(sample_slice: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], conditions: np.ndarray,
+                  u: np.ndarray, bottom_token: int) -> np.ndarray:
+    """Stacks of slices, bottom to top, each slice's codes conditioned on the slice below (Markov in the slice
+    index). ``sample_slice(conditions (B,), u (B,h,w), below (B,h,w)) -> (B,h,w)`` samples one slice of every stack
+    (fast or naive, PyTorch or onnxruntime); ``conditions (B,S)`` condition ids per slice; ``u (B,S,h,w)``;
+    the first slice sees ``bottom_token`` everywhere. ``-> (B,S,h,w)`` int64.
+    """
+    b, s, h, w = u.shape
+    codes = np.zeros((b, s, h, w), dtype=np.int64)
+    below = np.full((b, h, w), bottom_token, dtype=np.int64)
+    for k in range(s):
+        codes[:, k] = sample_slice(np.ascontiguousarray(conditions[:, k]), u[:, k], below)
+        below = codes[:, k]
+    return codes
+
+
+def stack_uniforms(n: int, slices: int, code_shape: tuple[int, int], seed: int) -> np.ndarray:
+    """The randomness of a whole subject-sampling call: ``(n, slices, h, w)`` float64 in [0, 1). Slice ``k`` draws
+    from its own stream, ``default_rng([seed, STACK_STREAM, k])``, so subject ``i``'s first slices do not depend on
+    ``n`` or on how many slices follow."""
+    u = np.empty((n, slices, *code_shape))
+    for k in range(slices):
+        u[:, k] = np.random.default_rng([seed, STACK_STREAM, k]).random((n, *code_shape))
+    return u
+
+
+# Stream of a subject-sampling call's seed for its code uniforms (slice sampling uses default_rng(seed) itself).
+STACK_STREAM = 2
 # Second stream of a sampling call's seed: the code uniforms come from default_rng(seed), the pixel noise from
 # default_rng([seed, PIXEL_STREAM, slice index]).
 PIXEL_STREAM = 1

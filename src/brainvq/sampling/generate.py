@@ -62,3 +62,31 @@ def generate(prior, vqvae: VQVAE, n: int, label: str = "all", temperature: float
     images = decode_codes(vqvae, codes, seed, pixel_temperature, batch_size)
     used = levels if prior.config.level_bins else np.full(n, np.nan, np.float32)
     return Generated(images, codes, labels, used)
+
+
+class GeneratedSubjects(NamedTuple):
+    images: np.ndarray  # (n,S,1,H,W) float32 in [0,1], slice 0 the lowest
+    codes: np.ndarray  # (n,S,h,w) int64
+    labels: np.ndarray  # (n,) label ids (the null label when the prior is unconditional)
+
+
+@torch.no_grad()
+def generate_subjects(prior, vqvae: VQVAE, n: int, label: str = "all", slices: int = 20, temperature: float = 1.0,
+                      top_k: int = 0, seed: int = 0, batch_size: int = 16, progress: bool = True,
+                      pixel_temperature: float = PIXEL_TEMPERATURE, method: str = "fast") -> GeneratedSubjects:
+    """Sample ``n`` subjects, each ``slices`` consecutive axial slices from the bottom up, from a prior trained with
+    ``slice_context`` (:func:`brainvq.sampling.torch_sampler.sample_subject_codes`) and decode them as
+    :func:`decode_codes` does (slice ``k`` of subject ``i`` is the call's slice ``i * slices + k`` for the pixel
+    draw, as in the onnxruntime sampler). ``label`` as in :func:`generate`: one class per subject."""
+    from brainvq.sampling.draw import check_sampling_args
+    from brainvq.sampling.torch_sampler import sample_subject_codes
+
+    prior.config.check_decoder(vqvae.config)
+    labels = labels_for(label, n, prior.config.classes, prior.config.conditional)
+    check_sampling_args(n, temperature, top_k, batch_size=batch_size, method=method, seed=seed,
+                        pixel_temperature=pixel_temperature)
+    codes = sample_subject_codes(prior, n, labels, slices, temperature=temperature, top_k=top_k, seed=seed,
+                                 batch_size=batch_size, method=method, progress=progress)  # (n,S,h,w)
+    flat = codes.reshape(-1, *codes.shape[2:])
+    images = decode_codes(vqvae, flat, seed, pixel_temperature, batch_size)
+    return GeneratedSubjects(images.reshape(n, slices, *images.shape[1:]), codes, labels)

@@ -11,9 +11,18 @@ import torch
 
 from brainvq.data.labels import condition_ids
 from brainvq.errors import ConfigError
-from brainvq.sampling.draw import check_sampling_args, draw, fast_sample_batch, naive_sample_batch, uniforms
+from brainvq.sampling.draw import (
+    check_sampling_args,
+    draw,
+    fast_sample_batch,
+    naive_sample_batch,
+    sample_stacks,
+    stack_conditions,
+    stack_uniforms,
+    uniforms,
+)
 
-__all__ = ["draw", "sample_codes", "torch_step_fns"]
+__all__ = ["draw", "sample_codes", "sample_subject_codes", "torch_step_fns"]
 
 
 def torch_step_fns(prior):
@@ -31,6 +40,19 @@ def torch_step_fns(prior):
         return logits.cpu().numpy(), hc.cpu().numpy()
 
     return row_fn, step_fn
+
+
+def torch_context_fn(prior):
+    """The slice-context net over numpy arrays (a :data:`brainvq.sampling.draw.ContextFn`), or None when the prior
+    has no slice context."""
+    if prior.context is None:
+        return None
+    net, device = prior.context_module().eval(), next(prior.parameters()).device
+
+    def context_fn(below):
+        return net(torch.from_numpy(np.ascontiguousarray(below)).to(device)).bias.cpu().numpy()
+
+    return context_fn
 
 
 def _check(prior, n: int, labels: np.ndarray, temperature: float, top_k: int, method: str, seed: int) -> np.ndarray:
@@ -67,6 +89,7 @@ def sample_codes(prior, n: int, labels, temperature: float = 1.0, top_k: int = 0
     h, _ = cfg.code_shape
     u = uniforms(n, cfg.code_shape, seed)  # (n,h,w)
     device = next(prior.parameters()).device
+    context_fn = torch_context_fn(prior)  # single slices: the slice below is "not given"
     if method == "fast":
         row_fn, step_fn = torch_step_fns(prior)
     else:
@@ -79,8 +102,58 @@ def sample_codes(prior, n: int, labels, temperature: float = 1.0, top_k: int = 0
             lab, ub = labels[s : s + batch_size], u[s : s + batch_size]
             tick = lambda: bar.update(len(lab))  # noqa: E731
             if method == "fast":
+                ctx = None if context_fn is None else context_fn(np.full(ub.shape, cfg.unknown_token, np.int64))
                 out.append(fast_sample_batch(row_fn, step_fn, lab, ub, cfg.num_embeddings, cfg.hcache_shape(len(lab)),
-                                             cfg.vcache_shape(len(lab)), temperature, top_k, on_row=tick))
+                                             cfg.vcache_shape(len(lab)), temperature, top_k, on_row=tick,
+                                             context=ctx))
             else:
                 out.append(naive_sample_batch(full_fn, lab, ub, temperature, top_k, on_row=tick))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def sample_subject_codes(prior, n: int, labels, slices: int = 20, temperature: float = 1.0, top_k: int = 0,
+                         seed: int = 0, batch_size: int = 16, method: str = "fast",
+                         progress: bool = True) -> np.ndarray:
+    """Sample ``n`` subjects as stacks of ``slices`` code grids, bottom to top, ``(n,slices,h,w)`` int64: each slice
+    conditioned on the one below (:func:`brainvq.sampling.draw.sample_stacks`) by a prior trained with
+    ``slice_context``. ``labels``: one label id or ``(n,)``; fast and naive give the same codes for the same seed."""
+    from tqdm.auto import tqdm
+
+    cfg = prior.config
+    if not cfg.slice_context:
+        raise ConfigError("this prior has no slice context: it samples single slices, not subjects (train it with "
+                          "slice_context=true)")
+    if slices < 1:
+        raise ConfigError(f"bad parameter: slices must be >= 1, got {slices}")
+    labels = _check(prior, n, labels, temperature, top_k, method, seed)
+    conditions = stack_conditions(labels, slices, cfg.level_bins)  # (n,S)
+    prior.eval()
+    u = stack_uniforms(n, slices, cfg.code_shape, seed)  # (n,S,h,w)
+    device = next(prior.parameters()).device
+    context_fn = torch_context_fn(prior)
+    if method == "fast":
+        row_fn, step_fn = torch_step_fns(prior)
+
+    out = []
+    with tqdm(total=n * slices, desc=f"sampling subjects ({method})", unit="slice", disable=not progress) as bar:
+        for s in range(0, n, batch_size):
+            def one_slice(cond, ub, below):
+                b = len(cond)
+                if method == "fast":
+                    codes = fast_sample_batch(row_fn, step_fn, cond, ub, cfg.num_embeddings, cfg.hcache_shape(b),
+                                              cfg.vcache_shape(b), temperature, top_k, context=context_fn(below))
+                else:
+                    below_t = torch.from_numpy(below).to(device)
+
+                    def full_fn(codes, lab):
+                        return prior(torch.from_numpy(codes).to(device), torch.from_numpy(lab).to(device),
+                                     below_t).logits.cpu().numpy()
+
+                    codes = naive_sample_batch(full_fn, cond, ub, temperature, top_k)
+                bar.update(b)
+                return codes
+
+            out.append(sample_stacks(one_slice, conditions[s : s + batch_size], u[s : s + batch_size],
+                                     cfg.bottom_token))
     return np.concatenate(out)
