@@ -67,3 +67,8 @@ def test_main_pipeline_runs_every_step_as_child_runs_and_reuses_them(tmp_path):
     assert {a.path for a in subj} == {"subjects/AD", "subjects/NC", "subjects/nifti"}
     assert len(client.list_artifacts(stages["sample_subjects"].info.run_id, "subjects/nifti")) == 4
     assert len(client.list_artifacts(stages["sample_subjects"].info.run_id, "subjects/AD")) == 2 * 4
+    # the registered sampler holds what subject sampling needs (prior_context.onnx beside the other graphs)
+    from brainvq import load_sampler
+
+    images, classes = load_sampler("models:/brainvq-sampler@champion", "cpu").sample_subjects(1, "AD", seed=0)
+    assert images.shape[:2] == (1, 4) and classes == ["AD"]

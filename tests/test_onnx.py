@@ -271,8 +271,7 @@ def test_export_stage_logs_a_matching_pair_to_mlflow(tmp_path, caplog):
     run = runs[0]
     assert run.data.params["vqvae_run_id"] == vq_id and run.data.params["prior_run_id"] == px_id
     names = sorted(a.path for a in client.list_artifacts(run.info.run_id, "onnx"))
-    assert names == ["onnx/decoder.onnx", "onnx/prior.onnx", "onnx/prior_context.onnx", "onnx/prior_row.onnx",
-                     "onnx/prior_step.onnx"]  # a slice-context prior (train_prior's default) adds its context graph
+    assert names == ["onnx/decoder.onnx", "onnx/prior.onnx", "onnx/prior_row.onnx", "onnx/prior_step.onnx"]
     decoder = mlflow.onnx.load_model(f"runs:/{run.info.run_id}/decoder_model")
     assert {p.key: p.value for p in decoder.metadata_props}["brainvq.vqvae_run_id"] == vq_id
     # the sampler reads the run's onnx/ folder directly

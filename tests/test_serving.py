@@ -84,7 +84,7 @@ def test_the_champion_is_a_pyfunc_model_from_code_with_torch_free_requirements(a
     assert Path(flavor["model_code_path"]).name == "pyfunc_sampler.py" and "python_model" not in flavor  # no pickle
     assert not list(folder.rglob("*.pkl"))
     assert sorted(p.name for p in (folder / "artifacts").iterdir()) == [
-        "decoder.onnx", "prior.onnx", "prior_context.onnx", "prior_row.onnx", "prior_step.onnx"]
+        "decoder.onnx", "prior.onnx", "prior_row.onnx", "prior_step.onnx"]
     assert [p.name for p in meta.signature.params.params] == [
         "n", "label", "seed", "temperature", "top_k", "level", "pixel_temperature"]
     assert (folder / "serving_input_example.json").is_file()
