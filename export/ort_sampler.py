@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from brainvq.data.images import writable_folder, write_slices
+from brainvq.data.images import publish_folder, writable_folder, write_slices
 from brainvq.data.labels import condition_ids, labels_for, levels_for
 from brainvq.errors import ConfigError, ModelFileError, RunError, one_line
 from brainvq.export.onnx_meta import FILES, REQUIRED, check_set, classes_of
@@ -363,28 +363,6 @@ def sample_to_pngs(
     }
 
 
-def _subjects_folder(out: str, overwrite: bool) -> Path:
-    """Check before sampling that subjects can go to ``out``: new or empty, or (``overwrite``) holding only an
-    earlier call's subjects (``synth-*`` files in class folders and ``nifti/``). One line naming ``out`` otherwise."""
-    from brainvq.data.stacks import SYNTHETIC_PREFIX
-
-    path = Path(out)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and not path.is_dir():
-            raise NotADirectoryError(20, "Not a directory")
-        held = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
-    except OSError as exc:
-        raise ConfigError(f"out: cannot write subjects to {path} ({exc.strerror or exc})") from None
-    foreign = [str(p.relative_to(path)) for p in held if not p.name.startswith(SYNTHETIC_PREFIX)]
-    if foreign:
-        raise ConfigError(f"out: {path} holds other files ({', '.join(foreign[:3])}); choose an empty or new folder")
-    if held and not overwrite:
-        raise ConfigError(f"out: {path} already holds {len(held)} files of an earlier run; pass --overwrite true to "
-                          "replace them, or choose a new folder")
-    return path
-
-
 def sample_subjects_to_folder(
     model_dir: str,
     out: str,
@@ -403,10 +381,7 @@ def sample_subjects_to_folder(
     """What ``brainvq sample-subjects`` does: ``n_subjects`` subjects of ``slices`` slices each, written as
     ``out/<class>/<subject>_<slice>.png`` and ``out/nifti/<subject>.nii.gz`` (:mod:`brainvq.data.stacks`). All or
     nothing: written into a hidden folder beside ``out`` that then takes its place. Returns timings and paths."""
-    import shutil
-    import tempfile
-
-    from brainvq.data.stacks import subject_ids, write_subjects
+    from brainvq.data.stacks import SYNTHETIC_PREFIX, subject_ids, write_subjects
 
     t0 = time.perf_counter()
     check_sampling_args(n_subjects, temperature, top_k, batch_size=batch_size, seed=seed,
@@ -414,7 +389,8 @@ def sample_subjects_to_folder(
     if slices == 1 or slices < 0:
         raise ConfigError(f"bad parameter: slices must be >= 2 (a subject is a stack of slices), or 0 for as many "
                           f"as the training subjects had, got {slices}")
-    path = _subjects_folder(out, overwrite)
+    # Before sampling: new or empty, or (overwrite) holding only an earlier call's subjects (synth-* files below it).
+    path = writable_folder(out, overwrite=overwrite, ours=(f"{SYNTHETIC_PREFIX}*",), deep=True)
     sampler = OnnxSampler(resolve_model_dir(model_dir), provider, threads)
     print(sampler.provider_line, flush=True)
     t1 = time.perf_counter()
@@ -423,17 +399,17 @@ def sample_subjects_to_folder(
                                              batch_size, timings)  # (n,S,1,H,W)
     slices = images.shape[1]
     names = sampler.class_names(labels)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        written = write_subjects(tmp, images, names, subject_ids(n_subjects, seed))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    written: dict[str, list[Path]] = {}
+
+    def fill(staged: Path) -> list[Path]:
+        written.update(write_subjects(staged, images, names, subject_ids(n_subjects, seed)))
+        return written["pngs"] + written["volumes"]
+
+    paths = publish_folder(path, fill, overwrite)
+    n_pngs = len(written["pngs"])
     return {
-        "pngs": [path / p.relative_to(tmp) for p in written["pngs"]],
-        "volumes": [path / p.relative_to(tmp) for p in written["volumes"]],
+        "pngs": paths[:n_pngs],
+        "volumes": paths[n_pngs:],
         "classes": names,
         "slices": slices,
         "load_s": t1 - t0,

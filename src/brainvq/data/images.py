@@ -8,7 +8,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -174,10 +174,12 @@ def new_output_folder(path: str | os.PathLike, name: str = "out_dir") -> Path:
 SAMPLE_FILES = ("sample_*.png", "grid.png")  # what write_slices writes; --overwrite replaces only such folders
 
 
-def writable_folder(path: str | os.PathLike, name: str = "out", overwrite: bool = False) -> Path:
+def writable_folder(path: str | os.PathLike, name: str = "out", overwrite: bool = False,
+                    ours: Sequence[str] = SAMPLE_FILES, deep: bool = False) -> Path:
     """Check, before sampling, that the samples can go to ``path``: its parent takes files, and ``path`` is new or
-    empty, or (``overwrite``) holds only an earlier run's samples. A one-line ``ConfigError`` naming ``name``
-    otherwise: a bad output folder should not cost a sampling run, and one run's files never mix with another's."""
+    empty, or (``overwrite``) holds only an earlier run's samples: files whose names match ``ours`` (every file
+    below ``path`` when ``deep``, else its entries). A one-line ``ConfigError`` naming ``name`` otherwise: a bad
+    output folder should not cost a sampling run, and one run's files never mix with another's."""
     out = Path(path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -185,10 +187,15 @@ def writable_folder(path: str | os.PathLike, name: str = "out", overwrite: bool 
             raise PermissionError(13, "Permission denied")
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(20, "Not a directory")
-        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if not out.is_dir():
+            held = []
+        elif deep:
+            held = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+        else:
+            held = sorted(p.name for p in out.iterdir())
     except OSError as exc:
         raise ConfigError(f"{name}: cannot write samples to {out} ({exc.strerror or exc})") from None
-    foreign = [f for f in held if not any(Path(f).match(pattern) for pattern in SAMPLE_FILES)]
+    foreign = [f for f in held if not any(Path(f).match(pattern) for pattern in ours)]
     if foreign:
         raise ConfigError(f"{name}: {out} holds other files ({few(foreign)}); choose an empty or new folder")
     if held and not overwrite:
@@ -197,28 +204,22 @@ def writable_folder(path: str | os.PathLike, name: str = "out", overwrite: bool 
     return out
 
 
-def write_slices(images: np.ndarray, out_dir: str | os.PathLike, overwrite: bool = False) -> list[Path]:
-    """``sample_000.png``, ... and ``grid.png`` (a near-square contact sheet) from ``(N,1,H,W)`` or ``(N,H,W)``
-    slices (floats in [0,1] or uint8); returns the paths, the grid last.
-
-    All or nothing: the files are written into a hidden folder beside ``out_dir`` that then takes its place in one
-    rename, so a reader (or an artifact upload) sees either the earlier samples or these, never a mix or a half;
-    a command that filled ``out_dir`` in the meantime makes this one fail rather than mix its files in.
-    """
+def publish_folder(out: str | os.PathLike, fill: Callable[[Path], list[Path]], overwrite: bool = False,
+                   name: str = "out") -> list[Path]:
+    """Write a folder all or nothing: ``fill(staged)`` writes into a hidden folder beside ``out`` and returns the
+    paths it wrote; that folder then takes ``out``'s place in one rename. A reader (or an artifact upload) sees
+    either the earlier samples or these, never a mix or a half; a command that filled ``out`` in the meantime makes
+    this one fail rather than mix its files in, and a failure puts the earlier samples back. Check ``out`` with
+    :func:`writable_folder` first. Returns the written paths under ``out``."""
     import errno
     import shutil
     import tempfile
 
-    out = writable_folder(out_dir, overwrite=overwrite)
-    pixels = images if images.dtype == np.uint8 and images.ndim == 3 else to_uint8(images)  # (N,H,W)
-    cols = math.ceil(math.sqrt(len(pixels)))
-    names = [f"sample_{i:03d}.png" for i in range(len(pixels))] + ["grid.png"]
+    out = Path(out)
     staged = old = None
     try:
         staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-        for name, img in zip(names, pixels):
-            Image.fromarray(img, mode="L").save(staged / name)
-        save_grid([pixels[i : i + cols] for i in range(0, len(pixels), cols)], staged / "grid.png")
+        written = [out / Path(p).relative_to(staged) for p in fill(staged)]
         if overwrite and out.is_dir() and any(out.iterdir()):
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old)  # over the empty placeholder; then the new folder takes the name
@@ -230,9 +231,26 @@ def write_slices(images: np.ndarray, out_dir: str | os.PathLike, overwrite: bool
             old = None
         filled = exc.errno in (errno.ENOTEMPTY, errno.EEXIST)
         why = "another command wrote to it while this one sampled" if filled else (exc.strerror or str(exc))
-        raise ConfigError(f"out: cannot write samples to {out} ({why}); nothing was written") from None
+        raise ConfigError(f"{name}: cannot write samples to {out} ({why}); nothing was written") from None
     finally:
         for leftover in (staged, old):
             if leftover is not None:
                 shutil.rmtree(leftover, ignore_errors=True)
-    return [out / name for name in names]
+    return written
+
+
+def write_slices(images: np.ndarray, out_dir: str | os.PathLike, overwrite: bool = False) -> list[Path]:
+    """``sample_000.png``, ... and ``grid.png`` (a near-square contact sheet) from ``(N,1,H,W)`` or ``(N,H,W)``
+    slices (floats in [0,1] or uint8), all or nothing (:func:`publish_folder`); returns the paths, the grid last."""
+    out = writable_folder(out_dir, overwrite=overwrite)
+    pixels = images if images.dtype == np.uint8 and images.ndim == 3 else to_uint8(images)  # (N,H,W)
+    cols = math.ceil(math.sqrt(len(pixels)))
+    names = [f"sample_{i:03d}.png" for i in range(len(pixels))] + ["grid.png"]
+
+    def fill(staged: Path) -> list[Path]:
+        for name, img in zip(names, pixels):
+            Image.fromarray(img, mode="L").save(staged / name)
+        save_grid([pixels[i : i + cols] for i in range(0, len(pixels), cols)], staged / "grid.png")
+        return [staged / name for name in names]
+
+    return publish_folder(out, fill, overwrite)

@@ -187,7 +187,10 @@ def fit(
     if previews and start_epoch == 0:
         preview_s += log_preview(spec, model, tracker, 0)  # the untrained model
     for epoch in range(start_epoch, tc.epochs):
-        if budget.exhausted():
+        # A fresh attempt always takes at least one step: a budget spent on set-up alone (a slow machine, a tiny
+        # budget) would otherwise return an untrained model with no history. A resumed attempt whose budget is
+        # already spent stops here, before any step.
+        if (epoch > start_epoch or spent > 0) and budget.exhausted():
             stopped_early = True
             break
         model.train()

@@ -89,6 +89,24 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
+def with_ci(name: str, share: float, n: int) -> dict[str, float]:
+    """A proportion and the half-width of its 95% Wilson interval over ``n`` scored items (``name_ci95``)."""
+    low, high = wilson_interval(round(share * n), n)
+    return {name: share, f"{name}_ci95": (high - low) / 2}
+
+
+def cross_fitted(maps: torch.Tensor, y: np.ndarray, fold: np.ndarray, protocol: C2STProtocol, salt: int) -> np.ndarray:
+    """``(N,)`` bool: whether each item of ``maps (N,...)`` (labels ``y (N,)``) was classified right by the critic
+    fit on the other folds (``fold (N,)`` in ``0..protocol.folds-1``): every item scored once, never by a critic
+    that saw it."""
+    correct = np.zeros(len(y), dtype=bool)
+    for k in range(protocol.folds):
+        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        model = fit_critic(maps[torch.from_numpy(tr)], y[tr], protocol.fit, seed=protocol.seed * 1000 + salt * 10 + k)
+        correct[te] = predict_labels(model, maps[torch.from_numpy(te)]) == y[te]
+    return correct
+
+
 def two_sample_test(real_maps: torch.Tensor, fake_maps: torch.Tensor, protocol: C2STProtocol = C2STProtocol(),
                     salt: int = 0) -> C2STResult:
     """K-fold cross-fitted C2ST on front-end maps (:func:`~brainvq.quality.classify.front_maps`) of two sets.
@@ -108,11 +126,7 @@ def two_sample_test(real_maps: torch.Tensor, fake_maps: torch.Tensor, protocol: 
     maps = torch.cat([real_maps[torch.from_numpy(r_idx)], fake_maps[torch.from_numpy(f_idx)]])  # (2n,8,h,w)
     y = np.concatenate([np.ones(n, np.int64), np.zeros(n, np.int64)])
     fold = np.concatenate([np.arange(n) % protocol.folds, np.arange(n) % protocol.folds])  # same size per side
-    correct = 0
-    for k in range(protocol.folds):
-        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        model = fit_critic(maps[torch.from_numpy(tr)], y[tr], protocol.fit, seed=protocol.seed * 1000 + salt * 10 + k)
-        correct += int((predict_labels(model, maps[torch.from_numpy(te)]) == y[te]).sum())
+    correct = int(cross_fitted(maps, y, fold, protocol, salt).sum())
     total = 2 * n
     low, high = wilson_interval(correct, total)
     pvalue = float(binomtest(correct, total, 0.5, alternative="greater").pvalue)

@@ -42,7 +42,7 @@ from brainvq.quality.c2st import (
     power_checks,
     two_sample_test,
     underpowered,
-    wilson_interval,
+    with_ci,
 )
 from brainvq.quality.classify import embed, fit_critic, front_maps, predict_labels
 from brainvq.quality.diversity import msssim_diversity
@@ -173,19 +173,13 @@ def _accuracy(model: Critic, maps: torch.Tensor, labels: np.ndarray) -> float:
     return float((predict_labels(model, maps) == np.asarray(labels)).mean())
 
 
-def _with_ci(name: str, share: float, n: int) -> dict[str, float]:
-    """A proportion and the half-width of its 95% Wilson interval over ``n`` scored items (``name_ci95``)."""
-    low, high = wilson_interval(round(share * n), n)
-    return {name: share, f"{name}_ci95": (high - low) / 2}
-
-
 def _fidelity(prefix: str, f_real: np.ndarray, f_other: np.ndarray, seed: int) -> dict[str, float]:
     """FD (with a bootstrap interval), precision and recall (Wilson intervals given the k-NN manifolds)."""
     precision, recall = precision_recall(f_real, f_other)
     return {f"{prefix}/fd": frechet_distance(f_other, f_real),
             f"{prefix}/fd_ci95": frechet_ci95(f_other, f_real, seed=seed),
-            **_with_ci(f"{prefix}/precision", precision, len(f_other)),
-            **_with_ci(f"{prefix}/recall", recall, len(f_real))}
+            **with_ci(f"{prefix}/precision", precision, len(f_other)),
+            **with_ci(f"{prefix}/recall", recall, len(f_real))}
 
 
 def _power_metrics(power: dict[str, C2STResult]) -> dict[str, float]:
@@ -209,12 +203,12 @@ def calibrate(real: Slices, held_out: Slices, train: Slices, protocol: EvalProto
         features = fit_critic(front_maps(as_tensor(train.images), cell), train.labels, c2st.fit, seed=c2st.seed)
         held_maps = front_maps(as_tensor(held_out.images), cell)
         n_held = len(held_out.labels)
-        metrics.update(_with_ci("real/label_classifier_accuracy", _accuracy(features, held_maps, held_out.labels),
+        metrics.update(with_ci("real/label_classifier_accuracy", _accuracy(features, held_maps, held_out.labels),
                                 n_held))
         # TRTR: the same recipe on as many real training slices as slices are generated.
         sub = train.take(_balanced_subset(train.labels, protocol.n_samples, protocol.seed))
         trtr = fit_critic(front_maps(as_tensor(sub.images), cell), sub.labels, c2st.fit, seed=c2st.seed + 1)
-        metrics.update(_with_ci("real/trtr_accuracy", _accuracy(trtr, held_maps, held_out.labels), n_held))
+        metrics.update(with_ci("real/trtr_accuracy", _accuracy(trtr, held_maps, held_out.labels), n_held))
         # The floor of FD / precision / recall: real training slices vs the held-out ones, at the same size.
         floor = train.take(np.random.default_rng([protocol.seed, 17]).permutation(len(train.images))[:len(real.images)])
         f_real = embed(features, front_maps(as_tensor(real.images), cell))
@@ -258,10 +252,10 @@ def evaluate_generated(fake: Slices, real: Slices, held_out: Slices, calibration
         f_real, f_fake = embed(features, real_maps[ri]), embed(features, fake_maps[fi])
         out.update(_fidelity("gen", f_real, f_fake, protocol.seed))
         if fake.labelled:
-            out.update(_with_ci("gen/label_agreement", _accuracy(features, fake_maps, fake.labels), len(fake.labels)))
+            out.update(with_ci("gen/label_agreement", _accuracy(features, fake_maps, fake.labels), len(fake.labels)))
             tstr = fit_critic(fake_maps, fake.labels, c2st.fit, seed=c2st.seed + 1)
             held_maps = front_maps(as_tensor(held_out.images), cell)
-            out.update(_with_ci("gen/tstr_accuracy", _accuracy(tstr, held_maps, held_out.labels),
+            out.update(with_ci("gen/tstr_accuracy", _accuracy(tstr, held_maps, held_out.labels),
                                 len(held_out.labels)))
     return out
 

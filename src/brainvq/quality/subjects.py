@@ -47,9 +47,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from brainvq.quality.c2st import C2STProtocol, C2STResult, as_tensor, digest
-from brainvq.quality.classify import fit_critic, predict_labels, predict_scores
-from brainvq.quality.evaluate import Slices, _with_ci
+from brainvq.quality.c2st import C2STProtocol, C2STResult, as_tensor, cross_fitted, digest, with_ci
+from brainvq.quality.classify import fit_critic, predict_scores
+from brainvq.quality.evaluate import Slices
 
 log = logging.getLogger(__name__)
 Z95 = 1.959963984540054
@@ -230,12 +230,7 @@ def grouped_two_sample_test(real_maps: torch.Tensor, real_groups: np.ndarray, fa
     maps = torch.cat([real_maps[torch.from_numpy(r_idx)], fake_maps[torch.from_numpy(f_idx)]])  # (2n,8,H,W)
     y = np.concatenate([np.ones(n, np.int64), np.zeros(n, np.int64)])
     fold, clusters = np.concatenate(fold_parts), np.concatenate(cluster_parts)
-    correct = np.zeros(2 * n, dtype=bool)
-    for k in range(folds):
-        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        model = fit_critic(maps[torch.from_numpy(tr)], y[tr], protocol.fit, seed=protocol.seed * 1000 + salt * 10 + k)
-        correct[te] = predict_labels(model, maps[torch.from_numpy(te)]) == y[te]
-    acc, low, high, pvalue = cluster_interval(correct, clusters)
+    acc, low, high, pvalue = cluster_interval(cross_fitted(maps, y, fold, protocol, salt), clusters)
     return C2STResult(acc, low, high, pvalue, n)
 
 
@@ -364,14 +359,14 @@ def utility_metrics(fake: Slices, fake_maps: torch.Tensor, train: Slices, train_
 
     out = {}
     tstr = correct(fake_maps, np.asarray(fake.labels), 1)
-    out.update(_with_ci("vol/tstr_subject_accuracy", float(tstr.mean()), n_held))
+    out.update(with_ci("vol/tstr_subject_accuracy", float(tstr.mean()), n_held))
     # TRTR on as many real training subjects as there are generated ones: the same amount of subjects
     train_groups = slice_groups(train, train_stacks)
     train_labels = subject_labels(train, train_stacks)
     same = _balanced_groups(train_labels, min(n_fake_subjects, len(train_labels)), 1, seed)[0]
     rows = np.flatnonzero(np.isin(train_groups, same))
     trtr = correct(train_maps[torch.from_numpy(rows)], np.asarray(train.labels)[rows], 2)
-    out.update(_with_ci("real/trtr_subject_accuracy", float(trtr.mean()), n_held))
+    out.update(with_ci("real/trtr_subject_accuracy", float(trtr.mean()), n_held))
     # augmentation: the same real subset with and without every generated subject, several subsets
     gains, real_only, augmented = [], [], []
     for r in range(protocol.augment_rounds):
@@ -386,8 +381,8 @@ def utility_metrics(fake: Slices, fake_maps: torch.Tensor, train: Slices, train_
         gains.append(more.astype(np.float64) - base.astype(np.float64))  # (G_held,) paired by subject
     gain, half = mean_ci(np.mean(gains, axis=0))  # per held-out subject, averaged over the rounds
     out.update({"vol/augmentation_gain": gain, "vol/augmentation_gain_ci95": half})
-    out.update(_with_ci("vol/augmented_subject_accuracy", float(np.mean(augmented)), n_held))
-    out.update(_with_ci("real/subset_subject_accuracy", float(np.mean(real_only)), n_held))
+    out.update(with_ci("vol/augmented_subject_accuracy", float(np.mean(augmented)), n_held))
+    out.update(with_ci("real/subset_subject_accuracy", float(np.mean(real_only)), n_held))
     return out
 
 
