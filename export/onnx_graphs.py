@@ -130,8 +130,9 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
         below = torch.full((b, h, w), pc.unknown_token, dtype=torch.int64)
         _export(PriorGraph(prior), (codes, labels, below), paths["prior"], ["codes", "label", "below"], ["logits"],
                 {"codes": batch, "label": batch, "below": batch, "logits": batch}, opset)
+        # rows are dynamic too: the wavefront sampler feeds strips of 2 * radius + 1 rows (ort_sampler)
         _export(ContextGraph(prior), (below,), paths["prior_context"], ["below"], ["bias"],
-                {"below": batch, "bias": batch}, opset)
+                {"below": {0: "batch", 1: "rows"}, "bias": {0: "batch", 1: "rows"}}, opset)
     else:
         _export(PriorGraph(prior), (codes, labels), paths["prior"], ["codes", "label"], ["logits"],
                 {"codes": batch, "label": batch, "logits": batch}, opset)
@@ -146,5 +147,6 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
         _stamp(path, build_metadata(
             name, pid, brainvq.__version__, vq_id, px_id, pc.num_embeddings, pc.code_shape, vc.image_size,
             pc.conditional, pc.num_layers, pc.hidden_channels, pc.kernel_size, pc.dilation_cycle, pc.level_bins,
-            pc.classes, pc.slice_context, pc.stack_slices))
+            pc.classes, pc.slice_context, pc.stack_slices,
+            prior.context_module().radius if pc.slice_context else 0))
     return paths

@@ -42,6 +42,7 @@ KEYS = (
     "brainvq.level_bins",
     "brainvq.slice_context",
     "brainvq.stack_slices",
+    "brainvq.context_radius",
 )
 
 
@@ -68,6 +69,7 @@ def build_metadata(
     classes: tuple[str, ...] = LEGACY_CLASSES,
     slice_context: bool = False,
     stack_slices: int = 0,
+    context_radius: int = 0,
 ) -> dict[str, str]:
     """The ``metadata_props`` of one exported file; ``classes``: the prior's class names in label order."""
     return {
@@ -90,6 +92,9 @@ def build_metadata(
         # "true": prior.onnx takes a third input, below, and prior_context.onnx is part of the set
         "brainvq.slice_context": str(bool(slice_context)).lower(),
         "brainvq.stack_slices": str(int(stack_slices)),  # slices per training subject: a subject's default height
+        # rows of the slice below that prior_context.onnx reads on each side of a row; set, its rows are dynamic and
+        # subjects are sampled in a wavefront (exports before it: slice after slice, the same codes, slower)
+        "brainvq.context_radius": str(int(context_radius)),
     }
 
 

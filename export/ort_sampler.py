@@ -29,6 +29,7 @@ from brainvq.sampling.draw import (
     stack_conditions,
     stack_uniforms,
     uniforms,
+    wavefront_stacks,
 )
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -133,6 +134,8 @@ class OnnxSampler:
         # slice-context priors (exports before them have none) also condition on the slice below
         self.slice_context = self.meta.get("brainvq.slice_context", "false") == "true"
         self.stack_slices = int(self.meta.get("brainvq.stack_slices", "0"))  # 0: not recorded
+        # > 0: prior_context.onnx takes strips of rows, so subjects sample in a wavefront (0: exports before it)
+        self.context_radius = int(self.meta.get("brainvq.context_radius", "0"))
         if self.slice_context:
             self._session("prior_context")
             check_set({"decoder": self.meta,
@@ -256,8 +259,14 @@ class OnnxSampler:
         bottom = self.num_embeddings  # PixelCNNConfig.bottom_token
         out = []
         for s in range(0, n, batch_size):
-            out.append(sample_stacks(lambda c, ub, below: self._slice(c, ub, below, temperature, top_k, method),
-                                     conditions[s : s + batch_size], u[s : s + batch_size], bottom))
+            cond, ub = conditions[s : s + batch_size], u[s : s + batch_size]
+            if method == "fast" and self.context_radius > 0:  # every slice at once, each a few rows behind
+                out.append(wavefront_stacks(*self._fns(), self.context_fn, cond, ub, self.num_embeddings, bottom,
+                                            self.hcache_tail, self.vcache_tail, self.context_radius, temperature,
+                                            top_k))
+            else:
+                out.append(sample_stacks(lambda c, ub, below: self._slice(c, ub, below, temperature, top_k, method),
+                                         cond, ub, bottom))
         return np.concatenate(out)
 
     def sample_codes(

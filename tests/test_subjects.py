@@ -20,7 +20,9 @@ from brainvq.errors import ConfigError
 from brainvq.export.onnx_graphs import export_models
 from brainvq.export.ort_sampler import OnnxSampler
 from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
-from brainvq.sampling.torch_sampler import sample_codes, sample_subject_codes
+from brainvq.models.vqvae import VQVAE, VQVAEConfig
+from brainvq.sampling.draw import context_rows, fast_sample_batch, sample_stacks, stack_conditions, stack_uniforms
+from brainvq.sampling.torch_sampler import sample_codes, sample_subject_codes, torch_context_fn, torch_step_fns
 from tests.test_onnx import CODES, K, tiny_models
 from tests.tiny_chain import latest, subprocess_env, tiny_store, train_lineage
 
@@ -95,6 +97,47 @@ def test_stack_sampling_is_exact_fast_equals_naive_and_torch_equals_onnxruntime(
     np.testing.assert_array_equal(ort.sample_codes(3, labels, seed=2, levels=np.array([0.0, 0.5, 1.0])),
                                   sample_codes(prior, 3, labels, seed=2, progress=False,
                                                levels=np.array([0.0, 0.5, 1.0])))
+
+
+def test_the_wavefront_samples_what_slice_after_slice_sampling_samples_on_grids_taller_than_a_strip(tmp_path):
+    """Subjects sample in a wavefront: each slice radius + 1 rows behind the one below, the context net on strips of
+    2 * radius + 1 rows. On a grid taller than a strip the codes are those of slice-after-slice sampling, in PyTorch
+    and in onnxruntime, and an export without a context radius (written before the wavefront) samples them slice
+    after slice."""
+    torch.manual_seed(1)
+    prior = GatedPixelCNN(PixelCNNConfig(num_embeddings=K, num_layers=2, hidden_channels=8, code_shape=(12, 3),
+                                         dilation_cycle=(1, 2), slice_context=True)).eval()
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.normal_(0, 0.4)
+    cfg, labels, slices = prior.config, np.array([0, 1]), 5
+    radius = prior.context_module().radius
+    assert 2 * radius + 1 < cfg.code_shape[0]
+    row_fn, step_fn = torch_step_fns(prior)
+    context_fn = torch_context_fn(prior)
+    # the strips give the whole grid's bias, row by row
+    below = np.random.default_rng(0).integers(0, K, (2, *cfg.code_shape))
+    for i in range(cfg.code_shape[0]):
+        np.testing.assert_allclose(context_rows(context_fn, below, np.full(2, i), radius), context_fn(below)[:, i],
+                                   atol=1e-5)
+
+    def one_slice(cond, ub, below):
+        return fast_sample_batch(row_fn, step_fn, cond, ub, K, cfg.hcache_shape(len(cond)),
+                                 cfg.vcache_shape(len(cond)), context=context_fn(below))
+
+    u = stack_uniforms(2, slices, cfg.code_shape, seed=3)
+    sequential = sample_stacks(one_slice, stack_conditions(labels, slices, 0), u, cfg.bottom_token)
+    wave = sample_subject_codes(prior, 2, labels, slices=slices, seed=3, progress=False)
+    np.testing.assert_array_equal(wave, sequential)
+    assert (wave[:, 1:] != wave[:, :-1]).any()
+    vq = VQVAE(VQVAEConfig(latent_dim=4, num_embeddings=K, hidden_channels=8, res_channels=4, num_res_layers=1,
+                           image_size=(48, 12))).eval()
+    export_models(vq, prior, tmp_path)
+    ort = OnnxSampler(tmp_path, "cpu")
+    assert ort.context_radius == radius
+    np.testing.assert_array_equal(ort.sample_subject_codes(2, labels, slices, seed=3), wave)
+    ort.context_radius = 0  # what an export written before the wavefront carries: slice after slice
+    np.testing.assert_array_equal(ort.sample_subject_codes(2, labels, slices, seed=3), wave)
 
 
 def test_a_prior_without_slice_context_refuses_subjects_in_one_line(tmp_path):

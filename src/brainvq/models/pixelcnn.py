@@ -289,8 +289,9 @@ class GatedPixelCNN(nn.Module):
         return PixelCNNOutput(out.permute(0, 3, 1, 2))  # (B,K,h,w)
 
     def context_module(self) -> "SliceContextNet":
-        """The slice-context net alone (``slice_context`` priors): run once per slice by the stack samplers, its
-        bias map added to the row module's output (:func:`brainvq.sampling.draw.fast_sample_batch`)."""
+        """The slice-context net alone (``slice_context`` priors): run by the stack samplers on the slice below (on
+        strips of it in the wavefront, :func:`brainvq.sampling.draw.wavefront_stacks`), its bias map added to the row
+        module's output."""
         if self.context is None:
             raise ValueError("this prior has no slice context (trained with slice_context=false)")
         return self.context
@@ -324,7 +325,15 @@ class SliceContextNet(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for _ in range(3))
         self.out = nn.Conv2d(c, n * 2 * c, 1)
 
+    @property
+    def radius(self) -> int:
+        """Rows (and columns) of the slice below that one output position reads on each side: one per 3x3 conv. A
+        strip of ``2 * radius + 1`` rows therefore gives its middle row exactly, which the wavefront stack sampler
+        uses (:func:`brainvq.sampling.draw.wavefront_stacks`)."""
+        return len(self.convs)
+
     def forward(self, below: torch.Tensor) -> SliceContextOutput:
+        # below (B,h,w): any number of rows h (whole grids, or the strips of the wavefront sampler)
         x = self.embedding(below).permute(0, 3, 1, 2)  # (B,C,h,w)
         for conv in self.convs:
             x = F.relu(conv(x))

@@ -165,6 +165,69 @@ def sample_stacks(sample_slice: Callable[[np.ndarray, np.ndarray, np.ndarray], n
     return codes
 
 
+def context_rows(context_fn: ContextFn, grids: np.ndarray, rows: np.ndarray, radius: int) -> np.ndarray:
+    """Row ``rows[b]`` of the slice-context bias of ``grids[b]`` ``(B,h,w)``, from a strip of ``2 * radius + 1``
+    rows around it (clamped to the grid, so the strip's edges are the grid's where the row is near one): the bias
+    at a row reads ``radius`` rows on each side (``SliceContextNet.radius``), so the strip gives it exactly while
+    the rows further away need not be sampled yet. ``-> (B,w,L*2C)``."""
+    b, h, _ = grids.shape
+    height = min(h, 2 * radius + 1)
+    top = np.clip(np.asarray(rows) - radius, 0, h - height)  # (B,)
+    strips = grids[np.arange(b)[:, None], top[:, None] + np.arange(height)]  # (B,height,w)
+    bias = context_fn(np.ascontiguousarray(strips))  # (B,height,w,L*2C)
+    return bias[np.arange(b), np.asarray(rows) - top]  # (B,w,L*2C)
+
+
+def wavefront_stacks(row_fn: RowFn, step_fn: StepFn, context_fn: ContextFn, conditions: np.ndarray, u: np.ndarray,
+                     num_embeddings: int, bottom_token: int, hcache_tail: tuple[int, ...],
+                     vcache_tail: tuple[int, ...], radius: int, temperature: float = 1.0, top_k: int = 0,
+                     on_slice: Callable[[int], None] | None = None) -> np.ndarray:
+    """Stacks of slices sampled as :func:`sample_stacks` with :func:`fast_sample_batch` does, in a wavefront.
+
+    A slice's row ``i`` reads the slice below only through the context bias, which sees ``radius`` rows of it on
+    each side: once the slice below has finished row ``i + radius``, row ``i`` can be sampled. So every slice runs at
+    once, slice ``k`` ``radius + 1`` rows behind slice ``k - 1``, and each step of the code loop advances one row of
+    every running slice in one batched call: ``h + (S - 1)(radius + 1)`` rows of steps instead of ``S * h``, the
+    same draws from the same uniforms. ``conditions (B,S)``, ``u (B,S,h,w)`` ``-> (B,S,h,w)`` int64;
+    ``on_slice(k)`` after slice ``k`` is done. The row graph takes one row index per call, so it runs once per
+    running slice; the context net runs once per row of steps, on strips of the slices below (:func:`context_rows`).
+    """
+    b, s, h, w = u.shape
+    lag = radius + 1
+    codes = np.zeros((b, s, h, w), dtype=np.int64)
+    vcache = np.zeros((s, b, *vcache_tail), dtype=np.float32)  # each slice's vertical stack
+    pad_row = np.full((b, w), num_embeddings, dtype=np.int64)  # index K embeds to zeros: "nothing above"
+    bottom = np.full((b, h, w), bottom_token, dtype=np.int64)  # what the first slice sees below it
+    conditions = np.ascontiguousarray(conditions, dtype=np.int64)
+    for t in range(h + (s - 1) * lag):
+        running = [k for k in range(s) if 0 <= t - k * lag < h]  # the slices with a row to sample now
+        rows = np.array([t - k * lag for k in running], dtype=np.int64)  # (m,)
+        vrows = []
+        for k, i in zip(running, rows.tolist()):
+            above = np.ascontiguousarray(codes[:, k, i - 1]) if i else pad_row
+            vrow, new_vcache = row_fn(above, vcache[k], conditions[:, k], np.array([i], dtype=np.int64))
+            if i:
+                vcache[k] = new_vcache  # the first call only produced row 0's label terms; its cache is padding
+            vrows.append(vrow)  # (w,B,L,2C)
+        below = np.concatenate([codes[:, k - 1] if k else bottom for k in running])  # (m*B,h,w)
+        bias = context_rows(context_fn, below, np.repeat(rows, b), radius)  # (m*B,w,L*2C)
+        vrow = np.concatenate(vrows, axis=1)  # (w,m*B,L,2C)
+        vrow = np.ascontiguousarray(vrow + bias.reshape(len(bias), w, *vrow.shape[2:]).transpose(1, 0, 2, 3))
+        uu = np.concatenate([u[:, k, i] for k, i in zip(running, rows.tolist())])  # (m*B,w)
+        hcache = np.zeros((len(uu), *hcache_tail), dtype=np.float32)
+        prev = np.full(len(uu), num_embeddings, dtype=np.int64)
+        drawn = np.empty((len(uu), w), dtype=np.int64)
+        for j in range(w):
+            logits, hcache = step_fn(prev, hcache, vrow[j])
+            prev = draw(logits, uu[:, j], temperature, top_k)
+            drawn[:, j] = prev
+        for n, (k, i) in enumerate(zip(running, rows.tolist())):
+            codes[:, k, i] = drawn[n * b : (n + 1) * b]
+            if i == h - 1 and on_slice is not None:
+                on_slice(k)
+    return codes
+
+
 def stack_uniforms(n: int, slices: int, code_shape: tuple[int, int], seed: int) -> np.ndarray:
     """The randomness of a whole subject-sampling call: ``(n, slices, h, w)`` float64 in [0, 1). Slice ``k`` draws
     from its own stream, ``default_rng([seed, STACK_STREAM, k])``, so subject ``i``'s first slices do not depend on

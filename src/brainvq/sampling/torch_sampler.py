@@ -20,6 +20,7 @@ from brainvq.sampling.draw import (
     stack_conditions,
     stack_uniforms,
     uniforms,
+    wavefront_stacks,
 )
 
 __all__ = ["draw", "sample_codes", "sample_subject_codes", "torch_step_fns"]
@@ -30,11 +31,13 @@ def torch_step_fns(prior):
     row, step = prior.row_module().eval(), prior.step_module().eval()
     device = next(prior.parameters()).device
 
+    @torch.no_grad()  # numpy in, numpy out: nothing to differentiate
     def row_fn(codes_row, vcache, labels, row_index):
         t = [torch.from_numpy(a).to(device) for a in (codes_row, vcache, labels, row_index)]
         vrow, vc = row(*t)
         return vrow.cpu().numpy(), vc.cpu().numpy()
 
+    @torch.no_grad()
     def step_fn(prev, hcache, vrow_j):
         logits, hc = step(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (prev, hcache, vrow_j)))
         return logits.cpu().numpy(), hc.cpu().numpy()
@@ -49,6 +52,7 @@ def torch_context_fn(prior):
         return None
     net, device = prior.context_module().eval(), next(prior.parameters()).device
 
+    @torch.no_grad()
     def context_fn(below):
         return net(torch.from_numpy(np.ascontiguousarray(below)).to(device)).bias.cpu().numpy()
 
@@ -116,8 +120,9 @@ def sample_subject_codes(prior, n: int, labels, slices: int = 20, temperature: f
                          seed: int = 0, batch_size: int = 16, method: str = "fast",
                          progress: bool = True) -> np.ndarray:
     """Sample ``n`` subjects as stacks of ``slices`` code grids, bottom to top, ``(n,slices,h,w)`` int64: each slice
-    conditioned on the one below (:func:`brainvq.sampling.draw.sample_stacks`) by a prior trained with
-    ``slice_context``. ``labels``: one label id or ``(n,)``; fast and naive give the same codes for the same seed."""
+    conditioned on the one below by a prior trained with ``slice_context``: fast in a wavefront
+    (:func:`brainvq.sampling.draw.wavefront_stacks`), naive slice after slice (:func:`~.draw.sample_stacks`).
+    ``labels``: one label id or ``(n,)``; fast and naive give the same codes for the same seed."""
     from tqdm.auto import tqdm
 
     cfg = prior.config
@@ -138,22 +143,24 @@ def sample_subject_codes(prior, n: int, labels, slices: int = 20, temperature: f
     out = []
     with tqdm(total=n * slices, desc=f"sampling subjects ({method})", unit="slice", disable=not progress) as bar:
         for s in range(0, n, batch_size):
-            def one_slice(cond, ub, below):
-                b = len(cond)
-                if method == "fast":
-                    codes = fast_sample_batch(row_fn, step_fn, cond, ub, cfg.num_embeddings, cfg.hcache_shape(b),
-                                              cfg.vcache_shape(b), temperature, top_k, context=context_fn(below))
-                else:
-                    below_t = torch.from_numpy(below).to(device)
+            cond, ub = conditions[s : s + batch_size], u[s : s + batch_size]
+            if method == "fast":  # every slice at once, each a few rows behind the one below
+                out.append(wavefront_stacks(row_fn, step_fn, context_fn, cond, ub, cfg.num_embeddings,
+                                            cfg.bottom_token, cfg.hcache_shape(1)[1:], cfg.vcache_shape(1)[1:],
+                                            prior.context_module().radius, temperature, top_k,
+                                            on_slice=lambda k, b=len(cond): bar.update(b)))
+                continue
 
-                    def full_fn(codes, lab):
-                        return prior(torch.from_numpy(codes).to(device), torch.from_numpy(lab).to(device),
-                                     below_t).logits.cpu().numpy()
+            def one_slice(cond, ub, below):  # the reference: one full pass per code, slice after slice
+                below_t = torch.from_numpy(below).to(device)
 
-                    codes = naive_sample_batch(full_fn, cond, ub, temperature, top_k)
-                bar.update(b)
+                def full_fn(codes, lab):
+                    return prior(torch.from_numpy(codes).to(device), torch.from_numpy(lab).to(device),
+                                 below_t).logits.cpu().numpy()
+
+                codes = naive_sample_batch(full_fn, cond, ub, temperature, top_k)
+                bar.update(len(cond))
                 return codes
 
-            out.append(sample_stacks(one_slice, conditions[s : s + batch_size], u[s : s + batch_size],
-                                     cfg.bottom_token))
+            out.append(sample_stacks(one_slice, cond, ub, cfg.bottom_token))
     return np.concatenate(out)
