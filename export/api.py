@@ -63,6 +63,7 @@ class Sampler:
         pixel_temperature: float = PIXEL_TEMPERATURE,
         batch_size: int = 16,
         method: str = "fast",
+        guidance: float = 0.0,
     ) -> np.ndarray:
         """``(n, 1, H, W)`` float32 slices in [0, 1]; the same arguments give the same slices as ``brainvq
         sample-onnx`` (and its parameters mean the same: ``level`` a number in [0, 1], ``random`` or ``none``).
@@ -70,9 +71,10 @@ class Sampler:
         s = self.onnx
         # the order of brainvq.export.ort_sampler.sample_to_pngs: check, draw the levels, sample codes, decode
         check_sampling_args(n, temperature, top_k, batch_size=batch_size, method=method, seed=seed,
-                            pixel_temperature=pixel_temperature)
+                            pixel_temperature=pixel_temperature, guidance=guidance)
         levels = levels_for(level, n, seed)
-        codes = s.sample_codes(n, s.labels_for(label, n), temperature, top_k, seed, batch_size, method, levels=levels)
+        codes = s.sample_codes(n, s.labels_for(label, n), temperature, top_k, seed, batch_size, method, levels=levels,
+                               guidance=guidance)
         return s.decode(codes, batch_size, seed, pixel_temperature)
 
 
@@ -86,12 +88,14 @@ class Sampler:
         top_k: int = 0,
         pixel_temperature: float = PIXEL_TEMPERATURE,
         batch_size: int = 16,
+        guidance: float = 0.0,
     ) -> tuple[np.ndarray, list[str]]:
         """``n`` whole subjects, ``(n, S, 1, H, W)`` float32 in [0, 1] with slice 0 the lowest, and each subject's
         class name (``none`` unlabelled): the slices ``brainvq sample-subjects`` writes for the same arguments.
         Needs a prior trained with ``slice_context``; ``slices`` 0 = as many as its training subjects had."""
         s = self.onnx
-        images, labels = s.sample_subjects(n, label, slices, temperature, top_k, seed, pixel_temperature, batch_size)
+        images, labels = s.sample_subjects(n, label, slices, temperature, top_k, seed, pixel_temperature, batch_size,
+                                           guidance=guidance)
         return images, s.class_names(labels)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from brainvq.errors import ConfigError, ModelFileError, RunError, one_line
 
 OPSETS = range(13, 21)  # the legacy exporter's range that onnxruntime 1.31 runs (Gather on int64, opset-13 Split)
-SAMPLER_PARAMS = ("n", "label", "seed", "temperature", "top_k", "level", "pixel_temperature")  # of sample-onnx
+SAMPLER_PARAMS = ("n", "label", "seed", "temperature", "top_k", "level", "pixel_temperature", "guidance")  # sample-onnx
 # pyproject.toml's markers: onnxruntime-gpu where NVIDIA builds wheels, plain onnxruntime elsewhere (macOS, Windows)
 GPU_WHEELS = "platform_system == 'Linux' and (platform_machine == 'x86_64' or platform_machine == 'aarch64')"
 NO_GPU_WHEELS = "platform_system != 'Linux' or (platform_machine != 'x86_64' and platform_machine != 'aarch64')"

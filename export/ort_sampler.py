@@ -16,12 +16,13 @@ import numpy as np
 import onnxruntime as ort
 
 from brainvq.data.images import publish_folder, writable_folder, write_slices
-from brainvq.data.labels import condition_ids, labels_for, levels_for
+from brainvq.data.labels import condition_ids, labels_for, levels_for, unconditioned
 from brainvq.errors import ConfigError, ModelFileError, RunError, one_line
 from brainvq.export.onnx_meta import FILES, REQUIRED, check_set, classes_of
 from brainvq.sampling.draw import (
     PIXEL_TEMPERATURE,
     check_sampling_args,
+    class_guidance,
     fast_sample_batch,
     naive_sample_batch,
     pixel_draw,
@@ -231,23 +232,33 @@ class OnnxSampler:
         """``prior_context.onnx``: the gate biases ``(B,h,w,L*2C)`` from the slice below's codes ``(B,h,w)``."""
         return self.sessions["prior_context"].run(["bias"], {"below": np.ascontiguousarray(below)})[0]
 
-    def _slice(self, conditions, u, below, temperature, top_k, method, max_steps=None) -> np.ndarray:
+    def _nulls(self, conditions: np.ndarray) -> np.ndarray:
+        """``conditions`` without their class, levels kept: the unconditional side of guidance."""
+        return unconditioned(conditions, len(self.classes), self.level_bins)  # the null label follows the classes
+
+    def _slice(self, conditions, u, below, temperature, top_k, method, max_steps=None, guidance=0.0) -> np.ndarray:
         """One slice of every grid in a batch: ``conditions (B,)``, ``u (B,h,w)``, ``below (B,h,w)`` or None."""
         b = len(conditions)
+        nulls = self._nulls(conditions)
         if method == "fast":
             context = None
             if self.slice_context:
                 context = self.context_fn(self._unknown(u.shape) if below is None else below)
             return fast_sample_batch(*self._fns(), conditions, u, self.num_embeddings, (b, *self.hcache_tail),
-                                     (b, *self.vcache_tail), temperature, top_k, context=context)
+                                     (b, *self.vcache_tail), temperature, top_k, context=context, guidance=guidance,
+                                     null_labels=nulls)
+        if guidance > 0 and below is not None:
+            below = np.concatenate([below, below])  # the conditional grids, then the same grids without a class
         return naive_sample_batch(lambda c, lab: self.full_fn(c, lab, below), conditions, u, temperature, top_k,
-                                  max_steps=max_steps)
+                                  max_steps=max_steps, guidance=guidance, null_labels=nulls)
 
     def sample_subject_codes(self, n: int, labels: np.ndarray, slices: int = 20, temperature: float = 1.0,
-                             top_k: int = 0, seed: int = 0, batch_size: int = 16, method: str = "fast") -> np.ndarray:
+                             top_k: int = 0, seed: int = 0, batch_size: int = 16, method: str = "fast",
+                             guidance: float = 0.0) -> np.ndarray:
         """``(n,slices,h,w)`` int64: ``n`` subjects, bottom slice first, each slice conditioned on the one below;
         the same seed gives the same codes as ``brainvq.sampling.torch_sampler.sample_subject_codes``."""
-        check_sampling_args(n, temperature, top_k, self.num_embeddings, batch_size, method, seed)
+        check_sampling_args(n, temperature, top_k, self.num_embeddings, batch_size, method, seed, guidance=guidance)
+        guidance = class_guidance(guidance, self.conditional)
         if not self.slice_context:
             raise ConfigError(f"the export in {self.dir} has no slice context: its prior samples single slices, not "
                               "subjects (train the prior with slice_context=true and export again)")
@@ -263,10 +274,10 @@ class OnnxSampler:
             if method == "fast" and self.context_radius > 0:  # every slice at once, each a few rows behind
                 out.append(wavefront_stacks(*self._fns(), self.context_fn, cond, ub, self.num_embeddings, bottom,
                                             self.hcache_tail, self.vcache_tail, self.context_radius, temperature,
-                                            top_k))
+                                            top_k, guidance=guidance, null_conditions=self._nulls(cond)))
             else:
-                out.append(sample_stacks(lambda c, ub, below: self._slice(c, ub, below, temperature, top_k, method),
-                                         cond, ub, bottom))
+                out.append(sample_stacks(lambda c, ub, below: self._slice(c, ub, below, temperature, top_k, method,
+                                                                          guidance=guidance), cond, ub, bottom))
         return np.concatenate(out)
 
     def sample_codes(
@@ -280,10 +291,13 @@ class OnnxSampler:
         method: str = "fast",
         max_steps: int | None = None,
         levels: np.ndarray | None = None,
+        guidance: float = 0.0,
     ) -> np.ndarray:
         """``(n,h,w)`` int64 codes; same seed, same codes as ``brainvq.sampling.sample_codes`` (fast or naive).
-        ``levels``: ``(n,)`` slice levels in [0, 1] (NaN or None: no level), used by exports with level bins."""
-        check_sampling_args(n, temperature, top_k, self.num_embeddings, batch_size, method, seed)
+        ``levels``: ``(n,)`` slice levels in [0, 1] (NaN or None: no level), used by exports with level bins;
+        ``guidance``: classifier-free guidance weight (0 = none)."""
+        check_sampling_args(n, temperature, top_k, self.num_embeddings, batch_size, method, seed, guidance=guidance)
+        guidance = class_guidance(guidance, self.conditional)
         if levels is not None:
             levels = np.broadcast_to(np.asarray(levels, dtype=np.float32), (n,))
         labels = condition_ids(np.broadcast_to(np.asarray(labels, dtype=np.int64), (n,)),
@@ -292,22 +306,23 @@ class OnnxSampler:
         out = []
         for s in range(0, n, batch_size):
             lab, ub = np.asarray(labels[s : s + batch_size], dtype=np.int64), u[s : s + batch_size]
-            out.append(self._slice(lab, ub, None, temperature, top_k, method, max_steps))
+            out.append(self._slice(lab, ub, None, temperature, top_k, method, max_steps, guidance))
         return np.concatenate(out)
 
     def sample_subjects(self, n: int, label: str = "all", slices: int = 0, temperature: float = 1.0, top_k: int = 0,
                         seed: int = 0, pixel_temperature: float = PIXEL_TEMPERATURE, batch_size: int = 16,
-                        timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        timings: dict | None = None, guidance: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """``n`` subjects decoded: ``(images (n,S,1,H,W) float32 in [0,1], labels (n,))``, slice 0 the lowest;
         ``slices`` 0: the export's training subjects' height (:data:`STACK_SLICES` when not recorded). Slice ``k``
         of subject ``i`` is the call's slice ``i * S + k`` for the pixel draw. ``timings`` gets ``sample_s`` and
         ``decode_s``."""
         check_sampling_args(n, temperature, top_k, batch_size=batch_size, seed=seed,
-                            pixel_temperature=pixel_temperature)
+                            pixel_temperature=pixel_temperature, guidance=guidance)
         slices = slices or self.stack_slices or STACK_SLICES
         labels = self.labels_for(label, n)
         t0 = time.perf_counter()
-        codes = self.sample_subject_codes(n, labels, slices, temperature, top_k, seed, batch_size)  # (n,S,h,w)
+        codes = self.sample_subject_codes(n, labels, slices, temperature, top_k, seed, batch_size,
+                                          guidance=guidance)  # (n,S,h,w)
         t1 = time.perf_counter()
         images = self.decode(codes.reshape(-1, *codes.shape[2:]), batch_size, seed, pixel_temperature)
         if timings is not None:
@@ -344,20 +359,21 @@ def sample_to_pngs(
     overwrite: bool = False,
     level: str | float = "random",
     pixel_temperature: float = PIXEL_TEMPERATURE,
+    guidance: float = 0.0,
 ) -> dict:
     """What ``brainvq sample-onnx`` does; returns timings and paths. ``level``: see
     :func:`brainvq.data.labels.levels_for` (exports without level bins ignore it)."""
     t0 = time.perf_counter()
     # bad values are one line before anything is loaded (the seed before it seeds the level draw)
     check_sampling_args(n, temperature, top_k, batch_size=batch_size, method=method, seed=seed,
-                        pixel_temperature=pixel_temperature)
+                        pixel_temperature=pixel_temperature, guidance=guidance)
     levels = levels_for(level, n, seed)
     writable_folder(out, overwrite=overwrite)  # before sampling: a bad --out should not cost a sampling run
     sampler = OnnxSampler(resolve_model_dir(model_dir), provider, threads)
     print(sampler.provider_line, flush=True)
     t1 = time.perf_counter()
     codes = sampler.sample_codes(n, sampler.labels_for(label, n), temperature, top_k, seed, batch_size, method,
-                                 levels=levels)
+                                 levels=levels, guidance=guidance)
     t2 = time.perf_counter()
     images = sampler.decode(codes, batch_size, seed, pixel_temperature)
     t3 = time.perf_counter()
@@ -386,6 +402,7 @@ def sample_subjects_to_folder(
     overwrite: bool = False,
     batch_size: int = 16,
     threads: int | None = None,
+    guidance: float = 0.0,
 ) -> dict:
     """What ``brainvq sample-subjects`` does: ``n_subjects`` subjects of ``slices`` slices each, written as
     ``out/<class>/<subject>_<slice>.png`` and ``out/nifti/<subject>.nii.gz`` (:mod:`brainvq.data.stacks`). All or
@@ -394,7 +411,7 @@ def sample_subjects_to_folder(
 
     t0 = time.perf_counter()
     check_sampling_args(n_subjects, temperature, top_k, batch_size=batch_size, seed=seed,
-                        pixel_temperature=pixel_temperature)
+                        pixel_temperature=pixel_temperature, guidance=guidance)
     if slices == 1 or slices < 0:
         raise ConfigError(f"bad parameter: slices must be >= 2 (a subject is a stack of slices), or 0 for as many "
                           f"as the training subjects had, got {slices}")
@@ -405,7 +422,7 @@ def sample_subjects_to_folder(
     t1 = time.perf_counter()
     timings: dict[str, float] = {}
     images, labels = sampler.sample_subjects(n_subjects, label, slices, temperature, top_k, seed, pixel_temperature,
-                                             batch_size, timings)  # (n,S,1,H,W)
+                                             batch_size, timings, guidance=guidance)  # (n,S,1,H,W)
     slices = images.shape[1]
     names = sampler.class_names(labels)
     written: dict[str, list[Path]] = {}

@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     r = sample_to_pngs(args.model_dir, args.out, n=args.n, batch_size=args.batch_size, label=args.label,
                        temperature=args.temperature, top_k=args.top_k, seed=args.seed, provider=args.provider,
                        method=args.method, overwrite=args.overwrite, level=args.level,
-                       pixel_temperature=args.pixel_temperature)
+                       pixel_temperature=args.pixel_temperature, guidance=args.guidance)
     print(f"wrote {len(r['paths']) - 1} samples and grid.png to {args.out} in {r['total_s']:.2f} s "
           f"(load {r['load_s']:.2f} s, sample {r['sample_s']:.2f} s, decode {r['decode_s']:.2f} s)")
     if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run -e sample`: record the stage (mlflow is torch-free)

@@ -62,7 +62,8 @@ def main(argv=None) -> None:
     log = logging.getLogger("brainvq.evaluate_samples")
     try:
         protocol = EvalProtocol(n_samples=args.n_samples, seed=args.seed, temperature=args.temperature,
-                                top_k=args.top_k, pixel_temperature=args.pixel_temperature)
+                                top_k=args.top_k, pixel_temperature=args.pixel_temperature,
+                                guidance=args.guidance)
     except ValueError as exc:
         raise ConfigError(f"bad parameter: {exc}") from None
     device = resolve_device(args.device)

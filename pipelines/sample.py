@@ -32,7 +32,7 @@ def main(argv=None) -> None:
 
     # before any download
     check_sampling_args(args.n, args.temperature, args.top_k, batch_size=args.batch_size, seed=args.seed,
-                        pixel_temperature=args.pixel_temperature)
+                        pixel_temperature=args.pixel_temperature, guidance=args.guidance)
     levels_for(args.level, 1)
     device = resolve_device(args.device)
     out = writable_folder(args.out, overwrite=args.overwrite)
@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     vqvae, _, _ = load_stage_model(ckpt["vqvae_run_id"], "train_vqvae")
     prior.to(device), vqvae.to(device)
     images = generate(prior, vqvae, args.n, args.label, args.temperature, args.top_k, args.seed, args.batch_size,
-                      level=args.level, pixel_temperature=args.pixel_temperature).images
+                      level=args.level, pixel_temperature=args.pixel_temperature, guidance=args.guidance).images
     pngs = write_slices(images, out, overwrite=args.overwrite)[:-1]  # the slices, then grid.png
     print(f"wrote {len(pngs)} slices and grid.png to {out}")
 

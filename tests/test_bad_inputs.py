@@ -98,6 +98,7 @@ CASES = [
     Case("temperature_nan", _sample("onnx", "--temperature", "nan"), "temperature must be a finite number > 0"),
     # passes the range check, then overflows the logits: must not write images of code 0 from NaN probabilities
     Case("temperature_overflows", _sample("onnx", "--temperature", "1e-310"), "temperature 1e-310 is too small"),
+    Case("guidance_negative", _sample("onnx", "--guidance", "-1"), "guidance must be a finite number >= 0"),
     Case("seed_negative_sampling", _sample("onnx", "--seed", "-1"), "seed must be >= 0, got -1"),
     Case("max_minutes_nan", _train("data", "--max_minutes", "nan"), "max_minutes must be a finite number >= 0"),
     Case("dilation_cycle_not_integers", lambda ctx: ["train-prior", "--vqvae_run_id", ctx["vqvae"],

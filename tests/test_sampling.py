@@ -79,6 +79,35 @@ def test_fast_equals_naive_for_the_shipped_dilated_prior():
     assert len(np.unique(fast)) > 1
 
 
+def test_classifier_free_guidance_is_exact_and_draws_from_the_guided_logits(caplog):
+    """guidance w: each code drawn from cond + w (cond - uncond) logits, uncond the same grid with the null label.
+    Fast (both halves in one cached batch) equals naive (a full pass of each half per code); w = 0 is plain
+    sampling; an unconditional prior ignores it, saying so."""
+    prior = tiny_prior(True, (1, 2))
+    labels = np.array([0, 1, 0, 1])
+    kw = dict(seed=3, batch_size=2, progress=False, guidance=2.0)
+    fast = sample_codes(prior, 4, labels, method="fast", **kw)
+    np.testing.assert_array_equal(fast, sample_codes(prior, 4, labels, method="naive", **kw))
+    plain = sample_codes(prior, 4, labels, seed=3, progress=False)
+    np.testing.assert_array_equal(plain, sample_codes(prior, 4, labels, seed=3, progress=False, guidance=0.0))
+    assert not np.array_equal(fast, plain)
+    # the first code sees only its condition: it is the draw from the guided logits with the call's uniforms
+    zeros = torch.zeros(4, *prior.config.code_shape, dtype=torch.long)
+    with torch.no_grad():
+        cond = prior(zeros, torch.from_numpy(labels)).logits[:, :, 0, 0].double().numpy()
+        uncond = prior(zeros, torch.full((4,), prior.config.null_label)).logits[:, :, 0, 0].double().numpy()
+    u = np.random.default_rng(3).random((4, *prior.config.code_shape))  # draw.uniforms
+    np.testing.assert_array_equal(fast[:, 0, 0], draw(cond + 2.0 * (cond - uncond), u[:, 0, 0]))
+    unconditional = tiny_prior(False)
+    with caplog.at_level("WARNING"):
+        guided = sample_codes(unconditional, 4, 2, seed=3, progress=False, guidance=2.0)
+    np.testing.assert_array_equal(guided, sample_codes(unconditional, 4, 2, seed=3, progress=False))
+    assert "guidance 2 ignored: this prior is unconditional" in caplog.text
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="guidance must be a finite number >= 0"):
+            sample_codes(prior, 2, 0, progress=False, guidance=bad)
+
+
 def test_sample_codes_rejects_bad_arguments():
     prior = tiny_prior()
     for kw in ({"temperature": 0}, {"top_k": 9}, {"method": "slow"}, {"labels": 7}):

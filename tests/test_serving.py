@@ -86,7 +86,7 @@ def test_the_champion_is_a_pyfunc_model_from_code_with_torch_free_requirements(a
     assert sorted(p.name for p in (folder / "artifacts").iterdir()) == [
         "decoder.onnx", "prior.onnx", "prior_row.onnx", "prior_step.onnx"]
     assert [p.name for p in meta.signature.params.params] == [
-        "n", "label", "seed", "temperature", "top_k", "level", "pixel_temperature"]
+        "n", "label", "seed", "temperature", "top_k", "level", "pixel_temperature", "guidance"]
     assert (folder / "serving_input_example.json").is_file()
     reqs = (folder / "requirements.txt").read_text()
     assert not re.search(r"^(torch|torchvision|torchmetrics)\b", reqs, re.M), reqs

@@ -93,6 +93,17 @@ def test_stack_sampling_is_exact_fast_equals_naive_and_torch_equals_onnxruntime(
     torch_subjects = generate_subjects(prior, vq, 2, "all", 3, seed=4, progress=False)
     ort_images, _ = load_sampler(str(out), "cpu").sample_subjects(2, "all", 3, seed=4)
     assert np.abs(torch_subjects.images - ort_images).max() <= 1 / 255 + 1e-6
+    # classifier-free guidance over stacks (the level kept on the unconditional side): wavefront = naive, torch = ORT
+    guided = sample_subject_codes(prior, 3, labels, slices=3, seed=4, progress=False, guidance=1.5)
+    np.testing.assert_array_equal(guided, sample_subject_codes(prior, 3, labels, slices=3, seed=4, method="naive",
+                                                               progress=False, guidance=1.5))
+    np.testing.assert_array_equal(ort.sample_subject_codes(3, labels, 3, seed=4, guidance=1.5), guided)
+    np.testing.assert_array_equal(ort.sample_subject_codes(3, labels, 3, seed=4, method="naive", guidance=1.5),
+                                  guided)
+    assert not np.array_equal(guided[:2], fast[:2])  # labels 0 and 1; 2 is the null label, which guidance leaves
+    np.testing.assert_array_equal(guided[2], fast[2])
+    np.testing.assert_array_equal(ort.sample_codes(3, labels, seed=2, guidance=1.5),
+                                  sample_codes(prior, 3, labels, seed=2, progress=False, guidance=1.5))
     # single slices from the same export: the slice below not given, in both backends
     np.testing.assert_array_equal(ort.sample_codes(3, labels, seed=2, levels=np.array([0.0, 0.5, 1.0])),
                                   sample_codes(prior, 3, labels, seed=2, progress=False,

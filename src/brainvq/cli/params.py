@@ -82,6 +82,9 @@ LEVEL = P("level", "str", "random",
 PIXEL_TEMPERATURE = P("pixel_temperature", "float", 0.3,
                       "scale of the pixel draw from the decoder's p(x | codes) (VQ-VAEs trained with pixel_noise), "
                       "as temperature is the prior's; 0 = the decoder's mean, a smoother slice")
+GUIDANCE_HELP = ("classifier-free guidance w of class-conditional priors: codes drawn from cond + w (cond - "
+                 "uncond) logits, uncond the same slice without its class; 0 = none (2x the sampling cost when > 0)")
+GUIDANCE = P("guidance", "float", 0.0, GUIDANCE_HELP)
 OVERWRITE = P("overwrite", "bool", False,
               "replace an --out folder that holds an earlier run's samples (refused when it holds other files)")
 RESUME = P("resume", "bool", False, "continue from this configuration's last checkpoint (of a run that did not finish)")
@@ -216,6 +219,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
           field=f"{EVAL}.n_samples"),
         P("temperature", "float", 1.0, "sampling temperature", field=f"{EVAL}.temperature"),
         P("top_k", "int", 0, "top-k sampling; 0 = all codes", field=f"{EVAL}.top_k"),
+        P("guidance", "float", 0.0, GUIDANCE_HELP, field=f"{EVAL}.guidance"),
         P("pixel_temperature", "float", 0.3, PIXEL_TEMPERATURE.help, field=f"{EVAL}.pixel_temperature"),
         P("seed", "int", 0, "seed of sampling and of every classifier", field=f"{EVAL}.seed"),
         # generation, encoding and decoding; the realism classifiers stay on the CPU, so a score never depends on it
@@ -243,6 +247,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         OVERWRITE,
         LEVEL,
         PIXEL_TEMPERATURE,
+        GUIDANCE,
         P("provider", "str", "auto", "onnxruntime execution provider", choices=("auto", "cuda", "cpu")),
         P("method", "str", "fast",
           "fast: cached row/step graphs; naive: full prior.onnx once per code (reference, slow)",
@@ -259,6 +264,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
           "slices per subject, bottom to top; 0 = as many as the prior's training subjects had (20 in ADNI)"),
         P("temperature", "float", 1.0, "softmax temperature"),
         P("top_k", "int", 0, "keep only the k most likely codes; 0 = all"),
+        GUIDANCE,
         PIXEL_TEMPERATURE,
         P("seed", "int", 0, "random seed (same seed, same subjects as `brainvq sample-subjects` in PyTorch)"),
         P("out", "str", "subjects",
@@ -294,6 +300,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         OVERWRITE,
         LEVEL,
         PIXEL_TEMPERATURE,
+        GUIDANCE,
         DEVICE,
     )),
     EntryPoint("", "brainvq register", "pipelines/register.py", (

@@ -88,3 +88,10 @@ def condition_ids(labels: np.ndarray, levels: np.ndarray | None, bins: int) -> n
         return labels
     lv = np.full(labels.shape, np.nan, np.float32) if levels is None else np.asarray(levels, dtype=np.float32)
     return labels * (bins + 1) + level_ids(lv, bins)
+
+
+def unconditioned(conditions: np.ndarray, null_label: int, bins: int) -> np.ndarray:
+    """The condition ids of ``conditions`` (:func:`condition_ids`) with the class replaced by the null label and
+    the level kept: the "unconditional" side of classifier-free guidance, which guides the class only."""
+    conditions = np.asarray(conditions, dtype=np.int64)
+    return null_label * (bins + 1) + conditions % (bins + 1)

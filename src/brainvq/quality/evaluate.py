@@ -63,6 +63,7 @@ class EvalProtocol:
     seed: int = 0
     temperature: float = 1.0
     top_k: int = 0
+    guidance: float = 0.0  # classifier-free guidance weight of the sampling (brainvq.sampling.draw.guided)
     # the scale of the pixel draw (brainvq.sampling.draw.PIXEL_TEMPERATURE, which a test keeps equal to this)
     pixel_temperature: float = 0.3
     max_pairs: int = 256  # pairs for MS-SSIM diversity
@@ -85,11 +86,16 @@ class EvalProtocol:
             raise ValueError(f"pixel_temperature must be a finite number >= 0, got {self.pixel_temperature!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 = all codes), got {self.top_k!r}")
+        if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ValueError(f"guidance must be a finite number >= 0 (0 = none), got {self.guidance!r}")
         if not isinstance(self.max_pairs, int) or self.max_pairs < 1:
             raise ValueError(f"max_pairs must be an integer >= 1, got {self.max_pairs!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not out["guidance"]:  # protocols recorded before guidance existed had none: they keep their digest
+            del out["guidance"]
+        return out
 
     def digest(self) -> str:
         return digest(self.to_dict())

@@ -8,6 +8,7 @@ uniform landing within float rounding of a CDF boundary). Must never import torc
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
@@ -16,6 +17,8 @@ import numpy as np
 from brainvq.data.images import to_uint8
 from brainvq.data.labels import condition_ids
 from brainvq.errors import ConfigError, ModelFileError
+
+log = logging.getLogger(__name__)
 
 # (codes_row (B,w) int64, vcache, labels (B,) int64, row (1,) int64) -> (vrow (w,B,L,2C), vcache)
 RowFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
@@ -31,7 +34,7 @@ StackFullFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 def check_sampling_args(n: int, temperature: float, top_k: int, num_embeddings: int | None = None,
                         batch_size: int = 1, method: str = "fast", seed: int = 0,
-                        pixel_temperature: float | None = None) -> None:
+                        pixel_temperature: float | None = None, guidance: float = 0.0) -> None:
     """The one check of sampling arguments, for the torch sampler, the onnxruntime sampler and both CLIs: a bad value
     is a one-line :class:`ConfigError` naming the parameter, raised before any model runs."""
     if n < 1 or batch_size < 1:
@@ -45,6 +48,8 @@ def check_sampling_args(n: int, temperature: float, top_k: int, num_embeddings: 
         raise ConfigError(f"bad parameter: method must be 'fast' or 'naive', got {method!r}")
     if seed < 0:  # numpy's generators refuse negative seeds, deep inside the first draw
         raise ConfigError(f"bad parameter: seed must be >= 0, got {seed}")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ConfigError(f"bad parameter: guidance must be a finite number >= 0 (0 = none), got {guidance}")
     if pixel_temperature is not None and not (math.isfinite(pixel_temperature) and pixel_temperature >= 0):
         raise ConfigError(f"bad parameter: pixel_temperature must be a finite number >= 0 (0 = the decoder's mean), "
                           f"got {pixel_temperature}")
@@ -81,53 +86,90 @@ def draw(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int
     return np.minimum((cdf < target).sum(axis=1), k - 1).astype(np.int64)
 
 
+def guided(logits: np.ndarray, guidance: float) -> np.ndarray:
+    """Classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598; for autoregressive token
+    models as in Parti, https://arxiv.org/abs/2206.10789): ``logits (2B,K)``, the conditional half first, the same
+    positions with the null label second ``-> (B,K)`` = ``cond + guidance * (cond - uncond)``. 0 gives ``cond``."""
+    b = len(logits) // 2
+    cond, uncond = logits[:b], logits[b:]
+    return cond + guidance * (cond - uncond)
+
+
+def class_guidance(guidance: float, conditional: bool) -> float:
+    """``guidance``, or 0 with one warning line for a prior without classes (its null label is its only label, so
+    guidance would change nothing at twice the cost)."""
+    if guidance > 0 and not conditional:
+        log.warning("guidance %g ignored: this prior is unconditional (no classes to guide)", guidance)
+        return 0.0
+    return guidance
+
+
+def _twice(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x, x])
+
+
 def fast_sample_batch(row_fn: RowFn, step_fn: StepFn, labels: np.ndarray, u: np.ndarray, num_embeddings: int,
                       hcache_shape: tuple[int, ...], vcache_shape: tuple[int, ...], temperature: float = 1.0,
                       top_k: int = 0, on_row: Callable[[], None] | None = None,
-                      context: np.ndarray | None = None) -> np.ndarray:
+                      context: np.ndarray | None = None, guidance: float = 0.0,
+                      null_labels: np.ndarray | None = None) -> np.ndarray:
     """Exact raster-order sampling with cached activations (Ramachandran et al. 2017, arXiv 1704.06001).
 
     One ``row_fn`` call per row and one ``step_fn`` call per code. ``labels (B,)``, ``u (B,h,w)`` ``-> (B,h,w)``.
     ``context`` ``(B,h,w,L*2C)``: a slice-context prior's gate biases from the slice below (a :data:`ContextFn`'s
     output). They enter the horizontal gates only, as one more additive term, so they join each row's terms here,
     outside the graphs, and the row and step graphs stay those of a prior without slice context.
+
+    ``guidance > 0`` (:func:`guided`, with ``null_labels (B,)``: each grid's condition without its class) runs
+    every grid twice in one batch, with its condition and with ``null_labels``, both fed the codes drawn from the
+    guided logits.
     """
     b, h, w = u.shape
+    g = guidance > 0
+    two = _twice if g else (lambda x: x)  # the batch the graphs see: (2B,...) under guidance
     codes = np.zeros((b, h, w), dtype=np.int64)
-    pad = np.full(b, num_embeddings, dtype=np.int64)  # index K embeds to zeros: "nothing to the left/above"
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
-    vcache = np.zeros(vcache_shape, dtype=np.float32)
-    hzero = np.zeros(hcache_shape, dtype=np.float32)
+    pad = np.full(len(two(u)), num_embeddings, dtype=np.int64)  # index K embeds to zeros: "nothing to the left/above"
+    labels = np.ascontiguousarray(np.concatenate([labels, null_labels]) if g else labels, dtype=np.int64)
+    if context is not None:
+        context = two(context)
+    vcache = np.zeros((len(labels), *vcache_shape[1:]), dtype=np.float32)
+    hzero = np.zeros((len(labels), *hcache_shape[1:]), dtype=np.float32)
     for i in range(h):
-        above = np.ascontiguousarray(codes[:, i - 1]) if i else np.full((b, w), num_embeddings, dtype=np.int64)
+        above = two(np.ascontiguousarray(codes[:, i - 1])) if i else np.full((len(labels), w), num_embeddings,
+                                                                             dtype=np.int64)
         vrow, new_vcache = row_fn(above, vcache, labels, np.array([i], dtype=np.int64))  # (w,B,L,2C)
         if i:
             vcache = new_vcache  # the first call only produced row 0's label terms; its cache is padding
         if context is not None:
-            vrow = vrow + context[:, i].reshape(b, w, *vrow.shape[2:]).transpose(1, 0, 2, 3)  # (w,B,L,2C)
+            vrow = vrow + context[:, i].reshape(len(labels), w, *vrow.shape[2:]).transpose(1, 0, 2, 3)  # (w,B,L,2C)
         hcache, prev = hzero, pad
         for j in range(w):
             logits, hcache = step_fn(prev, hcache, vrow[j])
-            prev = draw(logits, u[:, i, j], temperature, top_k)
-            codes[:, i, j] = prev
+            drawn = draw(guided(logits, guidance) if g else logits, u[:, i, j], temperature, top_k)
+            codes[:, i, j] = drawn
+            prev = two(drawn)
         if on_row is not None:
             on_row()
     return codes
 
 
 def naive_sample_batch(full_fn: FullFn, labels: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int = 0,
-                       on_row: Callable[[], None] | None = None, max_steps: int | None = None) -> np.ndarray:
-    """Reference sampler: one full forward pass per code (h·w passes). ``max_steps`` stops early (benchmarks)."""
+                       on_row: Callable[[], None] | None = None, max_steps: int | None = None,
+                       guidance: float = 0.0, null_labels: np.ndarray | None = None) -> np.ndarray:
+    """Reference sampler: one full forward pass per code (h·w passes). ``max_steps`` stops early (benchmarks);
+    ``guidance`` as :func:`fast_sample_batch`."""
     b, h, w = u.shape
     codes = np.zeros((b, h, w), dtype=np.int64)
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    g = guidance > 0
+    labels = np.ascontiguousarray(np.concatenate([labels, null_labels]) if g else labels, dtype=np.int64)
     steps = 0
     for i in range(h):
         for j in range(w):
             if max_steps is not None and steps >= max_steps:
                 return codes
-            logits = full_fn(codes, labels)  # (B,K,h,w); codes at and after (i, j) are not seen (causal)
-            codes[:, i, j] = draw(logits[:, :, i, j], u[:, i, j], temperature, top_k)
+            logits = full_fn(_twice(codes) if g else codes, labels)  # (B,K,h,w); codes from (i, j) on are unseen
+            here = guided(logits[:, :, i, j], guidance) if g else logits[:, :, i, j]
+            codes[:, i, j] = draw(here, u[:, i, j], temperature, top_k)
             steps += 1
         if on_row is not None:
             on_row()
@@ -181,7 +223,8 @@ def context_rows(context_fn: ContextFn, grids: np.ndarray, rows: np.ndarray, rad
 def wavefront_stacks(row_fn: RowFn, step_fn: StepFn, context_fn: ContextFn, conditions: np.ndarray, u: np.ndarray,
                      num_embeddings: int, bottom_token: int, hcache_tail: tuple[int, ...],
                      vcache_tail: tuple[int, ...], radius: int, temperature: float = 1.0, top_k: int = 0,
-                     on_slice: Callable[[int], None] | None = None) -> np.ndarray:
+                     on_slice: Callable[[int], None] | None = None, guidance: float = 0.0,
+                     null_conditions: np.ndarray | None = None) -> np.ndarray:
     """Stacks of slices sampled as :func:`sample_stacks` with :func:`fast_sample_batch` does, in a wavefront.
 
     A slice's row ``i`` reads the slice below only through the context bias, which sees ``radius`` rows of it on
@@ -191,36 +234,46 @@ def wavefront_stacks(row_fn: RowFn, step_fn: StepFn, context_fn: ContextFn, cond
     same draws from the same uniforms. ``conditions (B,S)``, ``u (B,S,h,w)`` ``-> (B,S,h,w)`` int64;
     ``on_slice(k)`` after slice ``k`` is done. The row graph takes one row index per call, so it runs once per
     running slice; the context net runs once per row of steps, on strips of the slices below (:func:`context_rows`).
+    ``guidance`` as :func:`fast_sample_batch`, with ``null_conditions (B,S)``: each slice's block of the batch holds
+    its B grids with their conditions, then the same grids with the null ones.
     """
     b, s, h, w = u.shape
+    g = guidance > 0
+    two = _twice if g else (lambda x: x)  # one slice's block of the batch: (2B,...) under guidance
     lag = radius + 1
     codes = np.zeros((b, s, h, w), dtype=np.int64)
-    vcache = np.zeros((s, b, *vcache_tail), dtype=np.float32)  # each slice's vertical stack
-    pad_row = np.full((b, w), num_embeddings, dtype=np.int64)  # index K embeds to zeros: "nothing above"
+    conditions = np.ascontiguousarray(np.concatenate([conditions, null_conditions]) if g else conditions,
+                                      dtype=np.int64)  # (B or 2B,S)
+    bb = len(conditions)
+    vcache = np.zeros((s, bb, *vcache_tail), dtype=np.float32)  # each slice's vertical stack
+    pad_row = np.full((bb, w), num_embeddings, dtype=np.int64)  # index K embeds to zeros: "nothing above"
     bottom = np.full((b, h, w), bottom_token, dtype=np.int64)  # what the first slice sees below it
-    conditions = np.ascontiguousarray(conditions, dtype=np.int64)
     for t in range(h + (s - 1) * lag):
         running = [k for k in range(s) if 0 <= t - k * lag < h]  # the slices with a row to sample now
         rows = np.array([t - k * lag for k in running], dtype=np.int64)  # (m,)
+        m = len(running)
         vrows = []
         for k, i in zip(running, rows.tolist()):
-            above = np.ascontiguousarray(codes[:, k, i - 1]) if i else pad_row
+            above = two(np.ascontiguousarray(codes[:, k, i - 1])) if i else pad_row
             vrow, new_vcache = row_fn(above, vcache[k], conditions[:, k], np.array([i], dtype=np.int64))
             if i:
                 vcache[k] = new_vcache  # the first call only produced row 0's label terms; its cache is padding
-            vrows.append(vrow)  # (w,B,L,2C)
+            vrows.append(vrow)  # (w,bb,L,2C)
         below = np.concatenate([codes[:, k - 1] if k else bottom for k in running])  # (m*B,h,w)
-        bias = context_rows(context_fn, below, np.repeat(rows, b), radius)  # (m*B,w,L*2C)
-        vrow = np.concatenate(vrows, axis=1)  # (w,m*B,L,2C)
+        bias = context_rows(context_fn, below, np.repeat(rows, b), radius).reshape(m, b, w, -1)  # (m,B,w,L*2C)
+        bias = np.concatenate([two(x) for x in bias])  # (m*bb,w,L*2C)
+        vrow = np.concatenate(vrows, axis=1)  # (w,m*bb,L,2C)
         vrow = np.ascontiguousarray(vrow + bias.reshape(len(bias), w, *vrow.shape[2:]).transpose(1, 0, 2, 3))
         uu = np.concatenate([u[:, k, i] for k, i in zip(running, rows.tolist())])  # (m*B,w)
-        hcache = np.zeros((len(uu), *hcache_tail), dtype=np.float32)
-        prev = np.full(len(uu), num_embeddings, dtype=np.int64)
+        hcache = np.zeros((m * bb, *hcache_tail), dtype=np.float32)
+        prev = np.full(m * bb, num_embeddings, dtype=np.int64)
         drawn = np.empty((len(uu), w), dtype=np.int64)
         for j in range(w):
             logits, hcache = step_fn(prev, hcache, vrow[j])
-            prev = draw(logits, uu[:, j], temperature, top_k)
-            drawn[:, j] = prev
+            if g:  # each slice's block: its B conditional rows, then its B unconditional ones
+                logits = np.concatenate([guided(x, guidance) for x in logits.reshape(m, bb, -1)])  # (m*B,K)
+            drawn[:, j] = draw(logits, uu[:, j], temperature, top_k)
+            prev = np.concatenate([two(x) for x in drawn[:, j].reshape(m, b)])  # (m*bb,)
         for n, (k, i) in enumerate(zip(running, rows.tolist())):
             codes[:, k, i] = drawn[n * b : (n + 1) * b]
             if i == h - 1 and on_slice is not None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from brainvq.data.labels import condition_ids
+from brainvq.data.labels import condition_ids, unconditioned
 from brainvq.errors import ConfigError
 from brainvq.sampling.draw import (
     check_sampling_args,
+    class_guidance,
     draw,
     fast_sample_batch,
     naive_sample_batch,
@@ -59,9 +60,10 @@ def torch_context_fn(prior):
     return context_fn
 
 
-def _check(prior, n: int, labels: np.ndarray, temperature: float, top_k: int, method: str, seed: int) -> np.ndarray:
+def _check(prior, n: int, labels: np.ndarray, temperature: float, top_k: int, method: str, seed: int,
+           guidance: float = 0.0) -> np.ndarray:
     cfg = prior.config
-    check_sampling_args(n, temperature, top_k, cfg.num_embeddings, method=method, seed=seed)
+    check_sampling_args(n, temperature, top_k, cfg.num_embeddings, method=method, seed=seed, guidance=guidance)
     labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), (n,)).copy()
     if not cfg.conditional:
         labels[:] = cfg.null_label  # unconditional priors ignore labels
@@ -74,21 +76,25 @@ def _check(prior, n: int, labels: np.ndarray, temperature: float, top_k: int, me
 
 @torch.no_grad()
 def sample_codes(prior, n: int, labels, temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-                 batch_size: int = 16, method: str = "fast", progress: bool = True, levels=None) -> np.ndarray:
+                 batch_size: int = 16, method: str = "fast", progress: bool = True, levels=None,
+                 guidance: float = 0.0) -> np.ndarray:
     """Sample ``n`` code grids ``(n,h,w)`` int64; ``labels`` is one label id or ``(n,)`` ids (the index of a class
     in ``prior.config.classes``, or ``num_classes`` for none: :func:`brainvq.data.labels.labels_for` makes them);
     ``levels`` ``(n,)`` slice levels in [0, 1] (NaN or None: no level), used by priors with level bins only.
 
     ``method="fast"`` uses the cached row/step modules (~1/(h·w) of a full pass per code); ``"naive"`` runs the whole
-    prior once per code. Both give the same codes for the same ``seed``.
+    prior once per code. Both give the same codes for the same ``seed``. ``guidance``: classifier-free guidance
+    weight (:func:`brainvq.sampling.draw.guided`; 0 = none).
     """
     from tqdm.auto import tqdm
 
     cfg = prior.config
-    labels = _check(prior, n, labels, temperature, top_k, method, seed)
+    labels = _check(prior, n, labels, temperature, top_k, method, seed, guidance)
+    guidance = class_guidance(guidance, cfg.conditional)
     if levels is not None:
         levels = np.broadcast_to(np.asarray(levels, dtype=np.float32), (n,))
     labels = condition_ids(labels, levels, cfg.level_bins)  # what the step modules and the full model take
+    nulls = unconditioned(labels, cfg.null_label, cfg.level_bins)  # the same levels, no class
     prior.eval()
     h, _ = cfg.code_shape
     u = uniforms(n, cfg.code_shape, seed)  # (n,h,w)
@@ -103,22 +109,23 @@ def sample_codes(prior, n: int, labels, temperature: float = 1.0, top_k: int = 0
     out = []
     with tqdm(total=n * h, desc=f"sampling ({method})", unit="row", disable=not progress) as bar:
         for s in range(0, n, batch_size):
-            lab, ub = labels[s : s + batch_size], u[s : s + batch_size]
+            lab, ub, null = labels[s : s + batch_size], u[s : s + batch_size], nulls[s : s + batch_size]
             tick = lambda: bar.update(len(lab))  # noqa: E731
             if method == "fast":
                 ctx = None if context_fn is None else context_fn(np.full(ub.shape, cfg.unknown_token, np.int64))
                 out.append(fast_sample_batch(row_fn, step_fn, lab, ub, cfg.num_embeddings, cfg.hcache_shape(len(lab)),
                                              cfg.vcache_shape(len(lab)), temperature, top_k, on_row=tick,
-                                             context=ctx))
+                                             context=ctx, guidance=guidance, null_labels=null))
             else:
-                out.append(naive_sample_batch(full_fn, lab, ub, temperature, top_k, on_row=tick))
+                out.append(naive_sample_batch(full_fn, lab, ub, temperature, top_k, on_row=tick, guidance=guidance,
+                                              null_labels=null))
     return np.concatenate(out)
 
 
 @torch.no_grad()
 def sample_subject_codes(prior, n: int, labels, slices: int = 20, temperature: float = 1.0, top_k: int = 0,
                          seed: int = 0, batch_size: int = 16, method: str = "fast",
-                         progress: bool = True) -> np.ndarray:
+                         progress: bool = True, guidance: float = 0.0) -> np.ndarray:
     """Sample ``n`` subjects as stacks of ``slices`` code grids, bottom to top, ``(n,slices,h,w)`` int64: each slice
     conditioned on the one below by a prior trained with ``slice_context``: fast in a wavefront
     (:func:`brainvq.sampling.draw.wavefront_stacks`), naive slice after slice (:func:`~.draw.sample_stacks`).
@@ -131,8 +138,10 @@ def sample_subject_codes(prior, n: int, labels, slices: int = 20, temperature: f
                           "slice_context=true)")
     if slices < 1:
         raise ConfigError(f"bad parameter: slices must be >= 1, got {slices}")
-    labels = _check(prior, n, labels, temperature, top_k, method, seed)
+    labels = _check(prior, n, labels, temperature, top_k, method, seed, guidance)
+    guidance = class_guidance(guidance, cfg.conditional)
     conditions = stack_conditions(labels, slices, cfg.level_bins)  # (n,S)
+    nulls = unconditioned(conditions, cfg.null_label, cfg.level_bins)  # (n,S)
     prior.eval()
     u = stack_uniforms(n, slices, cfg.code_shape, seed)  # (n,S,h,w)
     device = next(prior.parameters()).device
@@ -143,23 +152,26 @@ def sample_subject_codes(prior, n: int, labels, slices: int = 20, temperature: f
     out = []
     with tqdm(total=n * slices, desc=f"sampling subjects ({method})", unit="slice", disable=not progress) as bar:
         for s in range(0, n, batch_size):
-            cond, ub = conditions[s : s + batch_size], u[s : s + batch_size]
+            cond, ub, null = conditions[s : s + batch_size], u[s : s + batch_size], nulls[s : s + batch_size]
             if method == "fast":  # every slice at once, each a few rows behind the one below
                 out.append(wavefront_stacks(row_fn, step_fn, context_fn, cond, ub, cfg.num_embeddings,
                                             cfg.bottom_token, cfg.hcache_shape(1)[1:], cfg.vcache_shape(1)[1:],
                                             prior.context_module().radius, temperature, top_k,
-                                            on_slice=lambda k, b=len(cond): bar.update(b)))
+                                            on_slice=lambda k, b=len(cond): bar.update(b), guidance=guidance,
+                                            null_conditions=null))
                 continue
 
-            def one_slice(cond, ub, below):  # the reference: one full pass per code, slice after slice
-                below_t = torch.from_numpy(below).to(device)
+            def one_slice(cond_k, ub, below):  # the reference: one full pass per code, slice after slice
+                g = guidance > 0
+                below_t = torch.from_numpy(np.concatenate([below, below]) if g else below).to(device)
 
                 def full_fn(codes, lab):
                     return prior(torch.from_numpy(codes).to(device), torch.from_numpy(lab).to(device),
                                  below_t).logits.cpu().numpy()
 
-                codes = naive_sample_batch(full_fn, cond, ub, temperature, top_k)
-                bar.update(len(cond))
+                codes = naive_sample_batch(full_fn, cond_k, ub, temperature, top_k, guidance=guidance,
+                                           null_labels=unconditioned(cond_k, cfg.null_label, cfg.level_bins))
+                bar.update(len(cond_k))
                 return codes
 
             out.append(sample_stacks(one_slice, cond, ub, cfg.bottom_token))

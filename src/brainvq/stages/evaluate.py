@@ -106,7 +106,8 @@ def generate_slices(prior, vqvae, protocol: EvalProtocol, progress: bool = True,
     from brainvq.sampling.generate import generate
 
     out = generate(prior, vqvae, protocol.n_samples, "all", protocol.temperature, protocol.top_k, protocol.seed,
-                   batch_size=batch_size, progress=progress, pixel_temperature=protocol.pixel_temperature)
+                   batch_size=batch_size, progress=progress, pixel_temperature=protocol.pixel_temperature,
+                   guidance=protocol.guidance)
     labels = np.where(out.labels == prior.config.null_label, -1, out.labels)  # the null label: no class requested
     return Slices(to_uint8(out.images), labels, [f"generated{i}" for i in range(len(labels))], out.levels)
 
