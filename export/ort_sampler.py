@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 from pathlib import Path
@@ -403,11 +404,19 @@ def sample_subjects_to_folder(
     batch_size: int = 16,
     threads: int | None = None,
     guidance: float = 0.0,
+    pixel_mm: float | None = None,
+    slice_mm: float | None = None,
 ) -> dict:
     """What ``brainvq sample-subjects`` does: ``n_subjects`` subjects of ``slices`` slices each, written as
     ``out/<class>/<subject>_<slice>.png`` and ``out/nifti/<subject>.nii.gz`` (:mod:`brainvq.data.stacks`). All or
     nothing: written into a hidden folder beside ``out`` that then takes its place. Returns timings and paths."""
-    from brainvq.data.stacks import SYNTHETIC_PREFIX, subject_ids, write_subjects
+    from brainvq.data.stacks import PIXEL_MM, SLICE_MM, SYNTHETIC_PREFIX, subject_ids, write_subjects
+
+    pixel_mm = PIXEL_MM if pixel_mm is None else pixel_mm
+    slice_mm = SLICE_MM if slice_mm is None else slice_mm
+    for name, value in (("pixel_mm", pixel_mm), ("slice_mm", slice_mm)):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"bad parameter: {name} must be a finite number of mm > 0, got {value}")
 
     t0 = time.perf_counter()
     check_sampling_args(n_subjects, temperature, top_k, batch_size=batch_size, seed=seed,
@@ -428,7 +437,7 @@ def sample_subjects_to_folder(
     written: dict[str, list[Path]] = {}
 
     def fill(staged: Path) -> list[Path]:
-        written.update(write_subjects(staged, images, names, subject_ids(n_subjects, seed)))
+        written.update(write_subjects(staged, images, names, subject_ids(n_subjects, seed), pixel_mm, slice_mm))
         return written["pngs"] + written["volumes"]
 
     paths = publish_folder(path, fill, overwrite)

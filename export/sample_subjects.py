@@ -33,7 +33,8 @@ def main(argv=None) -> None:
     r = sample_subjects_to_folder(args.model_dir, args.out, n_subjects=args.n_subjects, label=args.label,
                                   slices=args.slices, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                                   pixel_temperature=args.pixel_temperature, provider=args.provider,
-                                  overwrite=args.overwrite, guidance=args.guidance)
+                                  overwrite=args.overwrite, guidance=args.guidance, pixel_mm=args.pixel_mm,
+                                  slice_mm=args.slice_mm)
     per_subject = r["sample_s"] / args.n_subjects
     print(f"wrote {args.n_subjects} subjects ({len(r['pngs'])} PNGs, {len(r['volumes'])} NIfTI volumes) to "
           f"{args.out} in {r['total_s']:.2f} s (sampling {per_subject:.2f} s per subject, decode "

@@ -219,6 +219,12 @@ def test_sample_subjects_writes_the_adni_layout_and_volumes_with_their_geometry(
         sample_subjects_to_folder(str(out), str(root), n_subjects=1, slices=3, provider="cpu")
     with pytest.raises(ConfigError, match="slices must be >= 2"):
         sample_subjects_to_folder(str(out), str(tmp_path / "x"), n_subjects=1, slices=1, provider="cpu")
+    with pytest.raises(ConfigError, match="slice_mm must be a finite number of mm > 0, got 0"):
+        sample_subjects_to_folder(str(out), str(tmp_path / "x"), n_subjects=1, slices=3, slice_mm=0, provider="cpu")
+    # the data's own spacing, when known, goes in the volumes' headers and affines
+    own = sample_subjects_to_folder(str(out), str(tmp_path / "own"), n_subjects=1, slices=3, pixel_mm=1.0,
+                                    slice_mm=3.5, provider="cpu")
+    np.testing.assert_allclose(nib.load(own["volumes"][0]).header.get_zooms(), (1.0, 1.0, 3.5))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep" and not (tmp_path / "x").exists()
 
 

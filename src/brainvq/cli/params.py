@@ -269,6 +269,10 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("seed", "int", 0, "random seed (same seed, same subjects as `brainvq sample-subjects` in PyTorch)"),
         P("out", "str", "subjects",
           "output folder: an ADNI-layout OUT/<class>/<subject>_<slice>.png tree plus OUT/nifti/<subject>.nii.gz"),
+        P("pixel_mm", "float", 1 / 1.2,
+          "mm per pixel recorded in the NIfTI volumes (the demo set's; the cleaned ADNI PNGs carry none: give your "
+          "data's, e.g. make-slices' pixel_mm)"),
+        P("slice_mm", "float", 2.0, "mm between consecutive slices recorded in the NIfTI volumes (as make-slices')"),
         OVERWRITE,
         P("provider", "str", "auto", "onnxruntime execution provider", choices=("auto", "cuda", "cpu")),
     )),
