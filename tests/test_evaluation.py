@@ -238,6 +238,17 @@ def test_production_protocol_detects_blur_and_keeps_the_null_on_demo_slices(tmp_
     assert null.ci_low < 0.5 < null.ci_high, null
     assert underpowered({"blur10": blur, "noise": blur}) == []
     assert underpowered({"blur10": null}) == [f"blur10 {null.accuracy:.3f} < 0.95"]
+    # a null inside its interval passes; real-vs-real read as blur (an interval above 0.5) is a miscalibrated test
+    assert underpowered({"null": null, "blur10": blur, "noise": blur}) == []
+    assert underpowered({"null": blur, "blur10": blur, "noise": blur}) == [
+        f"null {blur.accuracy:.3f} [{blur.ci_low:.3f}, {blur.ci_high:.3f}] excludes chance"]
+    from brainvq.quality.c2st import C2STResult
+    from brainvq.quality.subjects import pair_underpowered
+
+    below = C2STResult(0.147, 0.025, 0.269, 1.0, 133)  # the pair null of 10 validation subjects (README)
+    swap = C2STResult(0.951, 0.9, 1.0, 0.0, 133)
+    assert pair_underpowered({"null": below, "swap": swap}) == ["pair null 0.147 [0.025, 0.269] excludes chance"]
+    assert pair_underpowered({"null": null, "swap": swap}) == []
 
 
 @pytest.mark.slow

@@ -180,7 +180,18 @@ def power_checks(real: np.ndarray, protocol: C2STProtocol = C2STProtocol()) -> d
     return out
 
 
+def miscalibrated(null: C2STResult | None, name: str = "null") -> list[str]:
+    """``[reason]`` when the null check (real against real) has a 95% interval that excludes chance: the test then
+    errs one way on this data (below 0.5: cross-fitting on too few items or subjects is anti-correlated), and its
+    main figure cannot be read against 0.5. Empty otherwise."""
+    if null is None or null.ci_low <= 0.5 <= null.ci_high:
+        return []
+    return [f"{name} {null.accuracy:.3f} [{null.ci_low:.3f}, {null.ci_high:.3f}] excludes chance"]
+
+
 def underpowered(power: dict[str, C2STResult]) -> list[str]:
-    """Names of the power checks below their targets (README): empty when the test is fit to report."""
-    return [f"{name} {power[name].accuracy:.3f} < {target}" for name, target in POWER_TARGETS.items()
-            if name in power and power[name].accuracy < target]
+    """The power checks below their targets (README), and a null check that excludes chance
+    (:func:`miscalibrated`): empty when the test is fit to report."""
+    return miscalibrated(power.get("null")) + [
+        f"{name} {power[name].accuracy:.3f} < {target}" for name, target in POWER_TARGETS.items()
+        if name in power and power[name].accuracy < target]

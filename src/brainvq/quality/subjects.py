@@ -47,7 +47,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from brainvq.quality.c2st import C2STProtocol, C2STResult, as_tensor, cross_fitted, digest, with_ci
+from brainvq.quality.c2st import C2STProtocol, C2STResult, as_tensor, cross_fitted, digest, miscalibrated, with_ci
 from brainvq.quality.classify import fit_critic, predict_scores
 from brainvq.quality.evaluate import Slices
 
@@ -286,10 +286,11 @@ def pair_power_checks(maps: torch.Tensor, stacks: dict[str, np.ndarray], labels:
 
 
 def pair_underpowered(power: dict[str, C2STResult]) -> list[str]:
-    """The pair test's power checks below :data:`PAIR_POWER_TARGETS` (as :func:`brainvq.quality.c2st.underpowered`
-    reads the slice test's)."""
-    return [f"pair {name} {power[name].accuracy:.3f} < {target}" for name, target in PAIR_POWER_TARGETS.items()
-            if name in power and power[name].accuracy < target]
+    """The pair test's power checks below :data:`PAIR_POWER_TARGETS`, and a null check that excludes chance (as
+    :func:`brainvq.quality.c2st.underpowered` reads the slice test's)."""
+    return miscalibrated(power.get("null"), "pair null") + [
+        f"pair {name} {power[name].accuracy:.3f} < {target}" for name, target in PAIR_POWER_TARGETS.items()
+        if name in power and power[name].accuracy < target]
 
 
 # ------------------------------------------------------------------------------------------- subject utility
