@@ -72,7 +72,8 @@ def main(argv=None) -> None:
                                       "epochs": args.vqvae_epochs, "max_minutes": args.vqvae_max_minutes,
                                       "seed": args.seed}, pid, force)
         prior = run_step("train_prior", {"vqvae_run_id": vq.info.run_id, "epochs": args.prior_epochs,
-                                         "max_minutes": args.prior_max_minutes, "seed": args.seed}, pid, force)
+                                         "max_minutes": args.prior_max_minutes, "seed": args.seed,
+                                         "precision": args.prior_precision}, pid, force)
         exp = run_step("export_onnx", {"vqvae_run_id": vq.info.run_id, "prior_run_id": prior.info.run_id}, pid, force)
         # outputs/samples is this chain's own folder: each run's samples replace the last run's, whole
         run_step("sample", {"model_dir": f"runs:/{exp.info.run_id}/onnx", "n": 16, "seed": args.seed,

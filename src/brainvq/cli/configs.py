@@ -68,7 +68,7 @@ def prior_train_config_from_args(args: argparse.Namespace):
     int_tuple("dilation_cycle", args.dilation_cycle)
     return _build(PriorTrainConfig, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   max_minutes=args.max_minutes, device=args.device, level_dropout=args.level_dropout,
-                  slice_dropout=args.slice_dropout)
+                  slice_dropout=args.slice_dropout, precision=args.precision)
 
 
 def prior_configs_from_args(args: argparse.Namespace, vqvae_config):

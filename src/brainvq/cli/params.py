@@ -106,6 +106,8 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("prior_epochs", "int", 4, "epochs of train_prior: the default budget, in steps"),
         P("vqvae_max_minutes", "float", 0.0, "wall-clock cap of train_vqvae; 0 = none (the epochs decide)"),
         P("prior_max_minutes", "float", 0.0, "wall-clock cap of train_prior; 0 = none (the epochs decide)"),
+        P("prior_precision", "str", "fp32", "train_prior's precision: fp32, or bf16 mixed precision (faster on CPUs "
+          "with AVX512-BF16; see README, Mixed precision for the prior)", choices=("fp32", "bf16")),
         P("n_samples", "int", 256, "slices generated for evaluation, compared with as many real held-out slices"),
         P("n_subjects", "int", 20,
           "whole subjects generated for evaluate_subjects (each class in turn), compared with the real held-out ones"),
@@ -201,6 +203,10 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("slice_dropout", "float", 0.25,
           "share of training slices whose slice below is hidden, so the prior also samples single slices",
           field=f"{TP}.slice_dropout"),
+        P("precision", "str", "fp32",
+          "fp32, or bf16: mixed precision (the forward pass in bfloat16 under torch.autocast; weights, loss and "
+          "optimiser in float32), 1.75x faster per step on a CPU with AVX512-BF16", choices=("fp32", "bf16"),
+          field=f"{TP}.precision"),
         P("seed", "int", 0, "random seed", field=f"{TP}.seed"),
         P("max_minutes", "float", 7.0, "wall-clock budget; 0 = none"),  # the CLI's budget; the library's is none
         RESUME,

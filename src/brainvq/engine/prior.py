@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
 
 
+PRECISIONS = ("fp32", "bf16")  # PriorTrainConfig.precision
+
+
 @dataclass(frozen=True)
 class PriorTrainConfig:
     epochs: int = 40
@@ -46,6 +49,10 @@ class PriorTrainConfig:
     # Share of training grids whose slice below is hidden ("not given"; slice_context priors only), so one model
     # samples single slices (evaluate_samples, `brainvq sample`) as well as stacks of slices (sample_subjects).
     slice_dropout: float = 0.25
+    # "bf16": the forward pass under torch.autocast in bfloat16 (mixed precision: weights, loss, gradients and the
+    # optimiser stay float32; evaluation runs in float32). "fp32" (the field's default, so resumed checkpoints
+    # train on as they started): float32 throughout.
+    precision: str = "fp32"
     device: str = "auto"
     num_threads: int = 0
     progress: bool = True
@@ -55,6 +62,8 @@ class PriorTrainConfig:
         for name in ("label_dropout", "level_dropout", "slice_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 PriorFitResult = LoopResult  # model, history, test_metrics, checkpoint, stopped_early
@@ -247,7 +256,11 @@ def fit_prior(
             hide = (torch.rand(len(idx), generator=gen) < tc.slice_dropout).numpy()
             below = below_codes(train, idx, train_below, cfg, hide)[part].to(device)
         codes = torch.as_tensor(train.codes[idx[part]], device=device)
-        loss = F.cross_entropy(net(codes, conditions[part].to(device), below).logits, codes)
+        # bf16 autocast: the gated convolutions run in bfloat16 (1.75x faster per step on an AVX512-BF16 CPU,
+        # benchmarks/prior_precision.py); the logits return to float32 for the loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            logits = net(codes, conditions[part].to(device), below).logits
+        loss = F.cross_entropy(logits.float(), codes)
         return StepOutput(loss, loss.detach()[None], {"bits": f"{loss.item() / LN2:.3f}"})
 
     def epoch_metrics(means: dict[str, float], n_batches: int, seconds: float, lr: float) -> dict[str, float]:
