@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from brainvq.data.images import publish_folder, writable_folder, write_slices
 from brainvq.data.labels import condition_ids, labels_for, levels_for, unconditioned
+from brainvq.data.stacks import PIXEL_MM, SLICE_MM
 from brainvq.errors import ConfigError, ModelFileError, RunError, one_line
 from brainvq.export.onnx_meta import FILES, REQUIRED, check_set, classes_of
 from brainvq.sampling.draw import (
@@ -404,16 +405,14 @@ def sample_subjects_to_folder(
     batch_size: int = 16,
     threads: int | None = None,
     guidance: float = 0.0,
-    pixel_mm: float | None = None,
-    slice_mm: float | None = None,
+    pixel_mm: float = PIXEL_MM,
+    slice_mm: float = SLICE_MM,
 ) -> dict:
     """What ``brainvq sample-subjects`` does: ``n_subjects`` subjects of ``slices`` slices each, written as
     ``out/<class>/<subject>_<slice>.png`` and ``out/nifti/<subject>.nii.gz`` (:mod:`brainvq.data.stacks`). All or
     nothing: written into a hidden folder beside ``out`` that then takes its place. Returns timings and paths."""
-    from brainvq.data.stacks import PIXEL_MM, SLICE_MM, SYNTHETIC_PREFIX, subject_ids, write_subjects
+    from brainvq.data.stacks import SYNTHETIC_PREFIX, subject_ids, write_subjects
 
-    pixel_mm = PIXEL_MM if pixel_mm is None else pixel_mm
-    slice_mm = SLICE_MM if slice_mm is None else slice_mm
     for name, value in (("pixel_mm", pixel_mm), ("slice_mm", slice_mm)):
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"bad parameter: {name} must be a finite number of mm > 0, got {value}")

@@ -225,6 +225,11 @@ def test_sample_subjects_writes_the_adni_layout_and_volumes_with_their_geometry(
     own = sample_subjects_to_folder(str(out), str(tmp_path / "own"), n_subjects=1, slices=3, pixel_mm=1.0,
                                     slice_mm=3.5, provider="cpu")
     np.testing.assert_allclose(nib.load(own["volumes"][0]).header.get_zooms(), (1.0, 1.0, 3.5))
+    # the CLI's defaults are the library's (the parameter table holds literals)
+    from brainvq.cli.params import entry_point
+
+    entry = entry_point("sample-subjects")
+    assert (entry.param("pixel_mm").default, entry.param("slice_mm").default) == (PIXEL_MM, SLICE_MM)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep" and not (tmp_path / "x").exists()
 
 

@@ -256,7 +256,7 @@ def fit_prior(
             hide = (torch.rand(len(idx), generator=gen) < tc.slice_dropout).numpy()
             below = below_codes(train, idx, train_below, cfg, hide)[part].to(device)
         codes = torch.as_tensor(train.codes[idx[part]], device=device)
-        # bf16 autocast: the gated convolutions run in bfloat16 (1.75x faster per step on an AVX512-BF16 CPU,
+        # bf16 autocast: the gated convolutions run in bfloat16 (1.84x faster per step on an AVX512-BF16 CPU,
         # benchmarks/prior_precision.py); the logits return to float32 for the loss
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
             logits = net(codes, conditions[part].to(device), below).logits

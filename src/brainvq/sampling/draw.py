@@ -128,8 +128,8 @@ def fast_sample_batch(row_fn: RowFn, step_fn: StepFn, labels: np.ndarray, u: np.
     g = guidance > 0
     two = _twice if g else (lambda x: x)  # the batch the graphs see: (2B,...) under guidance
     codes = np.zeros((b, h, w), dtype=np.int64)
-    pad = np.full(len(two(u)), num_embeddings, dtype=np.int64)  # index K embeds to zeros: "nothing to the left/above"
     labels = np.ascontiguousarray(np.concatenate([labels, null_labels]) if g else labels, dtype=np.int64)
+    pad = np.full(len(labels), num_embeddings, dtype=np.int64)  # index K embeds to zeros: "nothing to the left/above"
     if context is not None:
         context = two(context)
     vcache = np.zeros((len(labels), *vcache_shape[1:]), dtype=np.float32)
