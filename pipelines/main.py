@@ -3,7 +3,7 @@ evaluate_samples → sample_subjects → evaluate_subjects, as one parent MLflow
 whose identical parameters already have a FINISHED run are reused unless --force true.
 
 Examples:
-    mlflow run . --env-manager local                        # demo set, 17-25 minutes on 2 CPU cores
+    mlflow run . --env-manager local                        # demo set, about 30 minutes on 2 CPU cores
     mlflow run . --env-manager local -P data_dir=/data/ADNI -P vqvae_epochs=40 -P prior_epochs=10
     mlflow run . --env-manager local -P data_dir=/data/ADNI -P classes=CN,AD       # only these classes: CN 0, AD 1
 """
