@@ -8,6 +8,11 @@ reconstructions of *other* validation slices, as the evaluation does) on variant
 * ``recon``: the decoder's output, as today;
 * ``recon + rician σ``: the same with Rician noise of σ added inside the brain, as the demo set's own noise model
   (``brainvq.data.demo``) adds it to the template: is the missing noise the tell?
+* ``loc + estimated noise``: the decoder's location (its mean, with the background offset that keeps the zero
+  background at 0) plus homogeneous Gaussian noise at the level estimated from the *training* slices alone
+  (:func:`mad_noise_sigma`: Donoho's robust estimator, the median absolute finest diagonal wavelet coefficient inside
+  the brain / 0.6745; Donoho & Johnstone 1994, https://doi.org/10.1093/biomet/81.3.425): what a decoder gives
+  whose noise model knows the data's noise level but not where it lost structure;
 * ``truth blur 0.7 + rician 0.01``: an oracle, the real slices blurred by σ 0.7 px then given back their noise:
   is a blur the test sees even under restored noise?
 
@@ -19,6 +24,10 @@ other, with the same steps and seed.
 
     python benchmarks/decoder_ceiling.py --vqvae_run_id <id>
     python benchmarks/decoder_ceiling.py --vqvae_run_id <id> --finetune_steps 400
+
+With ``--prior_run_id`` and ``--samples_out DIR`` it also writes the prior's evaluation draw (the protocol's 256
+codes) decoded both ways, ``DIR/learned`` (the default pixel draw) and ``DIR/estimated`` (location + the estimated
+noise), for ``brainvq evaluate-samples --samples_dir DIR/<way> --split val``.
 """
 
 from __future__ import annotations
@@ -38,6 +47,17 @@ def _patch_discriminator():
         return [nn.Conv2d(i, o, 4, s, 1), nn.LeakyReLU(0.2, True)]
 
     return nn.Sequential(*block(1, 32, 2), *block(32, 64, 2), *block(64, 64, 1), nn.Conv2d(64, 1, 4, 1, 1))
+
+
+def mad_noise_sigma(images: np.ndarray) -> float:
+    """The noise level of uint8 slices ``(N,H,W)``, robustly: the median absolute value of the finest diagonal Haar
+    wavelet coefficient ``(a - b - c + d) / 2`` over 2x2 blocks lying wholly inside the brain (no zero pixel),
+    divided by 0.6745 (the median of |N(0, 1)|). White noise of std s gives coefficients of std s; edges are sparse
+    among them, so the median ignores them where a root-mean-square residual would not."""
+    x = images.astype(np.float32) / 255
+    a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+    inside = (a > 0) & (b > 0) & (c > 0) & (d > 0)
+    return float(np.median(np.abs((a - b - c + d)[inside] / 2)) / 0.6745)
 
 
 def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0, on_draws: float = 0.0):
@@ -116,6 +136,38 @@ def fit_noise_head(vq, train, steps: int, seed: int = 0):
     return model.eval(), time.monotonic() - t0
 
 
+def write_samples(prior_run_id: str, vq, sigma: float, out: str) -> None:
+    """The evaluation protocol's draw from a prior, decoded with the default pixel draw (``out/learned``) and as the
+    decoder's location plus homogeneous noise of ``sigma`` (``out/estimated``): the same codes, PNGs by class."""
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+
+    from brainvq.data.images import to_uint8
+    from brainvq.quality.evaluate import EvalProtocol
+    from brainvq.sampling.draw import pixel_draw
+    from brainvq.sampling.generate import generate
+    from brainvq.tracking.runs import load_stage_model
+
+    prior, _, _ = load_stage_model(prior_run_id, "train_prior")
+    p = EvalProtocol()
+    g = generate(prior, vq, p.n_samples, "all", p.temperature, p.top_k, p.seed, batch_size=128, progress=False,
+                 pixel_temperature=p.pixel_temperature)
+    with torch.no_grad():
+        loc = np.concatenate([vq.decode_indices_distribution(torch.as_tensor(g.codes[s : s + 32])).loc.numpy()
+                              for s in range(0, len(g.codes), 32)])
+    ways = {"learned": g.images, "estimated": pixel_draw(loc, np.full_like(loc, sigma), p.seed, 0, 1.0)}
+    names = list(prior.config.classes) + ["none"]
+    for way, images in ways.items():
+        for i, (image, label) in enumerate(zip(to_uint8(images), g.labels)):
+            folder = Path(out) / way / (names[label] if prior.config.conditional else "")  # flat: no classes
+            path = folder / f"generated{i:04d}_0.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.reshape(image.shape[-2:])).save(path)
+        print(f"wrote {Path(out) / way}: brainvq evaluate-samples --samples_dir {Path(out) / way} --split val")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vqvae_run_id", default="latest", help="a FINISHED train_vqvae run, or latest")
@@ -126,6 +178,8 @@ def main(argv=None) -> None:
                    help="pixel temperatures to draw reconstructions at (models with a noise head)")
     p.add_argument("--adversarial", type=float, default=0.8, help="VQGAN's discriminator weight (0.8 in its configs)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prior_run_id", default="", help="with --samples_out: a train_prior run over this VQ-VAE's codes")
+    p.add_argument("--samples_out", default="", help="folder for the prior's draw decoded both ways")
     args = p.parse_args(argv)
 
     from brainvq.engine.common import configure_threads
@@ -160,6 +214,9 @@ def main(argv=None) -> None:
         n1, n2 = rng.normal(0, sigma, img.shape), rng.normal(0, sigma, img.shape)
         return np.where(img > 0.02, np.sqrt((img + n1) ** 2 + n2 ** 2), img)
 
+    sigma_hat = mad_noise_sigma(slices_of(splits.train).images)
+    print(f"noise level estimated from the training slices: {sigma_hat:.4f}\n")
+
     def measure(name: str, model) -> None:
         rec = vqvae_reconstructor(model)(real.images[b]).astype(np.float32) / 255
         scores = evaluate_vqvae(model, splits.val)
@@ -167,11 +224,24 @@ def main(argv=None) -> None:
         for sigma in (0.01, 0.02):
             row(name, f"recon + rician {sigma}", rician(rec, sigma), None)
         if model.config.pixel_noise:
+            import torch
+
+            from brainvq.sampling.draw import pixel_draw
+
+            with torch.no_grad():
+                x = torch.from_numpy(real.images[b].astype(np.float32) / 255).unsqueeze(1)
+                loc = np.concatenate([model.decode_indices_distribution(model.encode_indices(x[s : s + 32])).loc
+                                      .numpy() for s in range(0, len(x), 32)])
+            flat = np.full_like(loc, sigma_hat)  # pixel_draw keeps the zero-bin background at 0
+            drawn = pixel_draw(loc, flat, args.seed, 0, 1.0)[:, 0]  # (N,H,W)
+            row(name, f"loc + estimated noise {sigma_hat:.4f}", drawn, None)
             for t in args.pixel_temperatures:
                 drawn = vqvae_reconstructor(model, seed=args.seed, pixel_temperature=t)(real.images[b])
                 row(name, f"recon drawn from p(x | codes), pixel_temperature {t} ({scores['pixel_bits']:.3f} "
                     "bits/pixel)", drawn.astype(np.float32) / 255, None)
 
+    if args.prior_run_id and args.samples_out:
+        write_samples(args.prior_run_id, vq, sigma_hat, args.samples_out)
     measure("the run's", vq)
     if args.noise_steps > 0:
         model, seconds = fit_noise_head(vq, splits.train, args.noise_steps, args.seed)
