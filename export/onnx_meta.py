@@ -23,28 +23,6 @@ FILES = {
 }
 REQUIRED = ("decoder", "prior", "prior_row", "prior_step")  # in every export; prior_context when slice_context
 
-# Keys every file carries (strings). Shapes of caches come from the graphs' own input shapes.
-KEYS = (
-    "brainvq.version",
-    "brainvq.graph",
-    "brainvq.pair_id",
-    "brainvq.vqvae_run_id",
-    "brainvq.prior_run_id",
-    "brainvq.num_embeddings",
-    "brainvq.code_shape",
-    "brainvq.image_size",
-    "brainvq.labels",  # the class map: {"<class>": label id, ..., "none": the null label}
-    "brainvq.conditional",
-    "brainvq.num_layers",
-    "brainvq.hidden_channels",
-    "brainvq.kernel_size",
-    "brainvq.dilation_cycle",
-    "brainvq.level_bins",
-    "brainvq.slice_context",
-    "brainvq.stack_slices",
-    "brainvq.context_radius",
-)
-
 
 def pair_id(parts: list[str]) -> str:
     """Short stable hash of everything that ties a decoder to a prior (run ids, configs, weight digests)."""
@@ -71,7 +49,8 @@ def build_metadata(
     stack_slices: int = 0,
     context_radius: int = 0,
 ) -> dict[str, str]:
-    """The ``metadata_props`` of one exported file; ``classes``: the prior's class names in label order."""
+    """The ``metadata_props`` of one exported file, every value a string (shapes of caches come from the graphs' own
+    input shapes); ``classes``: the prior's class names in label order."""
     return {
         "brainvq.version": version,
         "brainvq.graph": graph,
