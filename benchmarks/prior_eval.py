@@ -29,18 +29,17 @@ def main(argv=None) -> None:
     add_param(p, "rounds", type=int, default=3, help="alternating rounds over the batch sizes")
     args = p.parse_args(argv)
 
-    from brainvq.cli.configs import int_tuple
-    from brainvq.cli.params import entry_point
+    from brainvq.cli.configs import prior_configs_from_args
+    from brainvq.cli.params import build_parser
     from brainvq.data.codes import CodeSet
     from brainvq.engine.prior import nll_bits
-    from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
+    from brainvq.models.pixelcnn import GatedPixelCNN
+    from brainvq.models.vqvae import VQVAEConfig
 
-    tp = entry_point("train-prior")
-    cfg = PixelCNNConfig(num_layers=tp.param("num_layers").default, hidden_channels=tp.param("hidden_channels").default,
-                         code_shape=(60, 64), slice_context=True,
-                         dilation_cycle=int_tuple("dilation_cycle", tp.param("dilation_cycle").default))
+    # the prior train_prior builds with every parameter at its default, over the default VQ-VAE's 60x64 codes
+    cfg = prior_configs_from_args(build_parser("train-prior", "").parse_args([]), VQVAEConfig())[0]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; prior {cfg.num_layers} x "
-          f"{cfg.hidden_channels}, codes 60x64, slice context; {args.grids} grids")
+          f"{cfg.hidden_channels}, codes 60x64, slice_context {cfg.slice_context}; {args.grids} grids")
     torch.manual_seed(0)
     model = GatedPixelCNN(cfg).eval()
     rng = np.random.default_rng(0)

@@ -61,6 +61,8 @@ def int_tuple(name: str, value) -> tuple[int, ...]:
 LEGACY_CLASSES = ("NC", "AD")
 # Sampling names that are not classes: the null label, and every class in turn.
 RESERVED_LABELS = ("none", "all", "both")
+# The prior's training precisions (PriorTrainConfig.precision, train_prior's precision, main's prior_precision).
+PRECISIONS = ("fp32", "bf16")
 
 
 def class_names(value, what: str = "classes") -> tuple[str, ...]:

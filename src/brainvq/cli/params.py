@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from brainvq.values import image_size, intlike, str2bool
+from brainvq.values import PRECISIONS, image_size, intlike, str2bool
 
 KINDS = {"str": str, "int": intlike, "float": float, "bool": str2bool, "size": image_size}
 
@@ -107,7 +107,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
         P("vqvae_max_minutes", "float", 0.0, "wall-clock cap of train_vqvae; 0 = none (the epochs decide)"),
         P("prior_max_minutes", "float", 0.0, "wall-clock cap of train_prior; 0 = none (the epochs decide)"),
         P("prior_precision", "str", "fp32", "train_prior's precision: fp32, or bf16 mixed precision (faster on CPUs "
-          "with AVX512-BF16; see README, Mixed precision for the prior)", choices=("fp32", "bf16")),
+          "with AVX512-BF16; see README, Mixed precision for the prior)", choices=PRECISIONS),
         P("n_samples", "int", 256, "slices generated for evaluation, compared with as many real held-out slices"),
         P("n_subjects", "int", 20,
           "whole subjects generated for evaluate_subjects (each class in turn), compared with the real held-out ones"),
@@ -205,7 +205,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
           field=f"{TP}.slice_dropout"),
         P("precision", "str", "fp32",
           "fp32, or bf16: mixed precision (the forward pass in bfloat16 under torch.autocast; weights, loss and "
-          "optimiser in float32), 1.84x faster per step on a CPU with AVX512-BF16", choices=("fp32", "bf16"),
+          "optimiser in float32), 1.84x faster per step on a CPU with AVX512-BF16", choices=PRECISIONS,
           field=f"{TP}.precision"),
         P("seed", "int", 0, "random seed", field=f"{TP}.seed"),
         P("max_minutes", "float", 7.0, "wall-clock budget; 0 = none"),  # the CLI's budget; the library's is none

@@ -20,12 +20,10 @@ from brainvq.engine.loop import LoopResult, StepOutput
 from brainvq.engine.tracker import NullTracker, Tracker
 from brainvq.models.checkpoint import PRIOR_KIND
 from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
+from brainvq.values import PRECISIONS
 
 log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
-
-
-PRECISIONS = ("fp32", "bf16")  # PriorTrainConfig.precision
 
 
 @dataclass(frozen=True)
