@@ -13,13 +13,21 @@ reconstructions of *other* validation slices, as the evaluation does) on variant
   (:func:`mad_noise_sigma`: Donoho's robust estimator, the median absolute finest diagonal wavelet coefficient inside
   the brain / 0.6745; Donoho & Johnstone 1994, https://doi.org/10.1093/biomet/81.3.425): what a decoder gives
   whose noise model knows the data's noise level but not where it lost structure;
+* ``loc equalised + estimated noise``: the location passed through a small linear filter whose radial gain makes its
+  power spectrum, on 32x32 patches wholly inside the brain of *training* slices, match the real slices' less the
+  estimated noise's (:func:`interior_equaliser`): is the softness a global loss of band energy that a fixed
+  sharpening gives back?
 * ``truth blur 0.7 + rician 0.01``: an oracle, the real slices blurred by σ 0.7 px then given back their noise:
   is a blur the test sees even under restored noise?
 
 With ``--finetune_steps N`` it then fine-tunes the decoder alone (encoder and codebook frozen, so the codes and
 any prior over them stay valid) for N optimiser steps of 8 slices, twice from the same weights: once with the
 reconstruction loss only (the control), once with a PatchGAN hinge loss added under VQGAN's adaptive weight, and
-measures both the same way, with `val/ssim_brain` beside each. Both sides run in this one process, one after the
+measures both the same way, with `val/ssim_brain` beside each.
+
+Every row also prints the energy gap: the mean, over the critic's seven log band-energy channels and the cells
+inside the brain, of the variant's front-end maps less the real slices' (0 when the high-frequency energy the critic
+reads is matched on average; > 0 when the variant has too much). Both sides run in this one process, one after the
 other, with the same steps and seed.
 
     python benchmarks/decoder_ceiling.py --vqvae_run_id <id>
@@ -58,6 +66,40 @@ def mad_noise_sigma(images: np.ndarray) -> float:
     a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
     inside = (a > 0) & (b > 0) & (c > 0) & (d > 0)
     return float(np.median(np.abs((a - b - c + d)[inside] / 2)) / 0.6745)
+
+
+def interior_equaliser(real: np.ndarray, loc: np.ndarray, sigma: float, size: int = 5, patch: int = 32) -> np.ndarray:
+    """A ``(size, size)`` filter (sum 1) whose radial gain sqrt((P_real - P_noise) / P_loc) matches the power spectrum
+    of the decoder's locations ``loc (N,H,W)`` to that of the real slices ``real (N,H,W)`` (floats in [0,1], the
+    same slices) less white noise of ``sigma``. The spectra are averaged over Hann-windowed ``patch``-square patches
+    (stride patch / 2) lying wholly inside the brain, so the brain's outline, which dominates a whole-slice spectrum,
+    does not set the gain; the gain is binned by radial frequency, capped at 4, and cut to ``size`` by a Hann window."""
+    win = np.outer(np.hanning(patch), np.hanning(patch))
+    p_real, p_loc, n = np.zeros((patch, patch)), np.zeros((patch, patch)), 0
+    step = patch // 2
+    for x, m in zip(real, loc):
+        for i in range(0, x.shape[0] - patch + 1, step):
+            for j in range(0, x.shape[1] - patch + 1, step):
+                a, b = x[i : i + patch, j : j + patch], m[i : i + patch, j : j + patch]
+                if (a > 0).all():
+                    p_real += np.abs(np.fft.fft2((a - a.mean()) * win)) ** 2
+                    p_loc += np.abs(np.fft.fft2((b - b.mean()) * win)) ** 2
+                    n += 1
+    if n == 0:
+        raise ValueError(f"no {patch}x{patch} patch lies wholly inside the brain")
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(patch), np.fft.fftfreq(patch), indexing="ij"))
+    which = np.digitize(radius, np.linspace(0, radius.max() + 1e-9, 12)) - 1
+    count = np.maximum(np.bincount(which.ravel(), minlength=12), 1)
+    radial = [np.bincount(which.ravel(), (p / n).ravel(), 12) / count for p in (p_real, p_loc)]
+    noise = sigma**2 * (win**2).sum()  # white noise's power under the window, at every frequency
+    gain = np.sqrt(np.maximum(radial[0] - noise, 0) / np.maximum(radial[1], 1e-12))
+    full = np.clip(gain, 0, 4)[which]
+    full[0, 0] = 1.0  # the mean level stays
+    k = np.fft.fftshift(np.real(np.fft.ifft2(full)))
+    c, r = patch // 2, size // 2
+    taper = np.hanning(size + 2)[1:-1]
+    k = k[c - r : c + r + 1, c - r : c + r + 1] * np.outer(taper, taper)
+    return (k / k.sum()).astype(np.float32)
 
 
 def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0, on_draws: float = 0.0):
@@ -176,6 +218,8 @@ def main(argv=None) -> None:
                    help="fit a noise head (pixel_noise) on the run's frozen VQ-VAE for this many steps and measure it")
     p.add_argument("--pixel_temperatures", type=float, nargs="+", default=[0.25, 0.3, 0.4, 0.5, 0.7, 1.0],
                    help="pixel temperatures to draw reconstructions at (models with a noise head)")
+    p.add_argument("--noise_factors", type=float, nargs="+", default=[0.8, 1.0, 1.2],
+                   help="multiples of the estimated noise level to add to the location")
     p.add_argument("--adversarial", type=float, default=0.8, help="VQGAN's discriminator weight (0.8 in its configs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prior_run_id", default="", help="with --samples_out: a train_prior run over this VQ-VAE's codes")
@@ -200,22 +244,42 @@ def main(argv=None) -> None:
     maps_a = front_maps(as_tensor(real.images[a]))
     truth = real.images[b].astype(np.float32) / 255
     rng = np.random.default_rng(args.seed)
-    print(f"VQ-VAE run {run.info.run_id}; {len(a)} real validation slices against {len(b)} others' variants\n")
-    print("| decoder | variant | C2ST vs real [95%] | `val/ssim_brain` |")
-    print("|---|---|---|---|")
+    print(f"VQ-VAE run {run.info.run_id}; {len(a)} real validation slices against {len(b)} others' variants")
+    train = slices_of(splits.train)
+    sigma_hat = mad_noise_sigma(train.images)
+    print(f"noise level estimated from the training slices: {sigma_hat:.4f}\n")
+
+    print("| decoder | variant | C2ST vs real [95%] | energy gap | `val/ssim_brain` |")
+    print("|---|---|---|---|---|")
 
     def row(decoder: str, variant: str, images: np.ndarray, ssim_brain: float | None) -> None:
         u8 = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
-        r = two_sample_test(maps_a, front_maps(as_tensor(u8)), protocol, salt=9)
+        maps_b = front_maps(as_tensor(u8))
+        r = two_sample_test(maps_a, maps_b, protocol, salt=9)
         sb = "" if ssim_brain is None else f"{ssim_brain:.4f}"
-        print(f"| {decoder} | {variant} | {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] | {sb} |", flush=True)
+        print(f"| {decoder} | {variant} | {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] | "
+              f"{energy(maps_b) - energy_a:+.3f} | {sb} |", flush=True)
+
+    def energy(maps) -> float:  # mean log band energy over the cells inside the brain (mean channel above 0.05)
+        inside = (maps[:, :1] > 0.05).expand(-1, maps.shape[1] - 1, -1, -1)
+        return float(maps[:, 1:][inside].mean())
+
+    energy_a = energy(maps_a)
 
     def rician(img: np.ndarray, sigma: float) -> np.ndarray:  # inside the brain only, as brainvq.data.demo adds it
         n1, n2 = rng.normal(0, sigma, img.shape), rng.normal(0, sigma, img.shape)
         return np.where(img > 0.02, np.sqrt((img + n1) ** 2 + n2 ** 2), img)
 
-    sigma_hat = mad_noise_sigma(slices_of(splits.train).images)
-    print(f"noise level estimated from the training slices: {sigma_hat:.4f}\n")
+
+    def locations(model, images: np.ndarray) -> np.ndarray:
+        """The decoder's location of the reconstructions of uint8 ``images (N,H,W)``, zero-bin background at 0."""
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(images.astype(np.float32) / 255).unsqueeze(1)
+            loc = np.concatenate([model.decode_indices_distribution(model.encode_indices(x[s : s + 32])).loc.numpy()
+                                  for s in range(0, len(x), 32)])[:, 0]
+        return np.where(loc < 0.5 / 255, 0.0, loc).astype(np.float32)
 
     def measure(name: str, model) -> None:
         rec = vqvae_reconstructor(model)(real.images[b]).astype(np.float32) / 255
@@ -224,17 +288,23 @@ def main(argv=None) -> None:
         for sigma in (0.01, 0.02):
             row(name, f"recon + rician {sigma}", rician(rec, sigma), None)
         if model.config.pixel_noise:
-            import torch
+            from scipy import ndimage
 
             from brainvq.sampling.draw import pixel_draw
 
-            with torch.no_grad():
-                x = torch.from_numpy(real.images[b].astype(np.float32) / 255).unsqueeze(1)
-                loc = np.concatenate([model.decode_indices_distribution(model.encode_indices(x[s : s + 32])).loc
-                                      .numpy() for s in range(0, len(x), 32)])
-            flat = np.full_like(loc, sigma_hat)  # pixel_draw keeps the zero-bin background at 0
-            drawn = pixel_draw(loc, flat, args.seed, 0, 1.0)[:, 0]  # (N,H,W)
-            row(name, f"loc + estimated noise {sigma_hat:.4f}", drawn, None)
+            loc = locations(model, real.images[b])
+            for f in args.noise_factors:  # pixel_draw keeps the zero-bin background at 0
+                drawn = pixel_draw(loc[:, None], np.full_like(loc[:, None], f * sigma_hat), args.seed, 0, 1.0)[:, 0]
+                row(name, f"loc + estimated noise x {f} ({f * sigma_hat:.4f})", drawn, None)
+            fit = np.random.default_rng(args.seed).choice(len(train.images), min(300, len(train.images)), False)
+            kernel = interior_equaliser(train.images[fit].astype(np.float32) / 255, locations(model, train.images[fit]),
+                                        sigma_hat)
+            sharp = np.stack([ndimage.convolve(m, kernel, mode="nearest") for m in loc])
+            sharp = np.where(loc > 0, sharp, 0.0)
+            drawn = pixel_draw(sharp[:, None], np.full_like(sharp[:, None], sigma_hat), args.seed, 0, 1.0)[:, 0]
+            centre = kernel[len(kernel) // 2, len(kernel) // 2]
+            row(name, f"loc equalised ({len(kernel)}x{len(kernel)} filter, centre {centre:.2f}) + estimated noise",
+                drawn, None)
             for t in args.pixel_temperatures:
                 drawn = vqvae_reconstructor(model, seed=args.seed, pixel_temperature=t)(real.images[b])
                 row(name, f"recon drawn from p(x | codes), pixel_temperature {t} ({scores['pixel_bits']:.3f} "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import logging
 import os
 import sys
@@ -81,6 +82,10 @@ def teardown() -> None:
     if _owned and dist.is_available() and dist.is_initialized():
         if sys.exc_info()[0] is None:
             dist.barrier()
+        # DDP wrappers left in reference cycles keep the gloo group (and its worker threads' pending work) alive until
+        # interpreter shutdown, where freeing them aborts the process (pytorch/pytorch#179291): free them now, while
+        # the interpreter is whole, so that destroying the group really releases it.
+        gc.collect()
         dist.destroy_process_group()
     _owned = False
 
