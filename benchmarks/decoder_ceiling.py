@@ -220,6 +220,9 @@ def main(argv=None) -> None:
                    help="pixel temperatures to draw reconstructions at (models with a noise head)")
     p.add_argument("--noise_factors", type=float, nargs="+", default=[0.8, 1.0, 1.2],
                    help="multiples of the estimated noise level to add to the location")
+    p.add_argument("--finetune_variants", nargs="+", choices=("recon", "patchgan", "patchgan_draws"),
+                   default=["recon", "patchgan", "patchgan_draws"],
+                   help="which fine-tunes to run: the reconstruction-loss control, + PatchGAN, + PatchGAN on draws")
     p.add_argument("--adversarial", type=float, default=0.8, help="VQGAN's discriminator weight (0.8 in its configs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prior_run_id", default="", help="with --samples_out: a train_prior run over this VQ-VAE's codes")
@@ -320,12 +323,15 @@ def main(argv=None) -> None:
 
     row("(oracle)", "truth blur 0.7 + rician 0.01", rician(ndimage.gaussian_filter(truth, (0, 0.7, 0.7)), 0.01), None)
     if args.finetune_steps > 0:
-        variants = [("fine-tuned, reconstruction loss only", 0.0, 0.0),
-                    (f"fine-tuned, + PatchGAN x {args.adversarial}", args.adversarial, 0.0)]
-        if vq.config.pixel_noise:
-            from brainvq.sampling.draw import PIXEL_TEMPERATURE as t
-            variants.append((f"fine-tuned, + PatchGAN x {args.adversarial} on draws at {t}", args.adversarial, t))
-        for name, weight, on_draws in variants:
+        from brainvq.sampling.draw import PIXEL_TEMPERATURE as t
+
+        variants = {"recon": ("fine-tuned, reconstruction loss only", 0.0, 0.0),
+                    "patchgan": (f"fine-tuned, + PatchGAN x {args.adversarial}", args.adversarial, 0.0),
+                    "patchgan_draws": (f"fine-tuned, + PatchGAN x {args.adversarial} on draws at {t}",
+                                       args.adversarial, t)}
+        if not vq.config.pixel_noise:  # no likelihood to draw from
+            variants.pop("patchgan_draws")
+        for name, weight, on_draws in (variants[v] for v in args.finetune_variants if v in variants):
             model, seconds = finetune_decoder(vq, splits.train, args.finetune_steps, weight, args.seed, on_draws)
             measure(f"{name} ({args.finetune_steps} steps, {seconds / 60:.1f} min)", model)
 
