@@ -178,6 +178,19 @@ def fit_noise_head(vq, train, steps: int, seed: int = 0):
     return model.eval(), time.monotonic() - t0
 
 
+def code_locations(vq, codes) -> np.ndarray:
+    """The decoder's location for code grids ``(N,h,w)`` int64 -> ``(N,H,W)`` float32, its zero-bin background set to
+    exactly 0 (as :func:`brainvq.sampling.draw.pixel_draw` treats it), in batches of 32."""
+    import torch
+
+    from brainvq.sampling.draw import ZERO_BIN
+
+    with torch.no_grad():
+        loc = np.concatenate([vq.decode_indices_distribution(codes[s : s + 32]).loc.numpy()
+                              for s in range(0, len(codes), 32)])[:, 0]
+    return np.where(loc < ZERO_BIN, 0.0, loc).astype(np.float32)
+
+
 def write_samples(prior_run_id: str, vq, sigma: float, out: str) -> None:
     """The evaluation protocol's draw from a prior, decoded with the default pixel draw (``out/learned``) and as the
     decoder's location plus homogeneous noise of ``sigma`` (``out/estimated``): the same codes, PNGs by class."""
@@ -196,9 +209,7 @@ def write_samples(prior_run_id: str, vq, sigma: float, out: str) -> None:
     p = EvalProtocol()
     g = generate(prior, vq, p.n_samples, "all", p.temperature, p.top_k, p.seed, batch_size=128, progress=False,
                  pixel_temperature=p.pixel_temperature)
-    with torch.no_grad():
-        loc = np.concatenate([vq.decode_indices_distribution(torch.as_tensor(g.codes[s : s + 32])).loc.numpy()
-                              for s in range(0, len(g.codes), 32)])
+    loc = code_locations(vq, torch.as_tensor(g.codes))[:, None]  # (N,1,H,W)
     ways = {"learned": g.images, "estimated": pixel_draw(loc, np.full_like(loc, sigma), p.seed, 0, 1.0)}
     names = list(prior.config.classes) + ["none"]
     for way, images in ways.items():
@@ -275,14 +286,13 @@ def main(argv=None) -> None:
 
 
     def locations(model, images: np.ndarray) -> np.ndarray:
-        """The decoder's location of the reconstructions of uint8 ``images (N,H,W)``, zero-bin background at 0."""
+        """The decoder's location ``(N,H,W)`` of the reconstructions of uint8 ``images (N,H,W)``."""
         import torch
 
         with torch.no_grad():
             x = torch.from_numpy(images.astype(np.float32) / 255).unsqueeze(1)
-            loc = np.concatenate([model.decode_indices_distribution(model.encode_indices(x[s : s + 32])).loc.numpy()
-                                  for s in range(0, len(x), 32)])[:, 0]
-        return np.where(loc < 0.5 / 255, 0.0, loc).astype(np.float32)
+            codes = torch.cat([model.encode_indices(x[s : s + 32]) for s in range(0, len(x), 32)])
+        return code_locations(model, codes)
 
     def measure(name: str, model) -> None:
         rec = vqvae_reconstructor(model)(real.images[b]).astype(np.float32) / 255

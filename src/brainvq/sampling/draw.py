@@ -303,6 +303,10 @@ PIXEL_STREAM = 1
 PIXEL_TEMPERATURE = 0.3
 
 
+# The upper edge of the zero grey level's bin: a location below it is background (see pixel_draw).
+ZERO_BIN = 0.5 / 255
+
+
 def pixel_draw(loc: np.ndarray, scale: np.ndarray | None, seed: int, first: int = 0,
                temperature: float = PIXEL_TEMPERATURE) -> np.ndarray:
     """Slices drawn from the decoder's p(x | codes), a Gaussian ``N(loc, (temperature x scale)²)`` discretised to
@@ -323,5 +327,5 @@ def pixel_draw(loc: np.ndarray, scale: np.ndarray | None, seed: int, first: int 
     for i in range(len(loc)):
         eps = np.random.default_rng([seed, PIXEL_STREAM, first + i]).standard_normal(loc.shape[1:], dtype=np.float32)
         x[i] = loc[i] + np.float32(temperature) * np.asarray(scale[i], dtype=np.float32) * eps
-    x = np.where(loc < 0.5 / 255, 0.0, x)
+    x = np.where(loc < ZERO_BIN, 0.0, x)
     return to_uint8(x)[:, None] / np.float32(255)  # the 8-bit levels the PNG writer will store, as floats
