@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import sqlite3
@@ -13,6 +14,18 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+# scripts/test.sh runs the suite in pytest-xdist workers side by side: each worker's torch (and the commands it starts)
+# gets its share of the cores, not all of them, so two workers never fight over one core's threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """End-to-end files (marked ``slow``) first: under xdist's ``--dist loadfile`` each worker takes whole files in
+    this order, so the short files fill in around the long ones instead of one long file running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order kept within each group
 
 
 # How dark a blob's centre is made (a share of its radius), per class folder name: atrophy, milder in MCI.
