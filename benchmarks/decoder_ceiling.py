@@ -284,7 +284,6 @@ def main(argv=None) -> None:
         n1, n2 = rng.normal(0, sigma, img.shape), rng.normal(0, sigma, img.shape)
         return np.where(img > 0.02, np.sqrt((img + n1) ** 2 + n2 ** 2), img)
 
-
     def locations(model, images: np.ndarray) -> np.ndarray:
         """The decoder's location ``(N,H,W)`` of the reconstructions of uint8 ``images (N,H,W)``."""
         import torch

@@ -16,10 +16,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 # scripts/test.sh runs the suite in pytest-xdist workers side by side: each worker's torch (and the commands it starts)
-# gets its share of the cores, not all of them, so two workers never fight over one core's threads.
+# gets its share of the cores, not all of them, so two workers never fight over one core's threads. Cores are counted
+# as brainvq.engine.common.configure_threads counts them (the CPUs this process may run on), without importing torch
+# here: torch must first be imported after OMP_NUM_THREADS is set.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CORES // _WORKERS)))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
