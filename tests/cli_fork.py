@@ -1,11 +1,14 @@
-"""Run `brainvq` commands as real child processes without paying for `import torch` in each one.
+"""Run `brainvq` commands as real child processes without paying for `import torch` and `import mlflow` in each one.
 
 A catalogue of bad inputs runs dozens of commands that fail within a second of work, after two to four seconds of
-importing torch. multiprocessing's forkserver imports torch once (nothing else: no brainvq, no MLflow), then forks one
-child per command. Each child is a separate process with its own environment, working folder and stdout/stderr files,
-and calls the same ``brainvq.cli.main`` that ``python -m brainvq.cli`` calls; MLflow and brainvq are imported in the
-child, after its environment is set, exactly as in a fresh interpreter. What differs from a fresh interpreter is only
-that torch's modules are already in memory.
+importing torch and as long again importing MLflow. multiprocessing's forkserver imports those two once (and numpy
+and PIL; no brainvq), then forks one child per command. Each child is a separate process with its own environment,
+working folder and stdout/stderr files, and calls the same ``brainvq.cli.main`` that ``python -m brainvq.cli`` calls;
+brainvq is imported in the child, after its environment is set. What differs from a fresh interpreter is that
+torch's and MLflow's modules are already in memory, imported under the server's environment. MLflow reads
+``MLFLOW_LOGGING_LEVEL`` only at import, so the level brainvq gives it (``brainvq.logs.quiet_libraries``) must also
+reach an MLflow imported earlier, as a host program may have done: the catalogue's one-line checks see it if not.
+MLflow reads the tracking URI and its HTTP settings from the environment when it uses them, not at import.
 
 This module imports nothing but the standard library at the top: the forkserver imports it to find the child's entry
 function, and anything imported here would be imported before the child's environment is set.
@@ -21,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-_PRELOAD = ["torch", "numpy", "PIL.Image"]
+_PRELOAD = ["torch", "mlflow", "numpy", "PIL.Image"]
 
 
 def _child(argv: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:

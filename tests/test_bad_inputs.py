@@ -8,8 +8,8 @@ registered model; and what its own check says exists afterwards (checkpoints, ou
 
 One tiny lineage is trained in-process once; every case then runs against its own copy of that SQLite store, so the
 cases can run side by side without sharing a database file. Most cases are mostly interpreter and torch start-up: they
-run in children forked after `import torch` (tests/cli_fork.py), each a separate process calling the same CLI; the
-cases that set their own tracking URI, or start three commands at once, run in fresh interpreters.
+run in children forked after `import torch` and `import mlflow` (tests/cli_fork.py), each a separate process calling
+the same CLI; the cases that set their own tracking URI, or start three commands at once, run in fresh interpreters.
 """
 
 from __future__ import annotations
@@ -560,3 +560,16 @@ def test_brainvq_debug_restores_the_traceback_and_the_library_logs(outcomes, tmp
     assert "Traceback (most recent call last)" in proc.stderr
     assert "INFO mlflow.store.db.utils: Creating initial MLflow database tables" in proc.stderr  # a new store
     assert proc.stderr.strip().splitlines()[-1].startswith("brainvq register: error: no FINISHED train_vqvae run")
+
+
+def test_an_mlflow_imported_before_brainvq_stays_quiet_too(tmp_path):
+    """A host program that imported MLflow first (its level then read from an unset MLFLOW_LOGGING_LEVEL: INFO) and
+    then calls brainvq's CLI gets the same one line: MLflow's INFO note on creating a new store is not printed."""
+    env = subprocess_env(f"sqlite:///{tmp_path / 'new.db'}", tmp_path / "cache")  # no store yet: MLflow creates one
+    host = ("import sys, mlflow; from brainvq.cli import main; "
+            "sys.exit(main(['register', '--vqvae_run_id', 'latest']))")
+    proc = subprocess.run([sys.executable, "-c", host], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("brainvq register: error: no FINISHED train_vqvae run"), lines[0]

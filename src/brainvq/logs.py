@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 QUIET_LOGGERS = ("mlflow", "alembic")
 
@@ -22,10 +23,13 @@ class DropLibraryErrors(logging.Filter):
 
 def quiet_libraries() -> None:
     """MLflow and Alembic at WARNING unless ``MLFLOW_LOGGING_LEVEL`` says otherwise, their errors dropped.
-    Idempotent; call it again after importing mlflow, which replaces its loggers' handlers at import."""
+    Idempotent; call it again after importing mlflow, which replaces its loggers' handlers at import. MLflow sets
+    its logger's level from the variable once, when imported, so an MLflow already imported gets the level here."""
     if os.environ.get("BRAINVQ_DEBUG"):
         return
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow at import, here and in child steps
+    level = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow at import, and child steps
+    if "mlflow" in sys.modules:  # imported before this call (by a host program, say): the variable came too late
+        logging.getLogger("mlflow").setLevel(level.upper())
     handlers = list(logging.getLogger().handlers)
     for name in QUIET_LOGGERS:
         handlers += logging.getLogger(name).handlers

@@ -313,9 +313,9 @@ def pixel_draw(loc: np.ndarray, scale: np.ndarray | None, seed: int, first: int 
     8-bit grey levels with open end bins (``brainvq.quality.losses.discretised_gaussian_nll``): ``loc``, ``scale``
     ``(n,1,H,W)`` -> ``(n,1,H,W)`` float32 on the grid ``k / 255``. ``scale`` None gives ``loc`` as it is.
 
-    Pixels whose location lies in the zero bin (``loc < 0.5 / 255``) are background and stay exactly 0: the slices
-    are skull-stripped, their background is masked to 0, and a Gaussian there would sprinkle rare grey specks that
-    the likelihood barely pays for (a 1-in-1000 speck costs it 0.001 nats) but that a texture test sees at once.
+    Pixels whose location lies in the zero bin (``loc <`` :data:`ZERO_BIN`) are background and stay exactly 0: the
+    slices are skull-stripped, their background is masked to 0, and a Gaussian there would sprinkle rare grey specks
+    that the likelihood barely pays for (a 1-in-1000 speck costs it 0.001 nats) but that a texture test sees at once.
 
     Slice ``i`` draws from ``default_rng([seed, PIXEL_STREAM, first + i])``: its noise depends on the seed and its
     index in the call alone, not on the batches it was decoded in, so torch and onnxruntime agree.
