@@ -102,12 +102,15 @@ def interior_equaliser(real: np.ndarray, loc: np.ndarray, sigma: float, size: in
     return (k / k.sum()).astype(np.float32)
 
 
-def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0, on_draws: float = 0.0):
+def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0, on_draws: float = 0.0,
+                     encoder: bool = False):
     """A copy of ``vq`` whose decoder trained ``steps`` more batches of ``train``: reconstruction loss (the trainer's
     MSE + SSIM mix), plus ``adversarial`` x VQGAN's adaptive weight x the hinge generator loss when > 0. With
     ``on_draws`` > 0 (a VQ-VAE with a noise model) the discriminator sees slices drawn from p(x | codes) at that
     pixel temperature (reparameterised, mean + t x scale x noise, so its gradient reaches mean and scale) instead of
-    the mean: what the realism test sees. Returns ``(model, seconds)``."""
+    the mean: what the realism test sees. ``encoder``: the encoder trains too (through the straight-through
+    estimator, held to the codebook by the commitment loss; the codebook stays frozen), so the codes may change
+    and a prior over the old ones would not fit. Returns ``(model, seconds)``."""
     import torch
     import torch.nn.functional as F
 
@@ -115,12 +118,13 @@ def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0, o
 
     torch.manual_seed(seed)
     vq = copy.deepcopy(vq)
-    for p in list(vq.encoder.parameters()) + list(vq.quantizer.parameters()):
+    for p in ([] if encoder else list(vq.encoder.parameters())) + list(vq.quantizer.parameters()):
         p.requires_grad_(False)
     disc = _patch_discriminator()
     # the noise head (pixel_noise) reads the decoder's features, so it keeps training beside it
     head = list(vq.noise_head.parameters()) if vq.noise_head is not None else []
-    opt_g = torch.optim.Adam(list(vq.decoder.parameters()) + head, 1e-4, betas=(0.5, 0.9))
+    enc = list(vq.encoder.parameters()) if encoder else []
+    opt_g = torch.optim.Adam(list(vq.decoder.parameters()) + head + enc, 1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), 1e-4, betas=(0.5, 0.9))
     last = vq.decoder[-1].weight  # VQGAN weighs the two losses by their gradients at the decoder's last layer
     rng = np.random.default_rng(seed)
@@ -128,8 +132,8 @@ def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0, o
     t0 = time.monotonic()
     for _ in range(steps):
         x, _ = train.batch(rng.choice(len(train), 8, replace=False))
-        # the trainer's own reconstruction loss at its default SSIM weight; encoder and codebook are frozen, so only
-        # the decoder gets gradients
+        # the trainer's own reconstruction loss at its default SSIM weight; the codebook is frozen, and so is the
+        # encoder unless asked
         _, loss, out, bits = _loss(vq, x, TrainConfig().ssim_weight)
         rec = out.recon
         if on_draws > 0:
@@ -231,9 +235,11 @@ def main(argv=None) -> None:
                    help="pixel temperatures to draw reconstructions at (models with a noise head)")
     p.add_argument("--noise_factors", type=float, nargs="+", default=[0.8, 1.0, 1.2],
                    help="multiples of the estimated noise level to add to the location")
-    p.add_argument("--finetune_variants", nargs="+", choices=("recon", "patchgan", "patchgan_draws"),
+    p.add_argument("--finetune_variants", nargs="+",
+                   choices=("recon", "patchgan", "patchgan_draws", "patchgan_encoder"),
                    default=["recon", "patchgan", "patchgan_draws"],
-                   help="which fine-tunes to run: the reconstruction-loss control, + PatchGAN, + PatchGAN on draws")
+                   help="which fine-tunes to run: the reconstruction-loss control, + PatchGAN, + PatchGAN on draws, "
+                        "+ PatchGAN with the encoder trained too")
     p.add_argument("--adversarial", type=float, default=0.8, help="VQGAN's discriminator weight (0.8 in its configs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prior_run_id", default="", help="with --samples_out: a train_prior run over this VQ-VAE's codes")
@@ -334,14 +340,17 @@ def main(argv=None) -> None:
     if args.finetune_steps > 0:
         from brainvq.sampling.draw import PIXEL_TEMPERATURE as t
 
-        variants = {"recon": ("fine-tuned, reconstruction loss only", 0.0, 0.0),
-                    "patchgan": (f"fine-tuned, + PatchGAN x {args.adversarial}", args.adversarial, 0.0),
+        variants = {"recon": ("fine-tuned, reconstruction loss only", 0.0, 0.0, False),
+                    "patchgan": (f"fine-tuned, + PatchGAN x {args.adversarial}", args.adversarial, 0.0, False),
                     "patchgan_draws": (f"fine-tuned, + PatchGAN x {args.adversarial} on draws at {t}",
-                                       args.adversarial, t)}
+                                       args.adversarial, t, False),
+                    "patchgan_encoder": (f"encoder and decoder fine-tuned, + PatchGAN x {args.adversarial}",
+                                         args.adversarial, 0.0, True)}
         if not vq.config.pixel_noise:  # no likelihood to draw from
             variants.pop("patchgan_draws")
-        for name, weight, on_draws in (variants[v] for v in args.finetune_variants if v in variants):
-            model, seconds = finetune_decoder(vq, splits.train, args.finetune_steps, weight, args.seed, on_draws)
+        for name, weight, on_draws, encoder in (variants[v] for v in args.finetune_variants if v in variants):
+            model, seconds = finetune_decoder(vq, splits.train, args.finetune_steps, weight, args.seed, on_draws,
+                                              encoder)
             measure(f"{name} ({args.finetune_steps} steps, {seconds / 60:.1f} min)", model)
 
 
