@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from brainvq.cpus import physical_cores
 from brainvq.data.images import publish_folder, writable_folder, write_slices
 from brainvq.data.labels import condition_ids, labels_for, levels_for, unconditioned
 from brainvq.data.stacks import PIXEL_MM, SLICE_MM
@@ -37,23 +37,6 @@ from brainvq.sampling.draw import (
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 STACK_SLICES = 20  # a subject's height when the export does not record its training subjects' (the ADNI layout's)
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use (hyper-threads share one core's units; extra threads only contend)."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        pairs, phys = set(), None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, val = line.partition(":")
-            if key.strip() == "physical id":
-                phys = val.strip()
-            elif key.strip() == "core id":
-                pairs.add((phys, val.strip()))
-        cores = len(pairs) or logical
-    except OSError:
-        cores = logical
-    return max(1, min(cores, logical))
 
 
 def resolve_model_dir(spec: str) -> Path:

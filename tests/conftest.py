@@ -17,11 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 # scripts/test.sh runs the suite in pytest-xdist workers side by side: each worker's torch (and the commands it starts)
 # gets its share of the cores, not all of them, so two workers never fight over one core's threads. Cores are counted
-# as brainvq.engine.common.configure_threads counts them (the CPUs this process may run on), without importing torch
-# here: torch must first be imported after OMP_NUM_THREADS is set.
+# by brainvq.cpus, as configure_threads counts them (the CPUs this process may run on); that module is standard library
+# only, because torch must first be imported after OMP_NUM_THREADS is set.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from brainvq.cpus import usable_cpus  # standard library only: torch is not imported yet
+
+    _CORES = usable_cpus()
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CORES // _WORKERS)))
 
 

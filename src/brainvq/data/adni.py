@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from brainvq.cpus import usable_cpus
 from brainvq.data.images import decode, few, shown, warn_conversions, warn_data
 from brainvq.data.labels import UNLABELLED, class_order
 from brainvq.errors import DataError, one_line
@@ -390,10 +391,6 @@ def _cache_key(samples: list[Sample], size: tuple[int, int]) -> str:
     return h.hexdigest()[:24]
 
 
-def _workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
 def _decode_all(samples: list[Sample], size: tuple[int, int], desc: str) -> tuple[np.ndarray, list[int], dict]:
     """Decode every sample into ``(N, H, W)`` uint8; returns it, the indices of bad files and counts per kind."""
     out = np.zeros((len(samples), *size), dtype=np.uint8)
@@ -409,7 +406,7 @@ def _decode_all(samples: list[Sample], size: tuple[int, int], desc: str) -> tupl
             return i, None, str(exc)
 
     # PIL releases the GIL while inflating PNGs, so threads use every core without pickling arrays between processes.
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=usable_cpus()) as pool:
         for i, kind, err in tqdm(
             pool.map(one, range(len(samples))), total=len(samples), desc=desc, unit="img", leave=False
         ):

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 import torch
 
+from brainvq.cpus import usable_cpus
 from brainvq.errors import ConfigError, ModelFileError, TrainingDiverged
 from brainvq.models.checkpoint import atomic_save, load_checkpoint
 from brainvq.values import intlike
@@ -56,7 +57,7 @@ def configure_threads(num_threads: int = 0) -> int:
         except argparse.ArgumentTypeError:  # unset or not a number
             num_threads = 0
         if num_threads <= 0:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            cores = usable_cpus()
             num_threads = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     torch.set_num_threads(max(1, num_threads))
     return torch.get_num_threads()
