@@ -234,7 +234,7 @@ def grouped_two_sample_test(real_maps: torch.Tensor, real_groups: np.ndarray, fa
     return C2STResult(acc, low, high, pvalue, n)
 
 
-def _balanced_groups(labels: np.ndarray, n: int, parts: int, seed: int) -> list[np.ndarray]:
+def balanced_groups(labels: np.ndarray, n: int, parts: int, seed: int) -> list[np.ndarray]:
     """``parts`` disjoint sets of subject numbers (of ``labels (G,)``), each ``n`` subjects with the classes as
     equal as the data allows (seeded): round robin over the classes' shuffled pools."""
     rng = np.random.default_rng([seed, 43])
@@ -272,7 +272,7 @@ def pair_power_checks(maps: torch.Tensor, stacks: dict[str, np.ndarray], labels:
     pairs (``null``), pairs a level apart (``skip``) and pairs across subjects of a class (``swap``)."""
     order = list(stacks.values())
     n = min(n_subjects, len(order) // 2)
-    a, b = _balanced_groups(np.asarray(labels), n, 2, protocol.seed)
+    a, b = balanced_groups(np.asarray(labels), n, 2, protocol.seed)
     pick = lambda groups: {str(g): order[g] for g in groups}  # noqa: E731
     pa, ga = adjacent_pairs(pick(a))
     maps_a = pair_maps(maps, pa)
@@ -336,7 +336,7 @@ def subject_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray
     class, so a classifier can be trained."""
     classes = np.unique(labels)
     n = max(len(classes), int(round(fraction * len(labels))))
-    return _balanced_groups(labels, n, 1, seed)[0]
+    return balanced_groups(labels, n, 1, seed)[0]
 
 
 def utility_metrics(fake: Slices, fake_maps: torch.Tensor, train: Slices, train_maps: torch.Tensor,
@@ -364,7 +364,7 @@ def utility_metrics(fake: Slices, fake_maps: torch.Tensor, train: Slices, train_
     # TRTR on as many real training subjects as there are generated ones: the same amount of subjects
     train_groups = slice_groups(train, train_stacks)
     train_labels = subject_labels(train, train_stacks)
-    same = _balanced_groups(train_labels, min(n_fake_subjects, len(train_labels)), 1, seed)[0]
+    same = balanced_groups(train_labels, min(n_fake_subjects, len(train_labels)), 1, seed)[0]
     rows = np.flatnonzero(np.isin(train_groups, same))
     trtr = correct(train_maps[torch.from_numpy(rows)], np.asarray(train.labels)[rows], 2)
     out.update(with_ci("real/trtr_subject_accuracy", float(trtr.mean()), n_held))
