@@ -60,7 +60,8 @@ def main(argv=None) -> None:
 
     log = logging.getLogger("brainvq.evaluate_subjects")
     try:
-        protocol = SubjectProtocol(c2st=C2STProtocol(seed=args.seed), augment_fraction=args.augment_fraction)
+        protocol = SubjectProtocol(c2st=C2STProtocol(seed=args.seed), augment_fraction=args.augment_fraction,
+                                   pair_repeats=args.pair_repeats)
     except ValueError as exc:
         raise ConfigError(f"bad parameter: {exc}") from None
     tags = {"brainvq.eval_split": args.split, "brainvq.eval_protocol": protocol.digest()}

@@ -92,10 +92,40 @@ def test_majority_vote_breaks_ties_by_probability_and_intervals_cover():
 def test_protocol_rejects_bad_values():
     from brainvq.quality.subjects import SubjectProtocol
 
-    for bad in ({"augment_fraction": 0}, {"augment_fraction": 1.5}, {"augment_rounds": 0}):
+    for bad in ({"augment_fraction": 0}, {"augment_fraction": 1.5}, {"augment_rounds": 0}, {"pair_repeats": 0},
+                {"pair_repeats": 2.0}):
         with pytest.raises(ValueError):
             SubjectProtocol(**bad)
     assert SubjectProtocol().digest() == SubjectProtocol(**SubjectProtocol().to_dict()).digest()
+    assert SubjectProtocol(pair_repeats=3).digest() != SubjectProtocol().digest()
+
+
+def test_repeated_cross_fits_average_and_widen_the_interval_by_their_spread():
+    """Repeat r of the pair test is the single test under salt + 100 r; the mean of R is their mean accuracy, and
+    its variance is the pooled cluster variance plus the repeats' variance over R."""
+    import torch
+
+    from brainvq.quality.c2st import C2STProtocol
+    from brainvq.quality.classify import FitConfig
+    from brainvq.quality.subjects import Z95, cluster_se, cross_fit_by_subject, grouped_two_sample_test
+
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(36, 8, 8, 8, generator=gen), torch.rand(40, 8, 8, 8, generator=gen) * 1.1  # a difference
+    rg, fg = np.repeat(np.arange(6), 6), np.repeat(np.arange(8), 5)  # subjects of 6 and 5 items
+    protocol = C2STProtocol(fit=FitConfig(steps=20))
+    singles = [grouped_two_sample_test(real, rg, fake, fg, protocol, salt=2 + 100 * r) for r in range(3)]
+    mean3 = grouped_two_sample_test(real, rg, fake, fg, protocol, salt=2, repeats=3)
+    accs = [r.accuracy for r in singles]
+    assert len(set(accs)) > 1, "the repeats should differ: other subsamples, deals and critic seeds"
+    assert mean3.accuracy == pytest.approx(np.mean(accs)) and mean3.n_per_side == singles[0].n_per_side == 36
+    pooled = [cross_fit_by_subject(real, rg, fake, fg, protocol, 2 + 100 * r) for r in range(3)]
+    _, se = cluster_se(np.concatenate([c for c, _ in pooled]), np.concatenate([g for _, g in pooled]))
+    expected = np.sqrt(se**2 + np.var(accs, ddof=1) / 3)
+    assert mean3.ci_low == pytest.approx(max(0.0, mean3.accuracy - Z95 * expected), rel=1e-9)
+    assert mean3.ci_high == pytest.approx(min(1.0, mean3.accuracy + Z95 * expected), rel=1e-9)
+    assert expected > se
+    # one repeat is the single test itself
+    assert grouped_two_sample_test(real, rg, fake, fg, protocol, salt=2, repeats=1) == singles[0]
 
 
 def test_reader_orders_slices_by_number_and_names_bad_input(trees, tmp_path):
@@ -209,6 +239,7 @@ def test_bad_inputs_are_one_line_errors_before_any_run(trees, tmp_path, capsys):
         (["--subjects_run_id", other.info.run_id], "expected a sample_subjects run"),
         (["--subjects_run_id", unlinked.info.run_id], "records no brainvq.vqvae_run_id"),
         (["--subjects_dir", str(generated), "--augment_fraction", "0"], "bad parameter: augment_fraction"),
+        (["--subjects_dir", str(generated), "--pair_repeats", "0"], "bad parameter: pair_repeats"),
     ]
     for args, message in cases:
         capsys.readouterr()

@@ -14,6 +14,10 @@ of figures, each with a 95% interval (``<name>_ci95``, the half-width):
   one fold; folds cut through subjects let the critic recognise subjects it trained on, and real pairs against
   other real subjects' pairs then read far above 0.5), and the interval is cluster-robust over subjects (a
   subject's 19 pairs are not 19 independent trials; a Wilson interval over pairs would be several times too narrow).
+  With ``pair_repeats`` > 1 the test and its null average that many cross-fits (other deals of subjects to folds,
+  other critic seeds): one cross-fit adds noise of its own that an interval over subjects, holding the critics
+  fixed, does not see, so the figure is their mean and its variance adds the spread between them
+  (``benchmarks/pair_null.py`` measures how well either is calibrated).
   Its power is measured as :func:`brainvq.quality.c2st.power_checks` measures the slice test's: real adjacent pairs
   against real pairs with a known loss of consistency (``skip``: slices k and k+2, a skipped level; ``swap``: slice
   k+1 taken from another subject of the same class) and against other real adjacent pairs (``null``, expected 0.5),
@@ -70,6 +74,11 @@ class SubjectProtocol:
     c2st: C2STProtocol = field(default_factory=C2STProtocol)
     augment_fraction: float = 0.25  # share of the real training subjects the augmentation classifiers train on
     augment_rounds: int = 3  # subsets drawn for the augmentation gain (2 classifiers each)
+    # Cross-fits averaged in the pair test and its null (other deals of subjects to folds, other critic seeds): one
+    # cross-fit adds noise of its own (sd ~0.06 on the demo set). 3 narrowed the null's spread between subject draws
+    # from 0.100 to 0.088 at 14 subjects a side, its interval's calibration unchanged (benchmarks/pair_null.py,
+    # README "Measuring subjects"): not worth three times the pair test's time by default.
+    pair_repeats: int = 1
     figures_version: int = 1
 
     def __post_init__(self) -> None:
@@ -78,9 +87,10 @@ class SubjectProtocol:
         f = self.augment_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 0 < f <= 1:
             raise ValueError(f"augment_fraction must be a number in (0, 1], got {f!r}")
-        if not isinstance(self.augment_rounds, int) or isinstance(self.augment_rounds, bool) \
-                or self.augment_rounds < 1:
-            raise ValueError(f"augment_rounds must be an integer >= 1, got {self.augment_rounds!r}")
+        for name in ("augment_rounds", "pair_repeats"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     @property
     def seed(self) -> int:
@@ -159,12 +169,10 @@ def difference_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]
     return float(a.mean() - b.mean()), float(t.ppf(0.975, df) * se)
 
 
-def cluster_interval(correct: np.ndarray, groups: np.ndarray) -> tuple[float, float, float, float]:
-    """Accuracy of ``correct (N,)`` scored items that come in clusters ``groups (N,)`` (subjects): ``(accuracy,
-    low, high, one-sided p-value of accuracy > 0.5)``, from the cluster-robust (sandwich) standard error of a ratio
-    estimator: items of one subject fail or succeed together, so the subjects are the independent units."""
-    from scipy.stats import norm
-
+def cluster_se(correct: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """Accuracy of ``correct (N,)`` scored items that come in clusters ``groups (N,)`` (subjects) and its
+    cluster-robust (sandwich) standard error, as a ratio estimator: items of one subject fail or succeed together,
+    so the subjects are the independent units. ``-> (accuracy, se)``; ``se`` is infinite with one cluster."""
     correct = np.asarray(correct, dtype=np.float64)
     keys, inv = np.unique(np.asarray(groups), return_inverse=True)
     c = np.bincount(inv, weights=correct)  # (G,) correct per subject
@@ -172,9 +180,23 @@ def cluster_interval(correct: np.ndarray, groups: np.ndarray) -> tuple[float, fl
     acc = float(c.sum() / m.sum())
     g = len(keys)
     se = math.sqrt(g / (g - 1) * ((c - acc * m) ** 2).sum()) / m.sum() if g > 1 else math.inf
+    return acc, se
+
+
+def normal_interval(acc: float, se: float) -> tuple[float, float, float, float]:
+    """``(accuracy, low, high, one-sided p-value of accuracy > 0.5)`` from an accuracy and its standard error: a 95%
+    normal interval clipped to [0, 1]."""
+    from scipy.stats import norm
+
     low, high = max(0.0, acc - Z95 * se), min(1.0, acc + Z95 * se)
     pvalue = float(norm.sf((acc - 0.5) / se)) if se > 0 else float(acc <= 0.5)
     return acc, low, high, pvalue
+
+
+def cluster_interval(correct: np.ndarray, groups: np.ndarray) -> tuple[float, float, float, float]:
+    """Accuracy of ``correct (N,)`` scored items in clusters ``groups (N,)``: ``(accuracy, low, high, one-sided
+    p-value of accuracy > 0.5)`` from :func:`cluster_se`."""
+    return normal_interval(*cluster_se(correct, groups))
 
 
 # ---------------------------------------------------------------------------------------------- consistency
@@ -207,11 +229,35 @@ def consistency_metrics(fake: Slices, fake_stacks: dict, real: Slices, real_stac
 
 def grouped_two_sample_test(real_maps: torch.Tensor, real_groups: np.ndarray, fake_maps: torch.Tensor,
                             fake_groups: np.ndarray, protocol: C2STProtocol = C2STProtocol(),
-                            salt: int = 0) -> C2STResult:
+                            salt: int = 0, repeats: int = 1) -> C2STResult:
     """:func:`brainvq.quality.c2st.two_sample_test` for items that come in subjects (``*_groups (N,)``): both sides
     subsampled (seeded) to ``n = min(len(real), len(fake))`` items, each subject's items in one fold (subjects dealt
     to the folds in a seeded order, side by side), every item scored once by the critic that did not train on its
-    fold; the interval and p-value are cluster-robust over subjects (:func:`cluster_interval`)."""
+    fold; the interval and p-value are cluster-robust over subjects (:func:`cluster_se`).
+
+    ``repeats > 1`` averages that many cross-fits, repeat ``r`` being exactly the test under ``salt + 100 * r``
+    (another subsample, deal and set of critic seeds): the accuracy is their mean, and the variance is the cluster
+    variance of the pooled scores (each subject's items over all repeats) plus the variance between the repeats'
+    accuracies over ``repeats`` (what a finite number of cross-fits leaves of the cross-fit's own noise, which a
+    cluster interval, holding the critics fixed, does not see; README, "Measuring subjects")."""
+    return combine_cross_fits([cross_fit_by_subject(real_maps, real_groups, fake_maps, fake_groups, protocol,
+                                                    salt + 100 * r) for r in range(repeats)])
+
+
+def combine_cross_fits(fits: Sequence[tuple[np.ndarray, np.ndarray]]) -> C2STResult:
+    """The pair test's figure from one or more cross-fits ``(correct (2n,), cluster (2n,))`` of the same size
+    (:func:`cross_fit_by_subject`): their mean accuracy, with the cluster variance of the pooled scores plus, for more
+    than one, the variance between their accuracies over their number."""
+    acc, se = cluster_se(np.concatenate([c for c, _ in fits]), np.concatenate([g for _, g in fits]))
+    if len(fits) > 1:
+        se = math.sqrt(se**2 + float(np.var([c.mean() for c, _ in fits], ddof=1)) / len(fits))
+    _, low, high, pvalue = normal_interval(acc, se)
+    return C2STResult(acc, low, high, pvalue, len(fits[0][0]) // 2)
+
+
+def cross_fit_by_subject(real_maps: torch.Tensor, real_groups: np.ndarray, fake_maps: torch.Tensor,
+                          fake_groups: np.ndarray, protocol: C2STProtocol, salt: int) -> tuple[np.ndarray, np.ndarray]:
+    """One cross-fit of :func:`grouped_two_sample_test`: ``(correct (2n,), cluster (2n,))``, real items first."""
     n = min(len(real_maps), len(fake_maps))
     folds = protocol.folds
     rng = np.random.default_rng([protocol.seed, salt, 2017])
@@ -230,8 +276,7 @@ def grouped_two_sample_test(real_maps: torch.Tensor, real_groups: np.ndarray, fa
     maps = torch.cat([real_maps[torch.from_numpy(r_idx)], fake_maps[torch.from_numpy(f_idx)]])  # (2n,8,H,W)
     y = np.concatenate([np.ones(n, np.int64), np.zeros(n, np.int64)])
     fold, clusters = np.concatenate(fold_parts), np.concatenate(cluster_parts)
-    acc, low, high, pvalue = cluster_interval(cross_fitted(maps, y, fold, protocol, salt), clusters)
-    return C2STResult(acc, low, high, pvalue, n)
+    return cross_fitted(maps, y, fold, protocol, salt), clusters
 
 
 def balanced_groups(labels: np.ndarray, n: int, parts: int, seed: int) -> list[np.ndarray]:
@@ -266,10 +311,12 @@ def _swapped_pairs(stacks: list[np.ndarray], labels: np.ndarray) -> tuple[np.nda
 
 
 def pair_power_checks(maps: torch.Tensor, stacks: dict[str, np.ndarray], labels: np.ndarray, n_subjects: int,
-                      protocol: C2STProtocol = C2STProtocol()) -> dict[str, C2STResult]:
+                      protocol: C2STProtocol = C2STProtocol(), null_repeats: int = 1) -> dict[str, C2STResult]:
     """The pair test on real subjects (front-end ``maps`` of their slices, ``labels (G,)`` their classes): adjacent
     pairs of one group of ``n_subjects`` (at most half of them, class-balanced) against another group's adjacent
-    pairs (``null``), pairs a level apart (``skip``) and pairs across subjects of a class (``swap``)."""
+    pairs (``null``, averaged over ``null_repeats`` cross-fits as the main test is, so that it checks the interval the
+    main test prints), pairs a level apart (``skip``) and pairs across subjects of a class (``swap``; detection
+    checks, one cross-fit each)."""
     order = list(stacks.values())
     n = min(n_subjects, len(order) // 2)
     a, b = balanced_groups(np.asarray(labels), n, 2, protocol.seed)
@@ -281,7 +328,8 @@ def pair_power_checks(maps: torch.Tensor, stacks: dict[str, np.ndarray], labels:
               "swap": _swapped_pairs([order[g] for g in b], np.asarray(labels)[b])}
     out = {}
     for i, (name, (pairs, groups)) in enumerate(checks.items()):
-        out[name] = grouped_two_sample_test(maps_a, ga, pair_maps(maps, pairs), groups, protocol, salt=1 + i)
+        out[name] = grouped_two_sample_test(maps_a, ga, pair_maps(maps, pairs), groups, protocol, salt=1 + i,
+                                            repeats=null_repeats if name == "null" else 1)
     return out
 
 
@@ -416,12 +464,13 @@ def evaluate_subjects(fake: Slices, held_out: Slices, train: Slices,
     t0 = time.monotonic()
     rp, rg = adjacent_pairs(held_stacks)
     fp, fg = adjacent_pairs(fake_stacks)
-    main = grouped_two_sample_test(pair_maps(held_maps, rp), rg, pair_maps(fake_maps, fp), fg, c2st)
+    main = grouped_two_sample_test(pair_maps(held_maps, rp), rg, pair_maps(fake_maps, fp), fg, c2st,
+                                   repeats=protocol.pair_repeats)
     metrics.update({**main.metrics("vol/pair_c2st"), "vol/pair_c2st_pvalue": main.pvalue,
                     "vol/pair_c2st_n": float(main.n_per_side), "vol/subjects": float(len(fake_stacks)),
                     "real/subjects": float(len(held_stacks))})
     power = pair_power_checks(train_maps, train_stacks, subject_labels(train, train_stacks),
-                              min(len(held_stacks), len(fake_stacks)), c2st)
+                              min(len(held_stacks), len(fake_stacks)), c2st, protocol.pair_repeats)
     for name, res in power.items():
         metrics.update(res.metrics(PAIR_POWER_METRICS[name]))
     log.info("pair test and its power checks in %.0f s", time.monotonic() - t0)
