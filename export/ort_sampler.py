@@ -27,6 +27,7 @@ from brainvq.sampling.draw import (
     class_guidance,
     fast_sample_batch,
     naive_sample_batch,
+    not_given_context,
     pixel_draw,
     sample_stacks,
     stack_conditions,
@@ -210,8 +211,12 @@ class OnnxSampler:
             feed["below"] = self._unknown(codes.shape) if below is None else below
         return sess.run(["logits"], feed)[0]
 
+    @property
+    def _unknown_token(self) -> int:
+        return self.num_embeddings + 1  # PixelCNNConfig.unknown_token: "not given"
+
     def _unknown(self, shape) -> np.ndarray:
-        return np.full(shape, self.num_embeddings + 1, np.int64)  # PixelCNNConfig.unknown_token: "not given"
+        return np.full(shape, self._unknown_token, np.int64)
 
     def context_fn(self, below: np.ndarray) -> np.ndarray:
         """``prior_context.onnx``: the gate biases ``(B,h,w,L*2C)`` from the slice below's codes ``(B,h,w)``."""
@@ -228,7 +233,8 @@ class OnnxSampler:
         if method == "fast":
             context = None
             if self.slice_context:
-                context = self.context_fn(self._unknown(u.shape) if below is None else below)
+                context = (not_given_context(self.context_fn, b, u.shape[1:], self._unknown_token)
+                           if below is None else self.context_fn(below))
             return fast_sample_batch(*self._fns(), conditions, u, self.num_embeddings, (b, *self.hcache_tail),
                                      (b, *self.vcache_tail), temperature, top_k, context=context, guidance=guidance,
                                      null_labels=nulls)

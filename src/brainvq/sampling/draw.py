@@ -176,6 +176,14 @@ def naive_sample_batch(full_fn: FullFn, labels: np.ndarray, u: np.ndarray, tempe
     return codes
 
 
+def not_given_context(context_fn: ContextFn, b: int, code_shape: tuple[int, int], token: int) -> np.ndarray:
+    """The slice-context bias ``(b,h,w,L*2C)`` of ``b`` single slices, whose slice below is "not given" (``token``
+    everywhere): the net reads each grid on its own, so every grid's bias is the same; it is computed for one grid and
+    broadcast as a read-only view, not run on ``b`` identical grids (a ``(16,60,64,768)`` float32 map is 189 MB)."""
+    one = context_fn(np.full((1, *code_shape), token, dtype=np.int64))  # (1,h,w,L*2C)
+    return np.broadcast_to(one, (b, *one.shape[1:]))
+
+
 def stack_levels(slices: int) -> np.ndarray:
     """The level of each slice of a sampled stack, ``(slices,)`` float32: bottom 0 to top 1, as the data's levels
     are the rank of a slice among its subject's, scaled to [0, 1] (:func:`brainvq.data.adni.slice_levels`)."""

@@ -17,6 +17,7 @@ from brainvq.sampling.draw import (
     draw,
     fast_sample_batch,
     naive_sample_batch,
+    not_given_context,
     sample_stacks,
     stack_conditions,
     stack_uniforms,
@@ -112,7 +113,8 @@ def sample_codes(prior, n: int, labels, temperature: float = 1.0, top_k: int = 0
             lab, ub, null = labels[s : s + batch_size], u[s : s + batch_size], nulls[s : s + batch_size]
             tick = lambda: bar.update(len(lab))  # noqa: E731
             if method == "fast":
-                ctx = None if context_fn is None else context_fn(np.full(ub.shape, cfg.unknown_token, np.int64))
+                ctx = None if context_fn is None else not_given_context(context_fn, len(lab), cfg.code_shape,
+                                                                        cfg.unknown_token)
                 out.append(fast_sample_batch(row_fn, step_fn, lab, ub, cfg.num_embeddings, cfg.hcache_shape(len(lab)),
                                              cfg.vcache_shape(len(lab)), temperature, top_k, on_row=tick,
                                              context=ctx, guidance=guidance, null_labels=null))
