@@ -53,6 +53,7 @@ def main(argv=None) -> None:
     from brainvq.quality.c2st import C2STProtocol, as_tensor
     from brainvq.quality.classify import front_maps
     from brainvq.quality.subjects import (
+        Z95,
         adjacent_pairs,
         balanced_groups,
         combine_cross_fits,
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
                   f"{time.monotonic() - t0:>7.0f}", flush=True)
         for name, res in rows.items():
             acc = np.array([r.accuracy for r in res])
-            se = np.array([(r.ci_high - r.ci_low) / (2 * 1.959963984540054) for r in res])
+            se = np.array([(r.ci_high - r.ci_low) / (2 * Z95) for r in res])
             held = sum(r.ci_low <= 0.5 <= r.ci_high for r in res)
             sd = float(acc.std(ddof=1)) if len(acc) > 1 else math.nan
             print(f"{n:>6} {name}, {len(res)} draws: mean {acc.mean():.3f}, sd {sd:.3f} against a printed se of "
