@@ -52,16 +52,25 @@ def test_train_vqvae_entry_point_logs_metrics_artifacts_and_model(tiny_adni):
     assert "checkpoint/vqvae.pt" in ckpts
 
 
-def test_bad_data_dir_fails_run_with_one_line_error(tmp_path):
+def test_bad_data_dir_fails_the_pipeline_and_its_step_with_one_line_each(tmp_path):
+    """`mlflow run .` (entry point main) on a missing data_dir: the train_vqvae step fails in its one line, the pipeline
+    ends on one line naming the step and that error (no MLflow traceback), both runs FAILED, nothing registered."""
     missing = tmp_path / "nope"
-    proc = mlflow_run("train_vqvae", "-P", f"data_dir={missing}", *TINY_VQVAE)
+    proc = mlflow_run("main", "-P", f"data_dir={missing}")
     assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("train_vqvae: error:")]
-    assert len(lines) == 1 and str(missing) in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    step = [line for line in proc.stderr.splitlines() if line.startswith("train_vqvae: error:")]
+    assert len(step) == 1 and str(missing) in step[0], proc.stderr[-2000:]
+    main = [line for line in proc.stderr.splitlines() if line.startswith("main: error:")]
     (run,) = runs("train_vqvae")
+    assert main == [f"main: error: step train_vqvae failed (run {run.info.run_id}): data_dir does not exist or is not "
+                    f"a folder: {missing}"], proc.stderr[-2000:]
     assert run.info.status == "FAILED"
     assert str(missing) in run.data.tags["brainvq.error"]
     assert not logged_models(run)  # nothing half-registered
+    (parent,) = runs("main")
+    assert parent.info.status == "FAILED" and parent.data.tags["brainvq.error"] == main[0].removeprefix("main: error: ")
+    assert MlflowClient().search_registered_models() == []
 
 
 def test_bad_parameter_value_names_the_parameter(tiny_adni):

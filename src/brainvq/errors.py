@@ -35,6 +35,10 @@ class RegistryError(BrainVQError):
     """A model could not be registered (nothing is left half-registered)."""
 
 
+class StepFailed(BrainVQError):
+    """A pipeline step's own run ended FAILED; the message carries the step's one-line error."""
+
+
 MESSAGE_LIMIT = 200  # characters of a foreign exception's message kept in a one-line error
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import mlflow
+from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 
+from brainvq.errors import StepFailed
 from brainvq.tracking.runs import STAGE_TAG
 
 log = logging.getLogger(__name__)
@@ -137,14 +139,20 @@ def run_step(entry_point: str, parameters: dict[str, object], parent_run_id: str
         tags[DATA_TAG] = data
     child = client.create_run(experiment_id, tags=tags, run_name=entry_point)
     log.info("step %s: running %s (%s)", entry_point, child.info.run_id, why)
-    submitted = mlflow.projects.run(
-        str(project),
-        entry_point=entry_point,
-        parameters=params,
-        env_manager="local",
-        experiment_id=experiment_id,
-        run_id=child.info.run_id,
-        synchronous=True,
-    )
+    try:
+        submitted = mlflow.projects.run(
+            str(project),
+            entry_point=entry_point,
+            parameters=params,
+            env_manager="local",
+            experiment_id=experiment_id,
+            run_id=child.info.run_id,
+            synchronous=True,
+        )
+    except ExecutionException:
+        # the step has printed its own one-line error and logged it on its run (brainvq.error); the pipeline ends
+        # on that line too, naming the step, instead of MLflow's traceback
+        why = client.get_run(child.info.run_id).data.tags.get("brainvq.error") or "see its output above"
+        raise StepFailed(f"step {entry_point} failed (run {child.info.run_id}): {why}") from None
     client.set_tag(parent_run_id, f"brainvq.step.{entry_point}", submitted.run_id)
     return client.get_run(submitted.run_id)
