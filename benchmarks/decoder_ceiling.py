@@ -118,15 +118,17 @@ def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0, o
 
     torch.manual_seed(seed)
     vq = copy.deepcopy(vq)
-    for p in ([] if encoder else list(vq.encoder.parameters())) + list(vq.quantizer.parameters()):
+    encoder_params = list(vq.encoder.parameters())
+    trained_encoder, frozen_encoder = (encoder_params, []) if encoder else ([], encoder_params)
+    for p in frozen_encoder + list(vq.quantizer.parameters()):
         p.requires_grad_(False)
     disc = _patch_discriminator()
     # the noise head (pixel_noise) reads the decoder's features, so it keeps training beside it
     head = list(vq.noise_head.parameters()) if vq.noise_head is not None else []
-    enc = list(vq.encoder.parameters()) if encoder else []
-    opt_g = torch.optim.Adam(list(vq.decoder.parameters()) + head + enc, 1e-4, betas=(0.5, 0.9))
+    opt_g = torch.optim.Adam(list(vq.decoder.parameters()) + head + trained_encoder, 1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), 1e-4, betas=(0.5, 0.9))
-    last = vq.decoder[-1].weight  # VQGAN weighs the two losses by their gradients at the decoder's last layer
+    # VQGAN weighs the two losses by their gradients at the decoder's last layer (a ResizeConv's is its conv)
+    last = getattr(vq.decoder[-1], "conv", vq.decoder[-1]).weight
     rng = np.random.default_rng(seed)
     vq.eval()  # no EMA codebook updates; the decoder has no batch norm
     t0 = time.monotonic()

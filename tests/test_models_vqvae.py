@@ -41,6 +41,7 @@ def test_encode_decode_indices_match_forward():
         (dict(image_size=(30, 32)), "image_size"),
         (dict(beta=-1.0), "beta"),
         (dict(num_res_layers=-1), "num_res_layers"),
+        (dict(upsample="bilinear"), "upsample must be one of transpose, resize, got 'bilinear'"),
     ],
 )
 def test_config_rejects_bad_values(kw, match):
@@ -51,6 +52,34 @@ def test_config_rejects_bad_values(kw, match):
 def test_config_round_trips_through_dict():
     cfg = tiny()
     assert VQVAEConfig(**cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("upsample, checkered", [("transpose", True), ("resize", False)])
+def test_a_flat_code_grid_decodes_flat_only_without_transposed_convolutions(upsample, checkered):
+    """One code everywhere: resize-convolutions make every pixel with the same weights, so the interior is flat;
+    stride-2 transposed convolutions make each 2x2 block's pixels with four different sub-kernels, a period-2
+    checkerboard (what a full-resolution texture test reads)."""
+    torch.manual_seed(0)
+    m = VQVAE(tiny(upsample=upsample, pixel_noise=False, image_size=(64, 64))).eval()
+    with torch.no_grad():
+        img = m.decode_indices(torch.full((1, 16, 16), 3))[0, 0, 20:-20, 20:-20]  # beyond the zero padding's reach
+        parity = img[0::2, 0::2].mean() - img[1::2, 1::2].mean()
+    assert (abs(parity.item()) > 1e-4) == checkered, parity
+    assert ((img.max() - img.min()).item() < 1e-6) == (not checkered)
+
+
+def test_checkpoints_from_before_the_upsample_field_load_with_transposed_convolutions(tmp_path):
+    from brainvq.models.checkpoint import atomic_save, load_model
+
+    old = VQVAE(tiny(upsample="transpose")).eval()
+    config = old.config.to_dict()
+    del config["upsample"]  # what a checkpoint written before the field holds
+    atomic_save({"kind": "vqvae", "config": config, "model": old.state_dict()}, tmp_path / "old.pt")
+    model, _ = load_model(tmp_path / "old.pt", "vqvae")
+    assert model.config.upsample == "transpose"
+    codes = torch.randint(0, 16, (2, 8, 8))
+    with torch.no_grad():
+        assert torch.equal(model.decode_indices(codes), old.decode_indices(codes))
 
 
 def test_straight_through_gradient_reaches_the_encoder():

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -102,6 +103,26 @@ def test_decoder_and_prior_parity(exported):
         with torch.no_grad():
             logits = prior(torch.from_numpy(codes), torch.from_numpy(labels)).logits.numpy()
         np.testing.assert_allclose(s.full_fn(codes, labels), logits, atol=1e-3, rtol=0)
+
+
+def test_a_resize_decoder_exports_with_the_same_outputs(tmp_path):
+    """upsample=resize (nearest 2x + conv) exports as ONNX Resize nodes; onnxruntime matches torch on the mean and on
+    p(x | codes)."""
+    _, prior = tiny_models()
+    torch.manual_seed(0)
+    vq = VQVAE(VQVAEConfig(latent_dim=4, num_embeddings=K, hidden_channels=8, res_channels=4, num_res_layers=1,
+                           image_size=IMAGE, upsample="resize")).eval()
+    with torch.no_grad():
+        vq.noise_head.conv.weight.normal_(0, 0.3)
+    files = export_models(vq, prior, tmp_path)
+    assert "Resize" in {n.op_type for n in onnx.load(str(files["decoder"])).graph.node}
+    codes = np.random.default_rng(0).integers(0, K, (3, *CODES))
+    session = ort.InferenceSession(str(files["decoder"]), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"codes": codes})))
+    with torch.no_grad():
+        ref = vq.decode_indices_distribution(torch.from_numpy(codes))
+    for name, field in (("image", "mean"), ("loc", "loc"), ("scale", "scale")):
+        np.testing.assert_allclose(got[name], getattr(ref, field).numpy(), atol=1e-4, rtol=0, err_msg=name)
 
 
 def test_step_graphs_match_full_prior(exported):

@@ -29,7 +29,7 @@ def vqvae_configs_from_args(args: argparse.Namespace):
     model = _build(
         VQVAEConfig, latent_dim=args.latent_dim, num_embeddings=args.num_embeddings, downsample=args.downsample,
         hidden_channels=args.hidden_channels, num_res_layers=args.num_res_layers, beta=args.beta, ema=args.ema,
-        pixel_noise=args.pixel_noise,
+        pixel_noise=args.pixel_noise, upsample=args.upsample,
         image_size=tuple(args.image_size), res_channels=max(1, args.hidden_channels // 2),
     )
     train = _build(

@@ -23,7 +23,8 @@ LEGACY_KINDS = {"pixelcnn": PRIOR_KIND}
 # were trained (a field's default is what new models get, which an older checkpoint's weights may not fit).
 # A prior without ``classes`` was trained on labels 0 = NC, 1 = AD (LEGACY_CLASSES); a VQ-VAE without it recorded
 # no class map (None).
-LEGACY_FIELDS = {"vqvae": {"pixel_noise": False, "classes": None}, PRIOR_KIND: {"classes": list(LEGACY_CLASSES)}}
+LEGACY_FIELDS = {"vqvae": {"pixel_noise": False, "classes": None, "upsample": "transpose"},
+                 PRIOR_KIND: {"classes": list(LEGACY_CLASSES)}}
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -53,6 +53,33 @@ class ResidualStack(nn.Sequential):
         super().__init__(*[ResidualLayer(channels, hidden) for _ in range(num_layers)], nn.ReLU())
 
 
+UPSAMPLE_KINDS = ("transpose", "resize")
+
+
+class ResizeConv(nn.Module):
+    """Nearest-neighbour 2x upsampling, then a 3x3 convolution: every output pixel is made by the same weights.
+
+    A stride-2 transposed convolution makes the four pixels of each 2x2 block with four different sub-kernels, and
+    any mismatch between them is a period-2 checkerboard at the highest frequencies, exactly where a full-resolution
+    texture test looks (Odena, Dumoulin & Olah 2016, https://distill.pub/2016/deconv-checkerboard/).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))  # (B,C,2H,2W)
+
+
+def up_layer(kind: str, in_channels: int, out_channels: int) -> nn.Module:
+    """One 2x upsampling layer of the decoder (``VQVAEConfig.upsample``)."""
+    if kind == "resize":
+        return ResizeConv(in_channels, out_channels)
+    return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
+
+
 @dataclass(frozen=True)
 class VQVAEConfig:
     latent_dim: int = 32
@@ -71,6 +98,9 @@ class VQVAEConfig:
     # slices is smoother than any of them, and a full-resolution realism test sees exactly that (README, "The
     # decoder's ceiling"). Checkpoints written before this field rebuild with it off (models.checkpoint).
     pixel_noise: bool = True
+    # How the decoder upsamples: "transpose" (stride-2 transposed convolutions) or "resize" (nearest 2x, then a 3x3
+    # convolution: no checkerboard, see ResizeConv). Checkpoints written before this field rebuild as "transpose".
+    upsample: str = "transpose"
     # The class map of the data it was trained on (names in label order, () for the flat layout), recorded so that
     # its codes are read back with the same labels (brainvq.stages.vqvae.vqvae_run_splits); None: not recorded
     # (checkpoints from before class maps). The model itself never uses it.
@@ -82,6 +112,8 @@ class VQVAEConfig:
         for name in ("latent_dim", "num_embeddings", "hidden_channels", "res_channels", "in_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.upsample not in UPSAMPLE_KINDS:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_KINDS)}, got {self.upsample!r}")
         if not isinstance(self.pixel_noise, bool):
             raise ValueError(f"pixel_noise must be true or false, got {self.pixel_noise!r}")
         if self.num_res_layers < 0:
@@ -152,7 +184,7 @@ class VQVAE(nn.Module):
         for i in range(n_down):
             last = i == n_down - 1
             ch_out = c if last else max(hc // 2, 8)
-            dec.append(nn.ConvTranspose2d(ch_in, ch_out, 4, stride=2, padding=1))
+            dec.append(up_layer(config.upsample, ch_in, ch_out))
             if not last:
                 dec.append(nn.ReLU())
             ch_in = ch_out
@@ -168,11 +200,12 @@ class VQVAE(nn.Module):
             # built on a fork of the RNG: the rest of the model, and every draw training makes after it, are what they
             # are without the head, so adding it changes nothing else (same seed, same codes, same reconstructions)
             with torch.random.fork_rng(devices=[]):
-                self.noise_head = nn.ConvTranspose2d(last_in, 2 * c, 4, stride=2, padding=1)
+                self.noise_head = up_layer(config.upsample, last_in, 2 * c)
             # start at the mean, with a flat scale of ~0.02 (exp(-4)): the demo's noise level
-            nn.init.zeros_(self.noise_head.weight)
-            nn.init.constant_(self.noise_head.bias, 0.0)
-            nn.init.constant_(self.noise_head.bias[c:], -4.0)
+            head = self.noise_head.conv if isinstance(self.noise_head, ResizeConv) else self.noise_head
+            nn.init.zeros_(head.weight)
+            nn.init.constant_(head.bias, 0.0)
+            nn.init.constant_(head.bias[c:], -4.0)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Continuous latents: ``(B,1,H,W) -> (B,D,h,w)``."""
