@@ -30,6 +30,11 @@ inside the brain, of the variant's front-end maps less the real slices' (0 when 
 reads is matched on average; > 0 when the variant has too much). Both sides run in this one process, one after the
 other, with the same steps and seed.
 
+With ``--by_channel`` each row's test also runs on one part of what the critic reads at a time, the rest made
+constant: the mean intensity, the second differences, the first differences or the difference-of-Gaussian bands
+alone, or every channel but only in the cells wholly inside the brain (``interior``) or only in the cells of its
+outline (``outline``): where the tell is.
+
     python benchmarks/decoder_ceiling.py --vqvae_run_id <id>
     python benchmarks/decoder_ceiling.py --vqvae_run_id <id> --finetune_steps 400
 
@@ -55,6 +60,28 @@ def _patch_discriminator():
         return [nn.Conv2d(i, o, 4, s, 1), nn.LeakyReLU(0.2, True)]
 
     return nn.Sequential(*block(1, 32, 2), *block(32, 64, 2), *block(64, 64, 1), nn.Conv2d(64, 1, 4, 1, 1))
+
+
+# The critic's front-end channels (brainvq.models.critic.Critic.front), grouped by what they read.
+# "interior" and "outline": every channel, but only in the cells wholly inside the brain (the cell and its eight
+# neighbours have mean intensity above 0.05), or only in the other cells that hold some brain (the outline).
+CHANNEL_GROUPS = {"mean": [0], "second_differences": [1, 2], "first_differences": [3, 4], "dog_bands": [5, 6, 7],
+                  "interior": "interior", "outline": "outline"}
+
+
+def only_channels(maps, keep):
+    """``maps (N,8,h,w)`` with every channel outside ``keep`` (a list of channels, or "interior" / "outline" cells)
+    set to 0: a constant the critic's head cannot read."""
+    import torch.nn.functional as F
+
+    if isinstance(keep, str):
+        brain = maps[:, :1] > 0.05  # (N,1,h,w)
+        interior = -F.max_pool2d(-brain.float(), 3, stride=1, padding=1) > 0.5  # eroded by one cell
+        cells = interior if keep == "interior" else brain & ~interior
+        return maps * cells
+    out = maps.new_zeros(maps.shape)
+    out[:, keep] = maps[:, keep]
+    return out
 
 
 def mad_noise_sigma(images: np.ndarray) -> float:
@@ -246,6 +273,9 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prior_run_id", default="", help="with --samples_out: a train_prior run over this VQ-VAE's codes")
     p.add_argument("--samples_out", default="", help="folder for the prior's draw decoded both ways")
+    p.add_argument("--by_channel", nargs="*", choices=list(CHANNEL_GROUPS), default=None,
+                   help="also run each row's test on one group of the critic's front-end channels (or cells) at a "
+                        "time: the groups named, or every group when none is")
     args = p.parse_args(argv)
 
     from brainvq.engine.common import configure_threads
@@ -271,16 +301,25 @@ def main(argv=None) -> None:
     sigma_hat = mad_noise_sigma(train.images)
     print(f"noise level estimated from the training slices: {sigma_hat:.4f}\n")
 
-    print("| decoder | variant | C2ST vs real [95%] | energy gap | `val/ssim_brain` |")
-    print("|---|---|---|---|---|")
+    if args.by_channel is None:
+        groups = {}
+    else:
+        groups = {k: v for k, v in CHANNEL_GROUPS.items() if k in args.by_channel or not args.by_channel}
+    print("| decoder | variant | C2ST vs real [95%] | energy gap | `val/ssim_brain` |"
+          + "".join(f" {name} only |" for name in groups))
+    print("|---|---|---|---|---|" + "---|" * len(groups))
 
     def row(decoder: str, variant: str, images: np.ndarray, ssim_brain: float | None) -> None:
         u8 = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
         maps_b = front_maps(as_tensor(u8))
         r = two_sample_test(maps_a, maps_b, protocol, salt=9)
         sb = "" if ssim_brain is None else f"{ssim_brain:.4f}"
+        parts = []
+        for keep in groups.values():  # the other channels made constant: the head can read nothing from them
+            g = two_sample_test(only_channels(maps_a, keep), only_channels(maps_b, keep), protocol, salt=9)
+            parts.append(f" {g.accuracy:.3f} [{g.ci_low:.3f}, {g.ci_high:.3f}] |")
         print(f"| {decoder} | {variant} | {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] | "
-              f"{energy(maps_b) - energy_a:+.3f} | {sb} |", flush=True)
+              f"{energy(maps_b) - energy_a:+.3f} | {sb} |" + "".join(parts), flush=True)
 
     def energy(maps) -> float:  # mean log band energy over the cells inside the brain (mean channel above 0.05)
         inside = (maps[:, :1] > 0.05).expand(-1, maps.shape[1] - 1, -1, -1)
