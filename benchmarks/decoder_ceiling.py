@@ -69,13 +69,18 @@ CHANNEL_GROUPS = {"mean": [0], "second_differences": [1, 2], "first_differences"
                   "interior": "interior", "outline": "outline"}
 
 
+def brain_cells(maps):
+    """``(N,1,h,w)`` bool: the cells of front-end maps ``(N,8,h,w)`` that hold brain (mean intensity above 0.05)."""
+    return maps[:, :1] > 0.05
+
+
 def only_channels(maps, keep):
     """``maps (N,8,h,w)`` with every channel outside ``keep`` (a list of channels, or "interior" / "outline" cells)
     set to 0: a constant the critic's head cannot read."""
     import torch.nn.functional as F
 
     if isinstance(keep, str):
-        brain = maps[:, :1] > 0.05  # (N,1,h,w)
+        brain = brain_cells(maps)  # (N,1,h,w)
         interior = -F.max_pool2d(-brain.float(), 3, stride=1, padding=1) > 0.5  # eroded by one cell
         cells = interior if keep == "interior" else brain & ~interior
         return maps * cells
@@ -154,8 +159,7 @@ def finetune_decoder(vq, train, steps: int, adversarial: float, seed: int = 0, o
     head = list(vq.noise_head.parameters()) if vq.noise_head is not None else []
     opt_g = torch.optim.Adam(list(vq.decoder.parameters()) + head + trained_encoder, 1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), 1e-4, betas=(0.5, 0.9))
-    # VQGAN weighs the two losses by their gradients at the decoder's last layer (a ResizeConv's is its conv)
-    last = getattr(vq.decoder[-1], "conv", vq.decoder[-1]).weight
+    last = vq.decoder[-1].weight  # VQGAN weighs the two losses by their gradients at the decoder's last layer
     rng = np.random.default_rng(seed)
     vq.eval()  # no EMA codebook updates; the decoder has no batch norm
     t0 = time.monotonic()
@@ -321,8 +325,8 @@ def main(argv=None) -> None:
         print(f"| {decoder} | {variant} | {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] | "
               f"{energy(maps_b) - energy_a:+.3f} | {sb} |" + "".join(parts), flush=True)
 
-    def energy(maps) -> float:  # mean log band energy over the cells inside the brain (mean channel above 0.05)
-        inside = (maps[:, :1] > 0.05).expand(-1, maps.shape[1] - 1, -1, -1)
+    def energy(maps) -> float:  # mean log band energy over the cells that hold brain
+        inside = brain_cells(maps).expand(-1, maps.shape[1] - 1, -1, -1)
         return float(maps[:, 1:][inside].mean())
 
     energy_a = energy(maps_a)

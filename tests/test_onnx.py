@@ -113,7 +113,7 @@ def test_a_resize_decoder_exports_with_the_same_outputs(tmp_path):
     vq = VQVAE(VQVAEConfig(latent_dim=4, num_embeddings=K, hidden_channels=8, res_channels=4, num_res_layers=1,
                            image_size=IMAGE, upsample="resize")).eval()
     with torch.no_grad():
-        vq.noise_head.conv.weight.normal_(0, 0.3)
+        vq.noise_head.weight.normal_(0, 0.3)
     files = export_models(vq, prior, tmp_path)
     assert "Resize" in {n.op_type for n in onnx.load(str(files["decoder"])).graph.node}
     codes = np.random.default_rng(0).integers(0, K, (3, *CODES))

@@ -56,21 +56,20 @@ class ResidualStack(nn.Sequential):
 UPSAMPLE_KINDS = ("transpose", "resize")
 
 
-class ResizeConv(nn.Module):
+class ResizeConv(nn.Conv2d):
     """Nearest-neighbour 2x upsampling, then a 3x3 convolution: every output pixel is made by the same weights.
 
     A stride-2 transposed convolution makes the four pixels of each 2x2 block with four different sub-kernels, and
     any mismatch between them is a period-2 checkerboard at the highest frequencies, exactly where a full-resolution
-    texture test looks (Odena, Dumoulin & Olah 2016, https://distill.pub/2016/deconv-checkerboard/).
+    texture test looks (Odena, Dumoulin & Olah 2016, https://distill.pub/2016/deconv-checkerboard/). A Conv2d itself,
+    so its weight, bias and in_channels are where a transposed convolution's are.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        super().__init__(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))  # (B,C,2H,2W)
+        return super().forward(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))  # (B,C_out,2H,2W)
 
 
 def up_layer(kind: str, in_channels: int, out_channels: int) -> nn.Module:
@@ -202,10 +201,9 @@ class VQVAE(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 self.noise_head = up_layer(config.upsample, last_in, 2 * c)
             # start at the mean, with a flat scale of ~0.02 (exp(-4)): the demo's noise level
-            head = self.noise_head.conv if isinstance(self.noise_head, ResizeConv) else self.noise_head
-            nn.init.zeros_(head.weight)
-            nn.init.constant_(head.bias, 0.0)
-            nn.init.constant_(head.bias[c:], -4.0)
+            nn.init.zeros_(self.noise_head.weight)
+            nn.init.constant_(self.noise_head.bias, 0.0)
+            nn.init.constant_(self.noise_head.bias[c:], -4.0)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Continuous latents: ``(B,1,H,W) -> (B,D,h,w)``."""
