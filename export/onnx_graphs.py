@@ -55,14 +55,15 @@ class PriorGraph(nn.Module):
 
 
 class ContextGraph(nn.Module):
-    """``below (B,h,w) int64 -> bias (B,h,w,L*2C)``: :class:`brainvq.models.pixelcnn.SliceContextNet`."""
+    """``below (B,h,w) int64, rows (B,R) int64 -> bias (B,R,w,L*2C)``, those rows of each grid's bias:
+    :class:`brainvq.models.pixelcnn.SliceContextNet`. Exports before ``rows`` returned every row."""
 
     def __init__(self, prior) -> None:
         super().__init__()
         self.net = prior.context_module().eval()
 
-    def forward(self, below: torch.Tensor) -> torch.Tensor:
-        return self.net(below).bias
+    def forward(self, below: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.net(below, rows).bias
 
 
 class RowGraph(nn.Module):
@@ -130,9 +131,11 @@ def export_models(vqvae, prior, out_dir, opset: int = 17, meta: dict | None = No
         below = torch.full((b, h, w), pc.unknown_token, dtype=torch.int64)
         _export(PriorGraph(prior), (codes, labels, below), paths["prior"], ["codes", "label", "below"], ["logits"],
                 {"codes": batch, "label": batch, "below": batch, "logits": batch}, opset)
-        # rows are dynamic too: the wavefront sampler feeds strips of 2 * radius + 1 rows (ort_sampler)
-        _export(ContextGraph(prior), (below,), paths["prior_context"], ["below"], ["bias"],
-                {"below": {0: "batch", 1: "rows"}, "bias": {0: "batch", 1: "rows"}}, opset)
+        # rows are dynamic too: the wavefront sampler feeds strips of 2 * radius + 1 rows and asks for one of each
+        rows = torch.arange(h, dtype=torch.int64).expand(b, h)
+        _export(ContextGraph(prior), (below, rows), paths["prior_context"], ["below", "rows"], ["bias"],
+                {"below": {0: "batch", 1: "height"}, "rows": {0: "batch", 1: "rows"},
+                 "bias": {0: "batch", 1: "rows"}}, opset)
     else:
         _export(PriorGraph(prior), (codes, labels), paths["prior"], ["codes", "label"], ["logits"],
                 {"codes": batch, "label": batch, "logits": batch}, opset)

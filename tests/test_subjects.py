@@ -152,9 +152,33 @@ def test_the_wavefront_samples_what_slice_after_slice_sampling_samples_on_grids_
     export_models(vq, prior, tmp_path)
     ort = OnnxSampler(tmp_path, "cpu")
     assert ort.context_radius == radius
+    for i in range(cfg.code_shape[0]):  # the graph asked for one row of each strip gives that row of the whole grid
+        np.testing.assert_allclose(context_rows(ort.context_fn, below, np.full(2, i), radius),
+                                   ort.context_fn(below)[:, i], atol=1e-5)
     np.testing.assert_array_equal(ort.sample_subject_codes(2, labels, slices, seed=3), wave)
     ort.context_radius = 0  # what an export written before the wavefront carries: slice after slice
     np.testing.assert_array_equal(ort.sample_subject_codes(2, labels, slices, seed=3), wave)
+
+
+# Written by brainvq 58136bc (the release before the compact caches) from stack_export's weights:
+#   export_models(tiny_models()[0], stack_prior(level_bins=3), OUT, meta={"vqvae_run_id": "vq1", "prior_run_id": "px1"})
+LEGACY_EXPORT = Path(__file__).parent / "data" / "export_58136bc"
+
+
+def test_an_export_written_before_the_compact_caches_samples_the_same_codes(stack_export):
+    """Exports written before this release keep working and draw the same codes: their row graph carries every
+    layer's cache_len rows of vertical cache (B,L,w,cache_len,C) and their context graph returns every row (no
+    ``rows`` input); the samplers read both from the graphs themselves."""
+    _, _, out = stack_export
+    old, new = OnnxSampler(LEGACY_EXPORT, "cpu"), OnnxSampler(out, "cpu")
+    assert len(old.vcache_tail) == 4 and len(new.vcache_tail) == 3  # (L,w,cache_len,C) against (w,R,C)
+    assert "rows" not in old._context_inputs and "rows" in new._context_inputs
+    labels, levels = np.array([0, 1, 2]), np.array([0.0, 0.5, 1.0])
+    subjects = new.sample_subject_codes(3, labels, 4, seed=5)
+    np.testing.assert_array_equal(old.sample_subject_codes(3, labels, 4, seed=5), subjects)
+    np.testing.assert_array_equal(old.sample_codes(3, labels, seed=6, levels=levels),
+                                  new.sample_codes(3, labels, seed=6, levels=levels))
+    assert (subjects[:, 1:] != subjects[:, :-1]).any()
 
 
 def test_a_prior_without_slice_context_refuses_subjects_in_one_line(tmp_path):

@@ -130,16 +130,18 @@ class PixelCNNConfig:
 
     @property
     def cache_len(self) -> int:
-        """Rows (vertical) and columns (horizontal) of history the sampling caches keep: ``context x max dilation``."""
+        """Columns of history the horizontal sampling cache keeps for every layer: ``context x max dilation``."""
         return self.context * max(self.dilation_cycle)
 
     def hcache_shape(self, batch: int) -> tuple[int, int, int, int]:
         """Horizontal (per-position) cache: ``(B, L, cache_len, C)``."""
         return batch, self.num_layers, self.cache_len, self.hidden_channels
 
-    def vcache_shape(self, batch: int) -> tuple[int, int, int, int, int]:
-        """Vertical (per-row) cache: ``(B, L, w, cache_len, C)``."""
-        return batch, self.num_layers, self.code_shape[1], self.cache_len, self.hidden_channels
+    def vcache_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """Vertical (per-row) cache: ``(B, w, R, C)``, layer ``i``'s last ``context x dilation_i`` input rows one
+        after another (``R`` rows in all): what its kernel will still read, and no more (:class:`PixelCNNRowStep`).
+        """
+        return batch, self.code_shape[1], self.context * sum(self.dilations), self.hidden_channels
 
     def check_decoder(self, vqvae_config) -> None:
         """Refuse a VQ-VAE whose codes this prior does not model (codebook size, code grid): one rule, used by
@@ -160,9 +162,11 @@ class PixelCNNConfig:
         return d
 
 
-def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Gated activation ``tanh(a) * sigmoid(b)`` over the two halves of ``dim``."""
-    half = x.shape[dim] // 2  # static under tracing (channels), unlike chunk's computed split
+def gate(x: torch.Tensor, dim: int = 1, half: int | None = None) -> torch.Tensor:
+    """Gated activation ``tanh(a) * sigmoid(b)`` over the two halves of ``dim``. The step modules pass ``half``
+    (C) as a Python int: ``x.shape[dim] // 2`` is traced as Shape, Gather and Div nodes, which a graph run once per
+    code pays for."""
+    half = x.shape[dim] // 2 if half is None else half
     return torch.tanh(x.narrow(dim, 0, half)) * torch.sigmoid(x.narrow(dim, half, half))
 
 
@@ -306,7 +310,7 @@ class GatedPixelCNN(nn.Module):
 
 
 class SliceContextOutput(NamedTuple):
-    bias: torch.Tensor  # (B,h,w,L*2C): every layer's horizontal gate bias, layer-major
+    bias: torch.Tensor  # (B,h,w,L*2C) (or (B,R,w,L*2C): the rows asked for): every layer's gate bias, layer-major
 
 
 class SliceContextNet(nn.Module):
@@ -332,12 +336,19 @@ class SliceContextNet(nn.Module):
         uses (:func:`brainvq.sampling.draw.wavefront_stacks`)."""
         return len(self.convs)
 
-    def forward(self, below: torch.Tensor) -> SliceContextOutput:
-        # below (B,h,w): any number of rows h (whole grids, or the strips of the wavefront sampler)
+    def forward(self, below: torch.Tensor, rows: torch.Tensor | None = None) -> SliceContextOutput:
+        """``below (B,h,w)``: any number of rows h (whole grids, or the strips of the wavefront sampler); ``rows
+        (B,R)`` int64: only these rows of each grid's bias (None: all). The 1x1 projection to L*2C channels is most
+        of the net's work and of its output, and the wavefront needs one row of each 7-row strip: it runs on those
+        rows only."""
         x = self.embedding(below).permute(0, 3, 1, 2)  # (B,C,h,w)
         for conv in self.convs:
             x = F.relu(conv(x))
-        return SliceContextOutput(self.out(x).permute(0, 2, 3, 1))  # (B,h,w,L*2C)
+        x = x.permute(0, 2, 3, 1)  # (B,h,w,C)
+        if rows is not None:
+            c, w = x.shape[3], x.shape[2]
+            x = torch.gather(x, 1, rows[:, :, None, None].expand(-1, -1, w, c))  # (B,R,w,C)
+        return SliceContextOutput(F.linear(x, pointwise_weight(self.out), self.out.bias))  # (B,h|R,w,L*2C)
 
 
 def _frozen(t: torch.Tensor) -> torch.Tensor:
@@ -353,9 +364,11 @@ def _padded_embedding(model: GatedPixelCNN) -> torch.Tensor:
 class PixelCNNRowStep(nn.Module):
     """Advance the vertical stack by one finished row; emit every layer's vertical + label term for the next row.
 
-    ``forward(codes_row (B,w) int64, vcache (B,L,w,cache_len,C), labels (B,) int64, row (1,) int64)``
-    ``-> (vrow (w,B,L,2C), vcache (B,L,w,cache_len,C))``; ``vcache`` holds every layer's input rows above, of which a
-    dilated layer reads every d-th.
+    ``forward(codes_row (B,w) int64, vcache (B,w,R,C), labels (B,) int64, row (1,) int64)``
+    ``-> (vrow (w,B,L,2C), vcache (B,w,R,C))``; ``vcache`` holds each layer's last ``ctx x d`` input rows
+    (:meth:`PixelCNNConfig.vcache_shape`), of which its kernel reads every d-th. The cache is the row step's memory
+    traffic: it is rewritten on every call, so it keeps only what a kernel will read (65 rows at the default
+    dilation cycle, not 12 layers x 16).
 
     ``vrow[j, :, l]`` is everything the horizontal gate pre-activation of layer ``l`` at ``(row, j)`` needs from
     rows above, from the label and from the position (plus the horizontal conv bias); ``row`` is the index of the
@@ -368,47 +381,58 @@ class PixelCNNRowStep(nn.Module):
         super().__init__()
         cfg = model.config
         self.num_layers, self.ctx, self.c, self.k = cfg.num_layers, cfg.context, cfg.hidden_channels, cfg.kernel_size
-        self.dilations, self.cache_len = cfg.dilations, cfg.cache_len
+        self.dilations, self.w = cfg.dilations, cfg.code_shape[1]
         self.register_buffer("emb", _padded_embedding(model))
-        v_w = torch.stack([vertical_weight(m) for m in model.v_convs])  # (L,2C,k*(ctx+1)*C)
-        self.register_buffer("v_w", _frozen(v_w))
-        self.register_buffer("v_b", _frozen(torch.stack([m.bias for m in model.v_convs])))  # (L,2C)
-        self.register_buffer("vh_w", _frozen(torch.stack([pointwise_weight(m) for m in model.v_to_h])))  # (L,2C,2C)
-        self.register_buffer("vh_b", _frozen(torch.stack([m.bias for m in model.v_to_h])))  # (L,2C)
-        self.register_buffer("h_b", _frozen(torch.stack([m.bias for m in model.h_convs])))  # (L,2C)
+        n, c = cfg.num_layers, cfg.hidden_channels
+        for i, (vc, vh) in enumerate(zip(model.v_convs, model.v_to_h)):
+            self.register_buffer(f"v_w{i}", _frozen(vertical_weight(vc).t()))  # (k*(ctx+1)*C, 2C)
+            self.register_buffer(f"vh_w{i}", _frozen(pointwise_weight(vh).t()))  # (2C,2C)
+        # Constant terms folded together, so a layer adds nothing but its matmuls: the vertical conv's bias reaches
+        # the horizontal gate through v_to_h (v_b @ vh + vh_b, kept only below row 0) and the vertical gate directly
+        # (with the condition's vertical bias); the horizontal conv's bias joins the column table.
+        v_b = torch.cat([m.bias for m in model.v_convs])  # (L*2C,)
+        self.register_buffer("vh_b", _frozen(torch.cat(
+            [vc.bias @ pointwise_weight(vh).t() + vh.bias for vc, vh in zip(model.v_convs, model.v_to_h)])))  # (L*2C,)
         self.register_buffer("row_bias", _frozen(model.row_bias))  # (tables,h,L*2C)
-        self.register_buffer("col_bias", _frozen(model.col_bias))  # (tables,w,L*2C)
+        h_b = torch.cat([m.bias for m in model.h_convs])  # (L*2C,)
+        self.register_buffer("col_bias", _frozen(model.col_bias + h_b))  # (tables,w,L*2C)
         self.conditional = model.label_embedding is not None
         if self.conditional:
-            self.register_buffer("label_w", _frozen(model.label_embedding.weight))  # (classes+1, L*4C)
+            label = model.label_embedding.weight.view(-1, n, 2, 2 * c)  # (conditions, L, vertical|horizontal, 2C)
+            self.register_buffer("label_v", _frozen(label[:, :, 0].reshape(-1, n * 2 * c) + v_b))  # (conditions,L*2C)
+            self.register_buffer("label_h", _frozen(label[:, :, 1].reshape(-1, n * 2 * c)))  # (conditions,L*2C)
+        else:
+            self.register_buffer("label_v", _frozen(v_b[None]))  # (1,L*2C): every grid's
+            self.register_buffer("label_h", torch.zeros(1, n * 2 * c))
 
     def forward(self, codes_row: torch.Tensor, vcache: torch.Tensor, labels: torch.Tensor, row: torch.Tensor):
-        b, w = codes_row.shape
-        n, ctx, c = self.num_layers, self.ctx, self.c
-        keep = (row > 0).to(vcache.dtype)  # (1,)
+        # Sizes are Python ints (the grid's width from the config), so the traced graph holds constants, not
+        # Shape/Gather chains; only the batch is dynamic (-1). Activations keep a singleton row axis (B,w,1,.) so
+        # that they join the cache without reshaping.
+        n, ctx, c, w = self.num_layers, self.ctx, self.c, self.w
+        keep = (row > 0).to(vcache.dtype).view(-1, 1, 1, 1)  # (1,1,1,1)
         # One position table per label when conditional (a single shared one otherwise).
         table = labels if self.conditional else torch.zeros_like(labels)  # (B,)
-        row_term = self.row_bias[table].index_select(1, row)  # (B,1,L*2C)
-        pos = (row_term + self.col_bias[table][:, :w]).view(b, w, n, 2 * c)  # (B,w,L,2C)
-        cond = F.embedding(labels, self.label_w).view(b, n, 4 * c) if self.conditional else None  # (B,L,4C)
+        base = (self.row_bias[table, row] + self.label_h[table]).unsqueeze(1) + self.col_bias[table]  # (B,w,L*2C)
+        gate_b = self.label_v[table].view(-1, 1, 1, n * 2 * c)  # (B,1,1,L*2C)
         v = F.embedding(codes_row, self.emb).unsqueeze(2)  # (B,w,1,C)
-        rows, caches = [], []
+        hparts, caches, start = [], [], 0
         for i, d in enumerate(self.dilations):
-            hist = torch.cat([vcache[:, i], v], 2)  # (B,w,cache_len+1,C): rows i-cache_len..i
-            caches.append(hist[:, :, 1:])
-            win = hist[:, :, self.cache_len - ctx * d :: d]  # (B,w,ctx+1,C): the rows the vertical kernel covers
-            padded = F.pad(win.flatten(2), (0, 0, ctx * d, ctx * d))  # (B,w+2e,(ctx+1)C)
-            cols = torch.cat([padded[:, t * d : t * d + w] for t in range(self.k)], 2)  # (B,w,k(ctx+1)C)
-            v_pre = F.linear(cols, self.v_w[i], self.v_b[i])  # (B,w,2C)
-            h_term = F.linear(v_pre, self.vh_w[i], self.vh_b[i]) * keep + self.h_b[i] + pos[:, :, i]  # (B,w,2C)
-            if cond is not None:
-                v_pre = v_pre + cond[:, i, None, : 2 * c]
-                h_term = h_term + cond[:, i, None, 2 * c :]
-            rows.append(h_term)
+            e = ctx * d  # rows above this layer's kernel reaches
+            old = vcache[:, :, start : start + e]  # (B,w,e,C): its input rows r-e..r-1
+            start += e
+            caches += [old[:, :, 1:], v]  # rows r-e+1..r: the next call's
+            win = torch.cat([old[:, :, ::d], v], 2).reshape(-1, w, 1, (ctx + 1) * c)  # rows r-e, r-e+d, ..., r
+            padded = F.pad(win, (0, 0, 0, 0, e, e))  # (B,w+2e,1,(ctx+1)C)
+            cols = torch.cat([padded[:, t * d : t * d + w] for t in range(self.k)], 3)  # (B,w,1,k(ctx+1)C)
+            v_pre = cols @ getattr(self, f"v_w{i}")  # (B,w,1,2C), its bias folded into vh_b and label_v
+            hparts.append(v_pre @ getattr(self, f"vh_w{i}"))  # (B,w,1,2C)
             if i < n - 1:
-                v = gate(v_pre, -1).unsqueeze(2)  # (B,w,1,C)
-        vrow = torch.stack(rows, 2).permute(1, 0, 2, 3).contiguous()  # (w,B,L,2C): vrow[j] is contiguous
-        return vrow, torch.stack(caches, 1)  # (B,L,w,cache_len,C)
+                a = v_pre + gate_b[..., i * 2 * c : (i + 1) * 2 * c]
+                v = torch.tanh(a[..., :c]) * torch.sigmoid(a[..., c:])  # (B,w,1,C): gate() with a static split
+        h = (torch.cat(hparts, 3) + self.vh_b) * keep + base.unsqueeze(2)  # (B,w,1,L*2C)
+        vrow = h.reshape(-1, w, n, 2 * c).transpose(0, 1).contiguous()  # (w,B,L,2C): vrow[j] is contiguous
+        return vrow, torch.cat(caches, 2)  # (B,w,R,C)
 
 
 class PixelCNNStep(nn.Module):
@@ -419,16 +443,33 @@ class PixelCNNStep(nn.Module):
     ``prev_code`` is the code just drawn to the left (index K, "padding", at the start of a row, where ``hcache``
     must be zeros). Every conv is a matmul over a ``k//2+1``-wide window of cached activations, so one step costs
     about 1/(h·w) of a full forward pass.
+
+    A step's compute is tiny (a few ``(B,C)x(C,2C)`` matmuls), so its time is the graph's node count: onnxruntime
+    spends ~1 µs per node. Each horizontal conv is therefore split in two: the taps on cached columns, known before
+    the step, for every layer at once (one Gather of the cached columns and one matmul with a block-diagonal weight,
+    the vertical terms ``vrow_j`` added in the same pass), and the tap on the current column, which needs the layer
+    below and stays in the loop. The cache shifts once for all layers. Same sums as the full model, in another order.
     """
 
     def __init__(self, model: GatedPixelCNN) -> None:
         super().__init__()
         cfg = model.config
-        self.num_layers, self.ctx, self.c = cfg.num_layers, cfg.context, cfg.hidden_channels
-        self.dilations, self.cache_len = cfg.dilations, cfg.cache_len
+        n, ctx, c, cache = cfg.num_layers, cfg.context, cfg.hidden_channels, cfg.cache_len
+        self.num_layers, self.c, self.cache_len = n, c, cache
         self.register_buffer("emb", _padded_embedding(model))
-        for i, m in enumerate(model.h_convs):
-            self.register_buffer(f"h_w{i}", _frozen(horizontal_weight(m)))
+        # Cached columns each layer's kernel reads, as indices into hcache viewed as (B, L*cache_len, C): layer 0
+        # (mask 'A', ctx taps ending at j-1) reads j-ctx..j-2 from the cache and j-1 (the code just drawn) as its
+        # current input, so it gets one zero-weight tap to keep ctx taps a layer; layer i > 0 reads j-ctx*d..j-d from
+        # the cache and j (the layer below's output).
+        taps, past_w = [], torch.zeros(n, ctx * c, 2 * c)  # (L, ctx*C, 2C): layer i's cached taps -> its 2C
+        for i, (m, d) in enumerate(zip(model.h_convs, cfg.dilations)):
+            past = [cache - t * (1 if i == 0 else d) for t in range(ctx - (i == 0), 0, -1)]
+            taps += [i * cache] * (ctx - len(past)) + [i * cache + p for p in past]  # the zero tap reads any column
+            hw = horizontal_weight(m)  # (2C, taps*C), leftmost column first; the current column is the last tap
+            past_w[i, (ctx - len(past)) * c :] = hw[:, : len(past) * c].t()
+            self.register_buffer(f"cur_w{i}", _frozen(hw[:, len(past) * c :].t()))  # (C,2C)
+        self.register_buffer("taps", torch.tensor(taps, dtype=torch.int64))  # (L*ctx,)
+        self.register_buffer("past_w", _frozen(past_w))
         self.register_buffer(
             "res_w", _frozen(torch.stack([pointwise_weight(m) for m in model.h_res])) if model.h_res else torch.zeros(0)
         )  # (L-1,C,C)
@@ -445,23 +486,23 @@ class PixelCNNStep(nn.Module):
         self.register_buffer("o2_b", _frozen(model.head[3].bias))
 
     def forward(self, prev_code: torch.Tensor, hcache: torch.Tensor, vrow_j: torch.Tensor):
+        # Every size below is a Python int, so the traced graph holds constants, not Shape/Gather/Div chains.
+        n, c, ctx = self.num_layers, self.c, len(self.taps) // self.num_layers
         x = F.embedding(prev_code, self.emb)  # (B,C)
-        n, ctx = self.cache_len, self.ctx
-        hist = torch.cat([hcache[:, 0], x.unsqueeze(1)], 1)[:, 1:]  # (B,cache_len,C): codes j-cache_len..j-1
-        caches = [hist]
-        win = hist[:, n - ctx :]  # (B,ctx,C): codes j-ctx..j-1 (mask 'A'; layer 0 is never dilated)
-        g = gate(F.linear(win.flatten(1), self.h_w0) + vrow_j[:, 0])  # (B,C)
-        gates = [g]
-        hs = F.linear(g, self.res_w[0], self.res_b[0]) if self.num_layers > 1 else g  # (B,C)
-        for i in range(1, self.num_layers):
-            d = self.dilations[i]
-            hist = torch.cat([hcache[:, i], hs.unsqueeze(1)], 1)  # (B,cache_len+1,C): columns j-cache_len..j
-            caches.append(hist[:, 1:])
-            win = hist[:, n - ctx * d :: d]  # (B,ctx+1,C): columns j-ctx*d..j (mask 'B')
-            g = gate(F.linear(win.flatten(1), getattr(self, f"h_w{i}")) + vrow_j[:, i])
+        cached = hcache.reshape(-1, n * self.cache_len, c).index_select(1, self.taps)  # (B,L*ctx,C)
+        cached = cached.reshape(-1, n, ctx * c).transpose(0, 1)  # (L,B,ctx*C)
+        # + rows above, condition, position and conv bias (the row step's vrow)
+        pres = (cached @ self.past_w + vrow_j.transpose(0, 1)).unbind(0)  # L x (B,2C)
+        inputs, gates, hs = [x], [], x  # inputs[i]: layer i's current column, what its cache keeps
+        for i in range(n):
+            a = torch.addmm(pres[i], hs, getattr(self, f"cur_w{i}"))  # (B,2C): one Gemm
+            g = torch.tanh(a[:, :c]) * torch.sigmoid(a[:, c:])  # gate() with a static split
             gates.append(g)
-            if i < self.num_layers - 1:
-                hs = hs + F.linear(g, self.res_w[i], self.res_b[i])
+            if i < n - 1:
+                res = F.linear(g, self.res_w[i], self.res_b[i])
+                hs = res if i == 0 else hs + res  # no residual into layer 0's output (see GatedPixelCNN.forward)
+                inputs.append(hs)
         skip = F.linear(torch.cat(gates, 1), self.skip_w, self.skip_b)  # (B,C)
         out = F.linear(F.relu(F.linear(F.relu(skip), self.o1_w, self.o1_b)), self.o2_w, self.o2_b)  # (B,K)
-        return out, torch.stack(caches, 1)  # (B,K), (B,L,cache_len,C)
+        new = torch.cat(inputs, 1).reshape(-1, n, 1, c)  # (B,L,1,C)
+        return out, torch.cat([hcache[:, :, 1:], new], 2)  # (B,K), (B,L,cache_len,C)

@@ -26,8 +26,9 @@ RowFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], "tuple[np.nda
 StepFn = Callable[[np.ndarray, np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 # (codes (B,h,w) int64, labels (B,) int64) -> logits (B,K,h,w)
 FullFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-# (below (B,h,w) int64) -> every layer's horizontal gate bias from the slice below (B,h,w,L*2C): slice-context priors
-ContextFn = Callable[[np.ndarray], np.ndarray]
+# (below (B,h,w) int64, rows (B,R) int64 or None) -> every layer's horizontal gate bias from the slice below at those
+# rows (B,R,w,L*2C), every row (B,h,w,L*2C) when None: slice-context priors
+ContextFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 # (codes (B,h,w) int64, labels (B,) int64, below (B,h,w) int64) -> logits (B,K,h,w): a slice-context prior's full pass
 StackFullFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -219,13 +220,13 @@ def context_rows(context_fn: ContextFn, grids: np.ndarray, rows: np.ndarray, rad
     """Row ``rows[b]`` of the slice-context bias of ``grids[b]`` ``(B,h,w)``, from a strip of ``2 * radius + 1``
     rows around it (clamped to the grid, so the strip's edges are the grid's where the row is near one): the bias
     at a row reads ``radius`` rows on each side (``SliceContextNet.radius``), so the strip gives it exactly while
-    the rows further away need not be sampled yet. ``-> (B,w,L*2C)``."""
+    the rows further away need not be sampled yet; the net is asked for that one row of each strip.
+    ``-> (B,w,L*2C)``."""
     b, h, _ = grids.shape
     height = min(h, 2 * radius + 1)
     top = np.clip(np.asarray(rows) - radius, 0, h - height)  # (B,)
     strips = grids[np.arange(b)[:, None], top[:, None] + np.arange(height)]  # (B,height,w)
-    bias = context_fn(np.ascontiguousarray(strips))  # (B,height,w,L*2C)
-    return bias[np.arange(b), np.asarray(rows) - top]  # (B,w,L*2C)
+    return context_fn(np.ascontiguousarray(strips), (np.asarray(rows) - top)[:, None])[:, 0]  # (B,w,L*2C)
 
 
 def wavefront_stacks(row_fn: RowFn, step_fn: StepFn, context_fn: ContextFn, conditions: np.ndarray, u: np.ndarray,
@@ -281,7 +282,7 @@ def wavefront_stacks(row_fn: RowFn, step_fn: StepFn, context_fn: ContextFn, cond
             if g:  # each slice's block: its B conditional rows, then its B unconditional ones
                 logits = np.concatenate([guided(x, guidance) for x in logits.reshape(m, bb, -1)])  # (m*B,K)
             drawn[:, j] = draw(logits, uu[:, j], temperature, top_k)
-            prev = np.concatenate([two(x) for x in drawn[:, j].reshape(m, b)])  # (m*bb,)
+            prev = np.concatenate([two(x) for x in drawn[:, j].reshape(m, b)]) if g else drawn[:, j]  # (m*bb,)
         for n, (k, i) in enumerate(zip(running, rows.tolist())):
             codes[:, k, i] = drawn[n * b : (n + 1) * b]
             if i == h - 1 and on_slice is not None:

@@ -55,8 +55,9 @@ def torch_context_fn(prior):
     net, device = prior.context_module().eval(), next(prior.parameters()).device
 
     @torch.no_grad()
-    def context_fn(below):
-        return net(torch.from_numpy(np.ascontiguousarray(below)).to(device)).bias.cpu().numpy()
+    def context_fn(below, rows=None):
+        t = [None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (below, rows)]
+        return net(*t).bias.cpu().numpy()
 
     return context_fn
 
