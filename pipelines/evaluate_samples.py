@@ -23,7 +23,8 @@ from brainvq.cli.args import run_main, setup_logging
 from brainvq.cli.params import build_parser as build_entry_parser
 
 SHOWN = ("gen/c2st_accuracy", "gen/c2st_accuracy_ci95", "gen/c2st_recon_ceiling", "gen/c2st_power_blur05", "gen/fd",
-         "real/fd", "gen/precision", "gen/recall", "gen/tstr_accuracy", "real/trtr_accuracy", "val/c2st_accuracy")
+         "real/fd", "gen/precision", "gen/recall", "gen/tstr_accuracy", "gen/tstr_recon_ceiling", "real/trtr_accuracy",
+         "gen/label_agreement", "gen/label_agreement_recon", "val/c2st_accuracy")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,9 +22,10 @@ import sys
 from brainvq.cli.args import run_main, setup_logging
 from brainvq.cli.params import build_parser as build_entry_parser
 
-SHOWN = ("vol/adjacent_ssim", "real/adjacent_ssim", "vol/adjacent_ssim_gap", "vol/pair_c2st", "vol/pair_c2st_ci95",
-         "vol/pair_c2st_power_swap", "vol/tstr_subject_accuracy", "real/trtr_subject_accuracy",
-         "vol/augmentation_gain")
+SHOWN = ("vol/adjacent_ssim", "real/adjacent_ssim", "vol/adjacent_ssim_recon", "vol/adjacent_ssim_gap",
+         "vol/pair_c2st", "vol/pair_c2st_ci95", "vol/pair_c2st_power_swap", "vol/tstr_subject_accuracy",
+         "vol/tstr_subject_recon_ceiling", "real/trtr_subject_accuracy", "vol/augmentation_gain",
+         "vol/augmentation_gain_recon_ceiling")
 SUBJECTS_STAGE = "sample_subjects"
 SUBJECTS_ARTIFACT = "subjects"
 
@@ -75,7 +76,10 @@ def main(argv=None) -> None:
             splits = load_splits(args.data_dir, args.image_size, args.val_fraction, args.seed, 0,
                                  classes=args.classes)
             params = {k: v for k, v in vars(args).items() if k != "subjects_run_id"}
+            reconstruct = None  # no VQ-VAE behind a folder: no ceilings
         else:
+            from brainvq.cli.params import PIXEL_TEMPERATURE
+            from brainvq.stages.evaluate import vqvae_reconstructor
             from brainvq.stages.vqvae import vqvae_run_splits
             from brainvq.tracking.runs import download_artifact, load_stage_model, resolve_run
 
@@ -87,7 +91,9 @@ def main(argv=None) -> None:
                                "unknown; pass --subjects_dir and --data_dir instead")
             vqvae, _, vq_run = load_stage_model(vq_id, "train_vqvae")  # its class map: the labels of the real data
             splits = vqvae_run_splits(vq_run.data.params, vqvae.config.classes)
-            del vqvae
+            # the ceilings decode real subjects' codes as the run decoded its samples: same pixel temperature
+            reconstruct = vqvae_reconstructor(vqvae, seed=protocol.seed, pixel_temperature=float(
+                run.data.params.get("pixel_temperature", PIXEL_TEMPERATURE.default)))
             folder = download_artifact(rid, SUBJECTS_ARTIFACT, download)
             params = {k: v for k, v in vars(args).items()
                       if k not in ("subjects_dir", "data_dir", "classes", "val_fraction", "image_size")}
@@ -104,7 +110,7 @@ def main(argv=None) -> None:
             log_data(splits.root, "evaluation")  # the real subjects compared with
             log_data(folder, "generated")
             t0 = time.monotonic()
-            outcome = score_subjects(fake, sets, protocol)
+            outcome = score_subjects(fake, sets, protocol, reconstruct)
             log.info("subjects scored in %.0f s", time.monotonic() - t0)
             mlflow.set_tag("brainvq.eval_underpowered", str(bool(outcome.underpowered)).lower())
             if outcome.underpowered:

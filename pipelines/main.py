@@ -25,11 +25,13 @@ SUMMARY = (
     "gen/c2st_recon_ceiling", "gen/c2st_level_bottom", "gen/c2st_level_middle", "gen/c2st_level_top",
     "gen/c2st_null", "gen/c2st_power_blur10", "gen/c2st_power_blur05",
     "gen/c2st_power_noise", "gen/fd", "real/fd", "gen/precision", "real/precision", "gen/recall", "real/recall",
-    "gen/tstr_accuracy", "real/trtr_accuracy", "gen/label_agreement", "real/label_classifier_accuracy",
-    "gen/msssim_diversity", "real/msssim_diversity",
+    "gen/tstr_accuracy", "real/trtr_accuracy", "gen/tstr_recon_ceiling", "gen/label_agreement",
+    "real/label_classifier_accuracy", "gen/label_agreement_recon", "gen/msssim_diversity", "real/msssim_diversity",
     "prior/val_nll_bits_stack", "prior/test_nll_bits_stack",
-    "vol/adjacent_ssim", "real/adjacent_ssim", "vol/pair_c2st", "vol/pair_c2st_ci95", "vol/tstr_subject_accuracy",
-    "real/trtr_subject_accuracy", "vol/augmentation_gain", "vol/augmentation_gain_ci95",
+    "vol/adjacent_ssim", "real/adjacent_ssim", "vol/adjacent_ssim_recon", "vol/pair_c2st", "vol/pair_c2st_ci95",
+    "vol/tstr_subject_accuracy", "real/trtr_subject_accuracy", "vol/tstr_subject_recon_ceiling",
+    "vol/augmentation_gain", "vol/augmentation_gain_ci95", "vol/augmentation_gain_recon_ceiling",
+    "vol/augmentation_gain_recon_ceiling_ci95",
 )
 
 

@@ -45,7 +45,10 @@ def test_main_pipeline_runs_every_step_as_child_runs_and_reuses_them(tmp_path):
                 "gen/c2st_null", "gen/c2st_power_blur10", "gen/c2st_power_blur05", "gen/c2st_power_noise",
                 "gen/c2st_recon_ceiling", "gen/fd", "real/fd", "gen/precision", "real/recall", "gen/tstr_accuracy",
                 "real/trtr_accuracy", "gen/msssim_diversity", "prior/val_nll_bits_stack", "vol/adjacent_ssim",
-                "real/adjacent_ssim", "vol/pair_c2st", "vol/tstr_subject_accuracy", "vol/augmentation_gain"):
+                "real/adjacent_ssim", "vol/pair_c2st", "vol/tstr_subject_accuracy", "vol/augmentation_gain",
+                # the ceilings, read through the run's own VQ-VAE
+                "gen/tstr_recon_ceiling", "gen/label_agreement_recon", "vol/adjacent_ssim_recon",
+                "vol/tstr_subject_recon_ceiling", "vol/augmentation_gain_recon_ceiling"):
         assert key in m, key
     assert 0 < m["gen/c2st_accuracy_ci95"] < 0.5 and 0 <= m["gen/c2st_accuracy"] <= 1
     # the evaluation names its protocol and the calibration (power checks, feature network) it used

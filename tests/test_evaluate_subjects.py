@@ -164,6 +164,9 @@ def test_shuffled_slices_lower_the_adjacent_ssim(trees, tmp_path):
     real = sets.held_out
     good_m = consistency_metrics(stand_in, subject_stacks(stand_in), real, subject_stacks(real))
     bad_m = consistency_metrics(bad, subject_stacks(bad), real, subject_stacks(real))
+    # the decoder's share: read on the reconstructions of the real subjects, not on the real ones or the generated
+    flat = consistency_metrics(bad, subject_stacks(bad), real, subject_stacks(real), np.zeros_like(real.images))
+    assert flat["vol/adjacent_ssim_recon"] == pytest.approx(1.0) and "vol/adjacent_ssim_recon" not in bad_m
     assert abs(good_m["vol/adjacent_ssim_gap"]) <= good_m["vol/adjacent_ssim_gap_ci95"] + 0.01
     assert bad_m["vol/adjacent_ssim"] < good_m["vol/adjacent_ssim"] - 0.05
     assert bad_m["vol/adjacent_ssim_gap"] + bad_m["vol/adjacent_ssim_gap_ci95"] < 0  # the interval excludes 0
@@ -181,8 +184,12 @@ def test_incoherent_subjects_are_found_by_the_pair_test(trees, tmp_path):
     splits, sets = _sets(data)
     flipped = _rewrite(generated, tmp_path / "flipped", lambda k, img, new: (k, img[::-1] if k % 2 else img))
     protocol = SubjectProtocol(c2st=C2STProtocol(fit=FitConfig(steps=50)), augment_rounds=1)  # small: a test
-    outcome = score_subjects(read_subject_folder(flipped, SIZE, splits.classes), sets, protocol)
+    # a perfect decoder (the identity): its ceilings are the real figures, read from the same subjects and seeds
+    outcome = score_subjects(read_subject_folder(flipped, SIZE, splits.classes), sets, protocol, lambda x: x)
     m = outcome.metrics
+    assert m["vol/adjacent_ssim_recon"] == m["real/adjacent_ssim"]
+    assert m["vol/tstr_subject_recon_ceiling"] == m["real/trtr_subject_accuracy"]
+    assert np.isfinite(m["vol/augmentation_gain_recon_ceiling"]) and m["vol/augmentation_gain_recon_ceiling_ci95"] >= 0
     assert m["vol/pair_c2st_ci_low"] > 0.5 and m["vol/pair_c2st_pvalue"] < 0.05
     assert m["vol/adjacent_ssim_gap"] + m["vol/adjacent_ssim_gap_ci95"] < 0
     for key in (*PAIR_POWER_METRICS.values(), "vol/tstr_subject_accuracy", "real/trtr_subject_accuracy",

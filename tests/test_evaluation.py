@@ -205,14 +205,23 @@ def test_calibrate_and_evaluate_generated_report_every_figure():
         assert 0 < cal.metrics[f"{key}_ci95"] < np.inf, key  # every figure states its noise
     good = labelled(32, "g")
     swapped = _slices(good.images, 1 - good.labels, "s")  # right images, wrong labels
-    m_good = evaluate_generated(good, real, held_out, cal, protocol, reconstruct=lambda x: x)
+    m_good = evaluate_generated(good, real, held_out, cal, protocol, reconstruct=lambda x: x, train=train)
     m_bad = evaluate_generated(swapped, real, held_out, cal, protocol)
     assert m_good["gen/label_agreement"] > 0.9 and m_bad["gen/label_agreement"] < 0.1
     assert all(f"{k}_ci95" in m_good for k in ("gen/fd", "gen/precision", "gen/recall", "gen/tstr_accuracy",
                                                "gen/label_agreement", "gen/c2st_accuracy"))
     assert m_good["gen/tstr_accuracy"] > 0.9 and m_bad["gen/tstr_accuracy"] < 0.1
     assert abs(m_good["gen/c2st_recon_ceiling"] - 0.5) < 0.2  # a perfect decoder is indistinguishable
-    assert "gen/c2st_recon_ceiling" not in m_bad
+    assert "gen/c2st_recon_ceiling" not in m_bad and "gen/tstr_recon_ceiling" not in m_bad
+    # the utility ceilings: a perfect decoder gives back TRTR's own figure (same slices, same recipe and seed) and the
+    # feature network's accuracy; a decoder that keeps the outline but erases the dark centre (the class) gives chance
+    assert m_good["gen/tstr_recon_ceiling"] == cal.metrics["real/trtr_accuracy"]
+    assert m_good["gen/label_agreement_recon"] > 0.9 and m_good["gen/tstr_recon_ceiling_ci95"] > 0
+    erase = lambda x: np.stack([ndimage.binary_fill_holes(i > 0) for i in x]).astype(np.uint8) * 180  # noqa: E731
+    m_erased = evaluate_generated(good, real, held_out, cal, protocol, reconstruct=erase, train=train)
+    assert abs(m_erased["gen/tstr_recon_ceiling"] - 0.5) < 0.2
+    assert abs(m_erased["gen/label_agreement_recon"] - 0.5) < 0.2
+    assert m_erased["gen/tstr_accuracy"] == m_good["gen/tstr_accuracy"]  # the samples' own figures do not move
     # unlabelled data: no feature network, so no FD / precision / recall / TSTR, but the realism test runs
     unl = lambda s: Slices(s.images, np.full(len(s.images), -1), s.subjects)  # noqa: E731
     cal_u = calibrate(unl(real), unl(held_out), unl(train), protocol)

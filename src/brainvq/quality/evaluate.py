@@ -10,8 +10,13 @@ Two parts, because one of them depends only on the real data and the protocol:
   (pairs across subjects).
 * :func:`evaluate_generated`: the generated slices against the same real slices: ``gen/c2st_accuracy`` with its 95%
   interval and p-value, ``gen/fd``, ``gen/precision``, ``gen/recall``, ``gen/tstr_accuracy``,
-  ``gen/label_agreement``, ``gen/msssim_diversity`` and, given the VQ-VAE, ``gen/c2st_recon_ceiling``: real vs the
-  VQ-VAE's reconstructions of other held-out slices, the figure no prior over its codes can beat.
+  ``gen/label_agreement``, ``gen/msssim_diversity`` and, given the VQ-VAE, its ceilings: the figures a perfect prior
+  over its codes would give, since such a prior draws the codes of real slices and the decoder does the rest.
+  ``gen/c2st_recon_ceiling``: real vs the reconstructions of other held-out slices. ``gen/label_agreement_recon``:
+  the feature network's agreement with the true class on those reconstructions (beside
+  ``real/label_classifier_accuracy``). ``gen/tstr_recon_ceiling``: TSTR trained on the reconstructions of the very
+  training slices TRTR trains on (beside ``real/trtr_accuracy``, the same slices undecoded). A utility figure far
+  under its ceiling is lost by the prior; a ceiling far under its real floor is lost in the code or the decoder.
 
 Every classifier is N-way (one logit for two classes, a softmax over more): TRTR, TSTR and label agreement read
 the same for AD/NC and for AD/MCI/CN. Without two or more classes (a flat layout, one class folder) the feature
@@ -175,6 +180,12 @@ def _balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(out, dtype=np.int64))
 
 
+def trtr_subset(train: Slices, protocol: EvalProtocol) -> Slices:
+    """The real training slices TRTR trains on: as many as are generated, class-balanced (seeded); the utility
+    ceiling trains on their reconstructions."""
+    return train.take(_balanced_subset(train.labels, protocol.n_samples, protocol.seed))
+
+
 def _accuracy(model: Critic, maps: torch.Tensor, labels: np.ndarray) -> float:
     return float((predict_labels(model, maps) == np.asarray(labels)).mean())
 
@@ -212,7 +223,7 @@ def calibrate(real: Slices, held_out: Slices, train: Slices, protocol: EvalProto
         metrics.update(with_ci("real/label_classifier_accuracy", _accuracy(features, held_maps, held_out.labels),
                                 n_held))
         # TRTR: the same recipe on as many real training slices as slices are generated.
-        sub = train.take(_balanced_subset(train.labels, protocol.n_samples, protocol.seed))
+        sub = trtr_subset(train, protocol)
         trtr = fit_critic(front_maps(as_tensor(sub.images), cell), sub.labels, c2st.fit, seed=c2st.seed + 1)
         metrics.update(with_ci("real/trtr_accuracy", _accuracy(trtr, held_maps, held_out.labels), n_held))
         # The floor of FD / precision / recall: real training slices vs the held-out ones, at the same size.
@@ -228,11 +239,13 @@ def calibrate(real: Slices, held_out: Slices, train: Slices, protocol: EvalProto
 
 def evaluate_generated(fake: Slices, real: Slices, held_out: Slices, calibration: Calibration,
                        protocol: EvalProtocol = EvalProtocol(),
-                       reconstruct: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
+                       reconstruct: Callable[[np.ndarray], np.ndarray] | None = None,
+                       train: Slices | None = None) -> dict[str, float]:
     """Generated slices ``fake`` (class indices of the real data's class map when class-conditional, else -1)
     against ``real``
     (:func:`select_real` of ``held_out``). ``reconstruct`` (uint8 slices -> their VQ-VAE reconstructions as uint8)
-    adds ``gen/c2st_recon_ceiling``."""
+    adds the ceilings: ``gen/c2st_recon_ceiling``, ``gen/label_agreement_recon`` and, given the training split
+    ``train``, ``gen/tstr_recon_ceiling`` (module docstring)."""
     c2st = protocol.c2st
     cell = c2st.fit.critic.cell
     real_maps = front_maps(as_tensor(real.images), cell)
@@ -241,11 +254,11 @@ def evaluate_generated(fake: Slices, real: Slices, held_out: Slices, calibration
     out = main.metrics("gen/c2st_accuracy")
     out["gen/c2st_pvalue"] = main.pvalue
     out["gen/c2st_n"] = float(main.n_per_side)
+    recon_maps = None
     if reconstruct is not None:
         a, b = halves(len(real.images), c2st.seed)
-        recon = reconstruct(real.images[b])
-        ceiling = two_sample_test(front_maps(as_tensor(real.images[a]), cell), front_maps(as_tensor(recon), cell),
-                                  c2st, salt=9)
+        recon_maps = front_maps(as_tensor(reconstruct(real.images[b])), cell)
+        ceiling = two_sample_test(front_maps(as_tensor(real.images[a]), cell), recon_maps, c2st, salt=9)
         out.update(ceiling.metrics("gen/c2st_recon_ceiling"))
     out.update(_c2st_by_level(real, real_maps, fake, fake_maps, c2st))
     out["gen/msssim_diversity"] = msssim_diversity(as_tensor(fake.images), protocol.max_pairs, protocol.seed)
@@ -257,12 +270,24 @@ def evaluate_generated(fake: Slices, real: Slices, held_out: Slices, calibration
         ri, fi = (torch.from_numpy(rng.permutation(len(m))[:n]) for m in (real_maps, fake_maps))
         f_real, f_fake = embed(features, real_maps[ri]), embed(features, fake_maps[fi])
         out.update(_fidelity("gen", f_real, f_fake, protocol.seed))
+        # a feature network exists only when the held-out and training slices all carry a class (calibrate)
+        held_maps = front_maps(as_tensor(held_out.images), cell)  # what every classifier here is scored on
+        n_held = len(held_out.labels)
         if fake.labelled:
             out.update(with_ci("gen/label_agreement", _accuracy(features, fake_maps, fake.labels), len(fake.labels)))
             tstr = fit_critic(fake_maps, fake.labels, c2st.fit, seed=c2st.seed + 1)
-            held_maps = front_maps(as_tensor(held_out.images), cell)
-            out.update(with_ci("gen/tstr_accuracy", _accuracy(tstr, held_maps, held_out.labels),
-                                len(held_out.labels)))
+            out.update(with_ci("gen/tstr_accuracy", _accuracy(tstr, held_maps, held_out.labels), n_held))
+        if recon_maps is not None:
+            # the class as the decoder gives it back: the real-trained network on reconstructions of held-out slices
+            out.update(with_ci("gen/label_agreement_recon",
+                               _accuracy(features, recon_maps, np.asarray(real.labels)[b]), len(b)))
+            if train is not None:
+                # TRTR's slices and recipe (seed included), decoded from their codes: what a perfect prior's TSTR
+                # would read
+                sub = trtr_subset(train, protocol)
+                model = fit_critic(front_maps(as_tensor(reconstruct(sub.images)), cell), sub.labels, c2st.fit,
+                                   seed=c2st.seed + 1)
+                out.update(with_ci("gen/tstr_recon_ceiling", _accuracy(model, held_maps, held_out.labels), n_held))
     return out
 
 

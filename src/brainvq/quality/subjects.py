@@ -34,6 +34,15 @@ of figures, each with a 95% interval (``<name>_ci95``, the half-width):
   scored on the same subjects, so the subject-to-subject spread cancels, and averaging over rounds damps the luck of
   one subset.
 
+**The ceilings**, given the VQ-VAE (``reconstruct``): the figures a perfect generator of subjects over its codes
+would give, one that draws the codes of real subjects and leaves the rest to the decoder.
+``vol/adjacent_ssim_recon``: the adjacent SSIM of the reconstructed real held-out subjects (beside
+``real/adjacent_ssim``: what the decoder and its pixel draw alone do to between-slice consistency).
+``vol/tstr_subject_recon_ceiling``: subject TSTR trained on the reconstructions of the very training subjects TRTR
+trains on. ``vol/augmentation_gain_recon_ceiling``: the augmentation gain when the added subjects are the
+reconstructions of as many *other* real training subjects (outside each round's subset): the gain this protocol can
+show at all with a generator whose subjects are as good as real ones.
+
 The pair maps: the critic reads 8-channel front-end maps (:func:`brainvq.quality.classify.front_maps`, computed once
 per slice). A pair's two maps are interleaved row by row, ``(8, 2h, w)``, so that the head's first 3x3 convolution
 sees the same place of both slices and can compare them, with the critic itself unchanged (its config is part of
@@ -46,7 +55,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -214,12 +223,17 @@ def adjacent_ssim(images: np.ndarray, stacks: dict[str, np.ndarray], batch_size:
     return np.bincount(groups, weights=values, minlength=len(stacks)) / np.bincount(groups, minlength=len(stacks))
 
 
-def consistency_metrics(fake: Slices, fake_stacks: dict, real: Slices, real_stacks: dict) -> dict[str, float]:
-    """``vol/adjacent_ssim``, ``real/adjacent_ssim`` and ``vol/adjacent_ssim_gap`` with their intervals."""
+def consistency_metrics(fake: Slices, fake_stacks: dict, real: Slices, real_stacks: dict,
+                        real_recon: np.ndarray | None = None) -> dict[str, float]:
+    """``vol/adjacent_ssim``, ``real/adjacent_ssim`` and ``vol/adjacent_ssim_gap`` with their intervals; given the
+    reconstructions ``real_recon`` of ``real``'s images, ``vol/adjacent_ssim_recon`` too."""
     gen, ref = adjacent_ssim(fake.images, fake_stacks), adjacent_ssim(real.images, real_stacks)
+    figures = [("vol/adjacent_ssim", mean_ci(gen)), ("real/adjacent_ssim", mean_ci(ref)),
+               ("vol/adjacent_ssim_gap", difference_ci(gen, ref))]
+    if real_recon is not None:
+        figures.append(("vol/adjacent_ssim_recon", mean_ci(adjacent_ssim(real_recon, real_stacks))))
     out: dict[str, float] = {}
-    for name, (value, half) in (("vol/adjacent_ssim", mean_ci(gen)), ("real/adjacent_ssim", mean_ci(ref)),
-                                ("vol/adjacent_ssim_gap", difference_ci(gen, ref))):
+    for name, (value, half) in figures:
         out[name], out[f"{name}_ci95"] = value, half
     return out
 
@@ -389,9 +403,11 @@ def subject_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray
 
 def utility_metrics(fake: Slices, fake_maps: torch.Tensor, train: Slices, train_maps: torch.Tensor,
                     train_stacks: dict, held_out: Slices, held_maps: torch.Tensor, held_stacks: dict,
-                    n_fake_subjects: int, protocol: SubjectProtocol) -> dict[str, float]:
-    """TSTR and TRTR per subject and the augmentation gain (module docstring). Empty when the generated or the real
-    subjects do not all carry one of two or more classes."""
+                    n_fake_subjects: int, protocol: SubjectProtocol,
+                    recon_maps: torch.Tensor | None = None) -> dict[str, float]:
+    """TSTR and TRTR per subject and the augmentation gain (module docstring); given ``recon_maps`` (the front-end
+    maps of the reconstructions of ``train``'s slices, row for row), their ceilings. Empty when the generated or the
+    real subjects do not all carry one of two or more classes."""
     fit = protocol.c2st.fit
     seed = protocol.seed
     if not (fake.labelled and train.labelled and held_out.labelled):
@@ -416,8 +432,11 @@ def utility_metrics(fake: Slices, fake_maps: torch.Tensor, train: Slices, train_
     rows = np.flatnonzero(np.isin(train_groups, same))
     trtr = correct(train_maps[torch.from_numpy(rows)], np.asarray(train.labels)[rows], 2)
     out.update(with_ci("real/trtr_subject_accuracy", float(trtr.mean()), n_held))
+    if recon_maps is not None:  # the same subjects and seed, decoded from their codes
+        ceiling = correct(recon_maps[torch.from_numpy(rows)], np.asarray(train.labels)[rows], 2)
+        out.update(with_ci("vol/tstr_subject_recon_ceiling", float(ceiling.mean()), n_held))
     # augmentation: the same real subset with and without every generated subject, several subsets
-    gains, real_only, augmented = [], [], []
+    gains, real_only, augmented, ceiling_gains = [], [], [], []
     for r in range(protocol.augment_rounds):
         subset = subject_subset(train_labels, protocol.augment_fraction, seed * 100 + r)
         rows = np.flatnonzero(np.isin(train_groups, subset))
@@ -428,8 +447,20 @@ def utility_metrics(fake: Slices, fake_maps: torch.Tensor, train: Slices, train_
         real_only.append(base.mean())
         augmented.append(more.mean())
         gains.append(more.astype(np.float64) - base.astype(np.float64))  # (G_held,) paired by subject
+        others = np.setdiff1d(np.arange(len(train_labels)), subset)
+        if recon_maps is not None and len(others):
+            # as many other real subjects as were generated (all there are when fewer), reconstructed
+            extra = others[balanced_groups(train_labels[others], min(n_fake_subjects, len(others)), 1,
+                                           seed * 100 + r)[0]]
+            ex = torch.from_numpy(np.flatnonzero(np.isin(train_groups, extra)))
+            best = correct(torch.cat([real_maps, recon_maps[ex]]),
+                           np.concatenate([real_labels, np.asarray(train.labels)[ex.numpy()]]), 11 + 2 * r)
+            ceiling_gains.append(best.astype(np.float64) - base.astype(np.float64))
     gain, half = mean_ci(np.mean(gains, axis=0))  # per held-out subject, averaged over the rounds
     out.update({"vol/augmentation_gain": gain, "vol/augmentation_gain_ci95": half})
+    if ceiling_gains:
+        gain, half = mean_ci(np.mean(ceiling_gains, axis=0))
+        out.update({"vol/augmentation_gain_recon_ceiling": gain, "vol/augmentation_gain_recon_ceiling_ci95": half})
     out.update(with_ci("vol/augmented_subject_accuracy", float(np.mean(augmented)), n_held))
     out.update(with_ci("real/subset_subject_accuracy", float(np.mean(real_only)), n_held))
     return out
@@ -444,11 +475,13 @@ class SubjectOutcome(NamedTuple):
 
 
 def evaluate_subjects(fake: Slices, held_out: Slices, train: Slices,
-                      protocol: SubjectProtocol = SubjectProtocol()) -> SubjectOutcome:
+                      protocol: SubjectProtocol = SubjectProtocol(),
+                      reconstruct: Callable[[np.ndarray], np.ndarray] | None = None) -> SubjectOutcome:
     """Every figure of the generated subjects ``fake`` against the real held-out subjects ``held_out``, with the
     real training subjects ``train`` for the power checks, TRTR and the augmentation gain. Each is a
     :class:`~brainvq.quality.evaluate.Slices` with levels (every subject at least two slices); labels in the real
-    data's class map (-1 unknown)."""
+    data's class map (-1 unknown). ``reconstruct`` (uint8 slices -> their VQ-VAE reconstructions as uint8, decoded as
+    the generated subjects were) adds the ceilings (module docstring)."""
     import time
 
     from brainvq.quality.classify import front_maps
@@ -457,8 +490,10 @@ def evaluate_subjects(fake: Slices, held_out: Slices, train: Slices,
     cell = c2st.fit.critic.cell
     fake_stacks, held_stacks, train_stacks = (subject_stacks(s) for s in (fake, held_out, train))
     t0 = time.monotonic()
-    metrics = consistency_metrics(fake, fake_stacks, held_out, held_stacks)
+    held_recon = None if reconstruct is None else reconstruct(held_out.images)
+    metrics = consistency_metrics(fake, fake_stacks, held_out, held_stacks, held_recon)
     fake_maps, held_maps, train_maps = (front_maps(as_tensor(s.images), cell) for s in (fake, held_out, train))
+    recon_maps = None if reconstruct is None else front_maps(as_tensor(reconstruct(train.images)), cell)
     log.info("adjacent SSIM and front-end maps in %.0f s", time.monotonic() - t0)
 
     t0 = time.monotonic()
@@ -477,7 +512,7 @@ def evaluate_subjects(fake: Slices, held_out: Slices, train: Slices,
 
     t0 = time.monotonic()
     metrics.update(utility_metrics(fake, fake_maps, train, train_maps, train_stacks, held_out, held_maps,
-                                   held_stacks, len(fake_stacks), protocol))
+                                   held_stacks, len(fake_stacks), protocol, recon_maps))
     log.info("subject classifiers in %.0f s", time.monotonic() - t0)
     return SubjectOutcome(metrics, pair_underpowered(power))
 

@@ -80,7 +80,8 @@ def score_samples(fake: Slices, sets: EvalSets, protocol: EvalProtocol,
     cal = calibration(real, sets.held_out, sets.train)
     log.info("calibration ready in %.0f s", time.monotonic() - t0)
     t0 = time.monotonic()
-    metrics = {**cal.metrics, **evaluate_generated(fake, real, sets.held_out, cal, protocol, reconstruct)}
+    metrics = {**cal.metrics, **evaluate_generated(fake, real, sets.held_out, cal, protocol, reconstruct,
+                                                        sets.train)}
     log.info("generated slices scored in %.0f s", time.monotonic() - t0)
     if sets.split == "val":  # the test against val *is* the selection score
         metrics.update({k.replace("gen/", "val/", 1): v for k, v in metrics.items()

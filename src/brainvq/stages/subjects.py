@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -133,10 +133,12 @@ def check_sizes(fake: Slices, sets: SubjectSets, protocol: SubjectProtocol) -> N
                             f"needs at least {need}")
 
 
-def score_subjects(fake: Slices, sets: SubjectSets, protocol: SubjectProtocol = SubjectProtocol()) -> SubjectOutcome:
-    """Every figure of the generated subjects against ``sets`` (:func:`brainvq.quality.subjects.evaluate_subjects`)."""
+def score_subjects(fake: Slices, sets: SubjectSets, protocol: SubjectProtocol = SubjectProtocol(),
+                   reconstruct: Callable[[np.ndarray], np.ndarray] | None = None) -> SubjectOutcome:
+    """Every figure of the generated subjects against ``sets`` (:func:`brainvq.quality.subjects.evaluate_subjects`);
+    ``reconstruct`` (:func:`brainvq.stages.evaluate.vqvae_reconstructor`) adds the ceilings."""
     check_sizes(fake, sets, protocol)
-    return evaluate_subjects(fake, sets.held_out, sets.train, protocol)
+    return evaluate_subjects(fake, sets.held_out, sets.train, protocol, reconstruct)
 
 
 def save_subjects_grid(fake: Slices, real: Slices, path: str | os.PathLike, subjects: int = 3,
