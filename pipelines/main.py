@@ -20,7 +20,8 @@ from brainvq.cli.params import build_parser as build_entry_parser
 SUMMARY = (
     "val/ssim", "test/ssim", "test/ssim_brain", "test/psnr", "test/psnr_brain", "val/pixel_bits", "test/pixel_bits",
     "prior/val_nll_bits", "prior/test_nll_bits", "prior/test_nll_bits_uncond", "prior/position_unigram_bits",
-    "prior/unigram_bits",
+    "prior/unigram_bits", "prior/test_class_accuracy", "prior/test_class_accuracy_subject",
+    "prior/test_class_margin_bits",
     "val/c2st_accuracy", "val/c2st_accuracy_ci95", "gen/c2st_accuracy", "gen/c2st_accuracy_ci95",
     "gen/c2st_recon_ceiling", "gen/c2st_level_bottom", "gen/c2st_level_middle", "gen/c2st_level_top",
     "gen/c2st_null", "gen/c2st_power_blur10", "gen/c2st_power_blur05",

@@ -49,8 +49,10 @@ def test_train_prior_entry_point_then_sampling(vqvae_run, tmp_path, capsys):
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     for key in ("prior/train_nll_bits", "prior/val_nll_bits", "prior/test_nll_bits", "prior/uniform_bits",
-                "prior/unigram_bits", "prior/position_unigram_bits", "prior/test_nll_bits_uncond"):
+                "prior/unigram_bits", "prior/position_unigram_bits", "prior/test_nll_bits_uncond",
+                "prior/test_class_accuracy", "prior/test_class_accuracy_subject", "prior/test_class_margin_bits"):
         assert key in m, key
+    assert 0 <= m["prior/test_class_accuracy"] <= 1 and 0 <= m["prior/test_class_accuracy_subject"] <= 1
     assert m["prior/uniform_bits"] == pytest.approx(4.0)  # log2(16)
     # the prior learned something: well below the code histogram it would match by chance (measured 1.29 vs 2.18)
     assert m["prior/test_nll_bits"] < 0.8 * m["prior/unigram_bits"] < m["prior/uniform_bits"]

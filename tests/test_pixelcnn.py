@@ -9,14 +9,17 @@ from brainvq.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 
 
 def tiny(conditional: bool = True, shape=(8, 8), layers: int = 3, k: int = 3, kernel_size: int = 3,
-         dilation_cycle=(1,)) -> GatedPixelCNN:
+         dilation_cycle=(1,), position_rank: int = 0) -> GatedPixelCNN:
     torch.manual_seed(0)
     cfg = PixelCNNConfig(num_embeddings=k, num_layers=layers, hidden_channels=8, conditional=conditional,
-                         kernel_size=kernel_size, code_shape=shape, dilation_cycle=dilation_cycle)
+                         kernel_size=kernel_size, code_shape=shape, dilation_cycle=dilation_cycle,
+                         position_rank=position_rank)
     m = GatedPixelCNN(cfg).eval()
     with torch.no_grad():  # the position biases start at zero; randomise them so every test exercises them
         m.row_bias.normal_(0, 0.5)
         m.col_bias.normal_(0, 0.5)
+        if m.position_map is not None:
+            m.position_map.normal_(0, 0.5)
     return m
 
 
@@ -33,6 +36,33 @@ def test_position_tables_are_per_label_when_conditional():
     torch.testing.assert_close(after[[0, 2]], before[[0, 2]])  # NC and null untouched
     assert not torch.allclose(after[1, :, 3], before[1, :, 3])
     torch.testing.assert_close(after[1, :, :3], before[1, :, :3])  # rows above don't see row 3's bias
+
+def test_position_map_is_per_condition_two_dimensional_and_causal():
+    """One cell of AD's 2-D map moves AD's logits at that cell and after it, nothing before it, nothing of the other
+    labels; a prior without the field (older checkpoints) builds and draws its other weights as before."""
+    m = tiny(True, shape=(6, 7), k=5, position_rank=2)
+    assert m.position_map.shape == (m.config.num_conditions, 6, 7, 2)
+    codes = torch.randint(0, 5, (3, 6, 7))
+    labels = torch.tensor([0, 1, 2])
+    before = m(codes, labels).logits
+    with torch.no_grad():
+        m.position_map[1, 3, 4] += 2.0  # AD's map, one cell
+    after = m(codes, labels).logits
+    torch.testing.assert_close(after[[0, 2]], before[[0, 2]])  # NC and null untouched
+    assert not torch.allclose(after[1, :, 3, 4], before[1, :, 3, 4])
+    torch.testing.assert_close(after[1, :, :3], before[1, :, :3])  # rows above
+    # the codes to its left in the same row stay put: a row table's change would move the whole row
+    torch.testing.assert_close(after[1, :, 3, :4], before[1, :, 3, :4])
+    def built(rank):
+        torch.manual_seed(0)
+        return GatedPixelCNN(PixelCNNConfig(num_embeddings=5, code_shape=(6, 7), position_rank=rank)).state_dict()
+
+    mapped = built(2)
+    for name, p in built(0).items():
+        torch.testing.assert_close(mapped[name], p)
+    with pytest.raises(ValueError, match="position_rank"):
+        PixelCNNConfig(position_rank=-1)
+
 
 def test_config_validation_and_json_roundtrip():
     cfg = PixelCNNConfig(code_shape=[6, 7], dilation_cycle=[1, 2])
@@ -80,7 +110,8 @@ def test_forward_shape_and_labels(conditional):
 def test_causality_no_blind_spot(conditional, kernel_size, dilation_cycle, layers, shape):
     """d logits(p) / d embedding(q) is exactly 0 for q >= p in raster order, non-zero for earlier q (incl. up-right)."""
     h, w = shape
-    m = tiny(conditional, shape=(h, w), layers=layers, kernel_size=kernel_size, dilation_cycle=dilation_cycle)
+    m = tiny(conditional, shape=(h, w), layers=layers, kernel_size=kernel_size, dilation_cycle=dilation_cycle,
+             position_rank=2)
     # Batch element p asks about output position p: one backward pass covers every position (samples don't mix).
     codes = torch.randint(0, 3, (1, h, w)).expand(h * w, h, w)
     labels = torch.ones(h * w, dtype=torch.int64)
@@ -113,10 +144,11 @@ def test_causality_no_blind_spot(conditional, kernel_size, dilation_cycle, layer
 
 @pytest.mark.parametrize("conditional", [True, False])
 @pytest.mark.parametrize(
-    "dilation_cycle, layers, shape", [((1,), 4, (6, 7)), ((2, 1, 3), 4, (6, 7)), ((1, 2, 4, 8, 16), 12, (20, 24))]
+    "dilation_cycle, layers, shape, position_rank",
+    [((1,), 4, (6, 7), 0), ((2, 1, 3), 4, (6, 7), 0), ((2, 1, 3), 4, (6, 7), 3), ((1, 2, 4, 8, 16), 12, (20, 24), 4)]
 )
-def test_row_and_step_modules_match_full_forward(conditional, dilation_cycle, layers, shape):
-    m = tiny(conditional, shape=shape, k=5, layers=layers, dilation_cycle=dilation_cycle)
+def test_row_and_step_modules_match_full_forward(conditional, dilation_cycle, layers, shape, position_rank):
+    m = tiny(conditional, shape=shape, k=5, layers=layers, dilation_cycle=dilation_cycle, position_rank=position_rank)
     cfg = m.config
     b, (h, w) = 3, cfg.code_shape
     codes = torch.randint(0, 5, (b, h, w))
@@ -157,3 +189,33 @@ def test_position_baseline_sees_what_position_carries_and_is_chosen_on_validatio
     assert out["prior/uniform_bits"] == pytest.approx(np.log2(6))
     assert out["prior/position_unigram_bits"] < 0.5 * out["prior/unigram_bits"]
     assert out["prior/position_pseudocount"] in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def test_class_figures_read_the_class_a_prior_knows_and_zero_when_it_ignores_it():
+    """Grids drawn from a prior under their class are classified by that prior (it is their true distribution, so
+    Bayes wins); with every class given the same tables the class carries 0 bits exactly; an unconditional prior
+    reports nothing."""
+    import numpy as np
+
+    from brainvq.data.codes import CodeSet
+    from brainvq.engine.prior import class_figures
+    from brainvq.sampling.torch_sampler import sample_codes
+
+    m = tiny(True, shape=(6, 7), k=5, position_rank=2)
+    with torch.no_grad():  # classes far apart: each label's tables and map drawn large, and logits sharp
+        m.row_bias.normal_(0, 1.5)
+        m.position_map.normal_(0, 1.5)
+        m.head[3].weight.mul_(30)
+    labels = np.array([0, 1] * 12)
+    codes = sample_codes(m, len(labels), labels, seed=1, progress=False)
+    subjects = tuple(f"s{i % 6}" for i in range(len(labels)))  # 6 subjects of 4 grids, each one class
+    data = CodeSet(codes, labels, subjects=subjects)
+    got = class_figures(m, data)
+    assert got["class_accuracy"] >= 0.9 and got["class_accuracy_subject"] == 1.0 and got["class_margin_bits"] > 2
+    with torch.no_grad():  # the class term removed: NC's tables and map for every condition
+        for t in (m.row_bias, m.col_bias, m.position_map):
+            t.copy_(t[:1].expand_as(t))
+        m.label_embedding.weight.copy_(m.label_embedding.weight[:1].expand_as(m.label_embedding.weight))
+    blind = class_figures(m, data)
+    assert blind["class_margin_bits"] == 0.0 and blind["class_accuracy"] == 0.5  # ties go to the first class
+    assert class_figures(tiny(False, shape=(6, 7), k=5), data) == {}

@@ -38,20 +38,24 @@ def test_draw_matches_softmax_frequencies():
     np.testing.assert_allclose(got, p / p.sum(), atol=0.015)
 
 
-def tiny_prior(conditional=True, dilation_cycle=(1,), num_layers=3, code_shape=(6, 7)) -> GatedPixelCNN:
+def tiny_prior(conditional=True, dilation_cycle=(1,), num_layers=3, code_shape=(6, 7),
+               position_rank=0) -> GatedPixelCNN:
     torch.manual_seed(0)
     cfg = PixelCNNConfig(num_embeddings=5, num_layers=num_layers, hidden_channels=8, conditional=conditional,
-                         code_shape=code_shape, dilation_cycle=dilation_cycle)
+                         code_shape=code_shape, dilation_cycle=dilation_cycle, position_rank=position_rank)
     m = GatedPixelCNN(cfg).eval()
     with torch.no_grad():  # position biases start at zero: randomise them so exactness covers them
         m.row_bias.normal_(0, 0.5)
         m.col_bias.normal_(0, 0.5)
+        if m.position_map is not None:
+            m.position_map.normal_(0, 0.5)
     return m
 
 
-@pytest.mark.parametrize("conditional, dilation_cycle", [(True, (1,)), (False, (1,)), (True, (1, 2))])
-def test_fast_equals_naive(conditional, dilation_cycle):
-    prior = tiny_prior(conditional, dilation_cycle)
+@pytest.mark.parametrize("conditional, dilation_cycle, position_rank",
+                         [(True, (1,), 0), (False, (1,), 0), (True, (1, 2), 0), (True, (1, 2), 3), (False, (1,), 2)])
+def test_fast_equals_naive(conditional, dilation_cycle, position_rank):
+    prior = tiny_prior(conditional, dilation_cycle, position_rank=position_rank)
     labels = np.array([0, 1, 2, 1, 0])
     kw = dict(seed=3, batch_size=2, progress=False, temperature=1.3, top_k=4)
     fast = sample_codes(prior, 5, labels, method="fast", **kw)
@@ -71,7 +75,7 @@ def test_fast_equals_naive_for_the_shipped_dilated_prior():
 
     cycle = tuple(int(d) for d in build_parser().get_default("dilation_cycle").split(","))
     assert max(cycle) == 16
-    prior = tiny_prior(True, cycle, num_layers=12, code_shape=(20, 24))
+    prior = tiny_prior(True, cycle, num_layers=12, code_shape=(20, 24), position_rank=4)
     labels = np.array([0, 1])
     kw = dict(seed=5, batch_size=2, progress=False, temperature=1.5)
     fast = sample_codes(prior, 2, labels, method="fast", **kw)

@@ -29,11 +29,13 @@ from tests.tiny_chain import latest, subprocess_env, tiny_store, train_lineage
 REPO = Path(__file__).resolve().parents[1]
 
 
-def stack_prior(seed: int = 0, level_bins: int = 0) -> GatedPixelCNN:
-    """A tiny slice-context prior with every weight random, so the slice below visibly matters."""
+def stack_prior(seed: int = 0, level_bins: int = 0, position_rank: int = 0) -> GatedPixelCNN:
+    """A tiny slice-context prior with every weight random (with ``position_rank``, its 2-D position maps too), so
+    the slice below visibly matters."""
     torch.manual_seed(seed)
     prior = GatedPixelCNN(PixelCNNConfig(num_embeddings=K, num_layers=3, hidden_channels=8, code_shape=CODES,
-                                         dilation_cycle=(1, 2), slice_context=True, level_bins=level_bins)).eval()
+                                         dilation_cycle=(1, 2), slice_context=True, level_bins=level_bins,
+                                         position_rank=position_rank)).eval()
     with torch.no_grad():
         for p in prior.parameters():
             p.normal_(0, 0.4)
@@ -163,6 +165,25 @@ def test_the_wavefront_samples_what_slice_after_slice_sampling_samples_on_grids_
 # Written by brainvq 58136bc (the release before the compact caches) from stack_export's weights:
 #   export_models(tiny_models()[0], stack_prior(level_bins=3), OUT, meta={"vqvae_run_id": "vq1", "prior_run_id": "px1"})
 LEGACY_EXPORT = Path(__file__).parent / "data" / "export_58136bc"
+
+
+def test_stacks_with_a_2d_position_map_are_exact_in_both_backends(tmp_path):
+    """position_rank: the map joins the row step, which the wavefront, the naive loop and the ONNX row graph share;
+    with levels, so every condition has its own map."""
+    vq, _ = tiny_models()
+    prior = stack_prior(seed=1, level_bins=3, position_rank=2)
+    export_models(vq, prior, tmp_path)
+    labels = np.array([0, 1, 2])
+    fast = sample_subject_codes(prior, 3, labels, slices=3, seed=7, progress=False)
+    np.testing.assert_array_equal(fast, sample_subject_codes(prior, 3, labels, slices=3, seed=7, method="naive",
+                                                             progress=False))
+    ort = OnnxSampler(tmp_path, "cpu")
+    np.testing.assert_array_equal(ort.sample_subject_codes(3, labels, 3, seed=7), fast)
+    np.testing.assert_array_equal(ort.sample_codes(3, labels, seed=8), sample_codes(prior, 3, labels, seed=8,
+                                                                                    progress=False))
+    with torch.no_grad():  # the map matters: without it the same draws give other codes
+        prior.position_map.zero_()
+    assert not np.array_equal(sample_subject_codes(prior, 3, labels, slices=3, seed=7, progress=False), fast)
 
 
 def test_an_export_written_before_the_compact_caches_samples_the_same_codes(stack_export):

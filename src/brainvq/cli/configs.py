@@ -80,6 +80,6 @@ def prior_configs_from_args(args: argparse.Namespace, vqvae_config):
         PixelCNNConfig, num_embeddings=vqvae_config.num_embeddings, num_layers=args.num_layers,
         hidden_channels=args.hidden_channels, conditional=args.conditional, code_shape=tuple(vqvae_config.code_shape),
         dilation_cycle=int_tuple("dilation_cycle", args.dilation_cycle), level_bins=args.level_bins,
-        slice_context=args.slice_context,
+        slice_context=args.slice_context, position_rank=args.position_rank,
     )
     return model, train

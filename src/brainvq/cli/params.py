@@ -199,6 +199,9 @@ ENTRY_POINTS: dict[str, EntryPoint] = {e.prog.split()[-1]: e for e in (
           field=f"{MP}.level_bins"),
         P("level_dropout", "float", 0.1, "share of training slices whose level is hidden (level_bins > 0)",
           field=f"{TP}.level_dropout"),
+        P("position_rank", "int", 0,
+          "rank of a learned 2-D position map per condition added to every layer (where a class differs: "
+          "ventricles, cortex); 0 = the row and column tables only", field=f"{MP}.position_rank"),
         # Not the config field's default (False, so older checkpoints rebuild as trained).
         P("slice_context", "bool", True,
           "also condition each slice on the codes of the slice below in its subject, so whole subjects can be "

@@ -139,6 +139,59 @@ def nll_bits(model: GatedPixelCNN, data: CodeSet, batch_size: int | None = None,
     return total / count / LN2
 
 
+@torch.no_grad()
+def class_figures(model: GatedPixelCNN, data: CodeSet, batch_size: int | None = None, device="cpu",
+                  shard: bool = False) -> dict[str, float]:
+    """How much of the class the prior has learnt, read off held-out codes with no sampling noise: the prior as a
+    generative classifier, each grid scored under every class (its own level kept, single slices: the slice below
+    not given) and given the class of highest likelihood (Bayes with equal class priors).
+
+    * ``class_accuracy``: share of grids whose own class wins;
+    * ``class_accuracy_subject``: the same per subject, its grids' log-likelihoods summed (a subject is one class);
+    * ``class_margin_bits``: mean bits per grid by which its own class beats the best other one (negative when it
+      loses): how many bits the class term carries, where 0 means the prior ignores the class.
+
+    Empty for an unconditional prior, one class, or grids without a known label. ``shard=True`` (every rank must
+    call it) splits the grids over DDP ranks and sums over them."""
+    cfg = model.config
+    known = (data.labels >= 0) & (data.labels < cfg.num_classes)
+    if not cfg.conditional or cfg.num_classes < 2 or not known.any():
+        return {}
+    model.eval()
+    batch_size = batch_size or EVAL_BATCH.get(torch.device(device).type, EVAL_BATCH_DEFAULT)
+    part = distributed.shard_slice(len(data)) if shard else slice(0, len(data))
+    subjects = np.asarray(data.subjects if data.subjects is not None else [str(i) for i in range(len(data))])
+    names, subject_of = np.unique(subjects, return_inverse=True)
+    per_subject = np.zeros((len(names), cfg.num_classes))  # summed bits of each subject's grids under each class
+    correct, margin, count = 0.0, 0.0, 0.0
+    levels = code_levels(data)
+    for s in range(part.start, part.stop, batch_size):
+        e = min(s + batch_size, part.stop)
+        codes = torch.as_tensor(data.codes[s:e], device=device)
+        bits = np.stack([  # (B, classes): bits of each grid under each class
+            F.cross_entropy(model(codes, model_conditions(torch.full((e - s,), c), levels[s:e], cfg).to(device)).logits,
+                            codes, reduction="none").sum((1, 2)).cpu().numpy() / LN2
+            for c in range(cfg.num_classes)], 1)
+        ok = known[s:e]
+        own = np.take_along_axis(bits, np.maximum(data.labels[s:e], 0)[:, None], 1)[:, 0]
+        others = np.where(np.arange(cfg.num_classes)[None] == data.labels[s:e, None], np.inf, bits).min(1)
+        correct += float((ok & (bits.argmin(1) == data.labels[s:e])).sum())
+        margin += float((others - own)[ok].sum())
+        count += float(ok.sum())
+        np.add.at(per_subject, subject_of[s:e][ok], bits[ok])
+    totals = torch.tensor([correct, margin, count], dtype=torch.float64)
+    subject_bits = torch.from_numpy(per_subject)
+    if shard:
+        totals, subject_bits = distributed.all_reduce_sum(totals), distributed.all_reduce_sum(subject_bits)
+    correct, margin, count = totals.tolist()
+    label_of = np.full(len(names), -1)
+    label_of[subject_of[known]] = data.labels[known]
+    seen = label_of >= 0
+    subject_ok = subject_bits.numpy()[seen].argmin(1) == label_of[seen]
+    return {"class_accuracy": correct / count, "class_accuracy_subject": float(subject_ok.mean()),
+            "class_margin_bits": margin / count}
+
+
 # Pseudo-counts of the position baseline's Dirichlet prior (centred on the label's code histogram); the one that
 # fits the validation codes best is used, so the baseline is as strong as a histogram can be.
 POSITION_PSEUDOCOUNTS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -286,6 +339,7 @@ def fit_prior(
         extra = {}
         if stack:
             extra["prior/test_nll_bits_stack"] = nll_bits(model, test, device=device, shard=True, stack=True)
+        extra.update({f"prior/test_{k}": v for k, v in class_figures(model, test, device=device, shard=True).items()})
         return {**extra, "prior/test_nll_bits": nll_bits(model, test, device=device, shard=True),
                 "prior/test_nll_bits_uncond": nll_bits(model, test, device=device, shard=True, unconditional=True),
                 **baseline_bits(train, test, model.config.num_embeddings, val)}

@@ -68,6 +68,12 @@ class PixelCNNConfig:
     # Slices per subject in the training codes (the most common count; fit_prior sets it, 0 = unknown): how tall a
     # sampled subject is by default, so its slices span the levels the prior learnt transitions between.
     stack_slices: int = 0
+    # A 2-D position map per condition, of this rank: every layer's horizontal gate also gets ``map[cond, i, j] @
+    # P_layer`` with ``map`` (conditions, h, w, rank) and ``P`` (rank -> L*2C) learned. The row + column tables above
+    # can only add a separable pattern (a row term plus a column term), while AD differs from NC in a 2-D region
+    # (the ventricles grow, the cortex thins): a rank-r map per condition can place it. 0 (the field's default, so
+    # older checkpoints rebuild as trained): the row and column tables only.
+    position_rank: int = 0
 
     def __post_init__(self) -> None:
         if self.num_embeddings < 2:
@@ -95,6 +101,8 @@ class PixelCNNConfig:
             raise ValueError(f"stack_slices must be 0 (unknown) or >= 2, got {self.stack_slices}")
         if self.level_bins < 0 or self.level_bins == 1:
             raise ValueError(f"level_bins must be 0 (no levels) or >= 2, got {self.level_bins}")
+        if self.position_rank < 0:
+            raise ValueError(f"position_rank must be >= 0 (0 = row and column tables only), got {self.position_rank}")
         if self.level_bins and not self.conditional:
             raise ValueError("level_bins needs conditional=true (levels are conditions, as labels are)")
 
@@ -224,6 +232,13 @@ class GatedPixelCNN(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, config.num_embeddings, 1))
         # Built last, so a prior without it draws the same initial weights as before it existed.
         self.context = SliceContextNet(config) if config.slice_context else None
+        # After the context net, for the same reason. The map starts at zero (the prior starts as without it) and
+        # the projection random, so the map's gradient is not zero from the first step.
+        self.position_map, self.position_proj = None, None
+        if config.position_rank:
+            r = config.position_rank
+            self.position_map = nn.Parameter(torch.zeros(tables, gh, gw, r))  # (tables,h,w,r)
+            self.position_proj = nn.Linear(r, n * 2 * c, bias=False)  # weight (L*2C, r)
 
     def slice_bias(self, below: torch.Tensor | None, shape: tuple[int, int, int]) -> torch.Tensor | None:
         """Every layer's horizontal gate bias from the slice below, ``(B,h,w,L*2C)``; None without slice context.
@@ -248,6 +263,14 @@ class GatedPixelCNN(nn.Module):
             return self.row_bias.expand(batch, -1, -1), self.col_bias.expand(batch, -1, -1)
         return self.row_bias[labels], self.col_bias[labels]
 
+    def position_maps(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Each example's 2-D position map ``(B,h,w,r)`` (``position_rank`` priors), or None."""
+        if self.position_map is None:
+            return None
+        if self.label_embedding is None:
+            return self.position_map.expand(batch, -1, -1, -1)
+        return self.position_map[labels]
+
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None,
                 below: torch.Tensor | None = None) -> PixelCNNOutput:
         # Channels-last throughout, every conv as one matmul over a window of shifted copies (im2col), and the position
@@ -260,6 +283,7 @@ class GatedPixelCNN(nn.Module):
         x = self.embedding(codes)  # (B,h,w,C)
         rows, cols = self.position_tables(labels, b)  # (B,h,L*2C), (B,w,L*2C)
         stack = self.slice_bias(below, (b, h, w))  # (B,h,w,L*2C) | None
+        pmap = self.position_maps(labels, b)  # (B,h,w,r) | None
         v, hs, gates = x, x, []
         for i, d in enumerate(self.config.dilations):
             v_conv, h_conv, layer = self.v_convs[i], self.h_convs[i], slice(i * 2 * c, (i + 1) * 2 * c)
@@ -280,6 +304,8 @@ class GatedPixelCNN(nn.Module):
                 h_pre = h_pre + cond[:, i, None, None, 2 * c :]
             if stack is not None:
                 h_pre = h_pre + stack[..., layer]
+            if pmap is not None:  # per layer: a (B,h,w,L*2C) tensor would cost more memory traffic than the convs
+                h_pre = h_pre + F.linear(pmap, self.position_proj.weight[layer])  # (B,h,w,2C)
             g = gate(h_pre, -1)  # (B,h,w,C)
             gates.append(g)
             if i < n - 1:
@@ -395,6 +421,11 @@ class PixelCNNRowStep(nn.Module):
         self.register_buffer("row_bias", _frozen(model.row_bias))  # (tables,h,L*2C)
         h_b = torch.cat([m.bias for m in model.h_convs])  # (L*2C,)
         self.register_buffer("col_bias", _frozen(model.col_bias + h_b))  # (tables,w,L*2C)
+        # The 2-D position map (position_rank priors) joins the row's base term: one (B,w,r) x (r,L*2C) matmul a row.
+        self.mapped = model.position_map is not None
+        if self.mapped:
+            self.register_buffer("position_map", _frozen(model.position_map))  # (tables,h,w,r)
+            self.register_buffer("position_proj", _frozen(model.position_proj.weight.t()))  # (r,L*2C)
         self.conditional = model.label_embedding is not None
         if self.conditional:
             label = model.label_embedding.weight.view(-1, n, 2, 2 * c)  # (conditions, L, vertical|horizontal, 2C)
@@ -413,6 +444,8 @@ class PixelCNNRowStep(nn.Module):
         # One position table per label when conditional (a single shared one otherwise).
         table = labels if self.conditional else torch.zeros_like(labels)  # (B,)
         base = (self.row_bias[table, row] + self.label_h[table]).unsqueeze(1) + self.col_bias[table]  # (B,w,L*2C)
+        if self.mapped:
+            base = base + self.position_map[table, row] @ self.position_proj  # (B,w,r) @ (r,L*2C)
         gate_b = self.label_v[table].view(-1, 1, 1, n * 2 * c)  # (B,1,1,L*2C)
         v = F.embedding(codes_row, self.emb).unsqueeze(2)  # (B,w,1,C)
         hparts, caches, start = [], [], 0
