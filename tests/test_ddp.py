@@ -130,6 +130,10 @@ def test_torchrun_prior_logs_one_run_encodes_once_and_matches_one_process(tiny_a
         np.testing.assert_allclose(values, [h[key] for h in one.history], rtol=RTOL, err_msg=key)
     np.testing.assert_allclose(prior.data.metrics["prior/test_nll_bits"], one.test_metrics["prior/test_nll_bits"],
                                rtol=RTOL)
+    # the prior as a classifier: each rank scores its part of the test grids, the sums (per subject too) all-reduced;
+    # the margin is a float32 sum of per-grid bits, so it agrees to float rounding (1e-4 bits a slice)
+    for key in ("prior/test_class_accuracy", "prior/test_class_accuracy_subject", "prior/test_class_margin_bits"):
+        np.testing.assert_allclose(prior.data.metrics[key], one.test_metrics[key], rtol=RTOL, atol=1e-4, err_msg=key)
     (ckpt_path,) = Path(tmp_path).glob(".brainvq/checkpoints/prior-*/last.pt")
     ckpt = load_checkpoint(ckpt_path, "prior")
     for name, value in one.model.state_dict().items():
