@@ -24,20 +24,16 @@ import argparse
 
 
 def histogram_figures(train, held_out, num_embeddings: int, num_classes: int) -> dict[str, float]:
-    """The per-class, per-position code histogram of ``train`` as a classifier of ``held_out``: accuracy per grid and
-    per subject (a subject's grids summed)."""
+    """The per-class, per-position code histogram of ``train`` (:func:`brainvq.engine.prior.position_probs`, one
+    pseudo-count) as a classifier of ``held_out``: accuracy per grid and per subject (a subject's grids summed)."""
     import numpy as np
 
-    k, cells = num_embeddings, train.codes[0].size
-    logp = []
-    for c in range(num_classes):
-        tr = train.codes[train.labels == c].reshape(-1, cells)
-        counts = np.zeros((cells, k))
-        np.add.at(counts, (np.broadcast_to(np.arange(cells), tr.shape), tr), 1.0)
-        class_hist = (counts.sum(0) + 1) / (counts.sum() + k)  # add-one: unseen codes stay finite
-        logp.append(np.log2((counts + class_hist) / (len(tr) + 1)))  # (cells, K)
+    from brainvq.engine.prior import position_probs
+
     flat = held_out.codes.reshape(len(held_out), -1)
-    ll = np.stack([lp[np.arange(cells)[None], flat].sum(1) for lp in logp])  # (classes, N)
+    cells = np.arange(flat.shape[1])[None]
+    ll = np.stack([np.log2(position_probs(train.codes[train.labels == c], num_embeddings, 1.0))[cells, flat].sum(1)
+                   for c in range(num_classes)])  # (classes, N)
     subjects = np.asarray(held_out.subjects)
     names = np.unique(subjects)
     by_subject = [ll[:, subjects == s].sum(1).argmax() == held_out.labels[subjects == s][0] for s in names]
@@ -54,9 +50,12 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from brainvq.data.codes import load_codes
+    import numpy as np
+
+    from brainvq.data.codes import CodeSet, load_codes
     from brainvq.engine.common import configure_threads
     from brainvq.engine.prior import class_figures
+    from brainvq.sampling.torch_sampler import sample_codes
     from brainvq.tracking.runs import download_codes, load_stage_model
 
     configure_threads(0)
@@ -78,14 +77,9 @@ def main(argv=None) -> None:
             print(f"| position histogram | {split} | {size} | {hist['class_accuracy']:.3f} | "
                   f"{hist['class_accuracy_subject']:.3f} | |", flush=True)
         for t in args.temperatures if args.own_samples > 0 else ():
-            import numpy as np
-
-            from brainvq.data.codes import CodeSet
-            from brainvq.sampling.torch_sampler import sample_codes
-
             labels = np.arange(args.own_samples) % cfg.num_classes
             codes = sample_codes(prior, args.own_samples, labels, temperature=t, seed=args.seed, progress=False)
-            own = class_figures(prior, CodeSet(codes, labels, subjects=tuple(map(str, range(len(labels))))))
+            own = class_figures(prior, CodeSet(codes, labels))  # no subjects: each grid its own
             print(f"| {run.info.run_id[:8]} (`position_rank` {cfg.position_rank}) | its own samples, T = {t} | "
                   f"{len(labels)} / {len(labels)} | {own['class_accuracy']:.3f} | | {own['class_margin_bits']:.1f} |",
                   flush=True)

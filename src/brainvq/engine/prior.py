@@ -197,23 +197,27 @@ def class_figures(model: GatedPixelCNN, data: CodeSet, batch_size: int | None = 
 POSITION_PSEUDOCOUNTS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 
 
+def position_probs(codes: np.ndarray, num_embeddings: int, alpha: float) -> np.ndarray:
+    """``(h*w, K)`` code probabilities per grid position of the grids ``codes (N,h,w)``: their per-position histogram
+    smoothed towards their overall histogram (add-one, so unseen codes stay finite) with ``alpha`` pseudo-counts."""
+    k = num_embeddings
+    flat = codes.reshape(len(codes), -1)  # (N, h*w)
+    counts = np.zeros((flat.shape[1], k), np.float64)
+    np.add.at(counts, (np.broadcast_to(np.arange(flat.shape[1]), flat.shape), flat), 1.0)
+    unigram = (counts.sum(0) + 1.0) / (counts.sum() + k)
+    return (counts + alpha * unigram) / (len(codes) + alpha)
+
+
 def _position_bits(train: CodeSet, held_out: CodeSet, num_embeddings: int, alpha: float) -> float:
     """Cross-entropy (bits/code) on ``held_out`` of per-label, per-position code histograms of ``train``, each
-    smoothed towards that label's overall histogram with ``alpha`` pseudo-counts."""
-    k = num_embeddings
+    smoothed towards that label's overall histogram with ``alpha`` pseudo-counts (:func:`position_probs`)."""
     labels_tr = np.where(train.labels < 0, -1, train.labels)
     total, count = 0.0, 0
     for lab in np.unique(held_out.labels):
         tr = train.codes[labels_tr == lab] if (labels_tr == lab).any() else train.codes
-        te = held_out.codes[held_out.labels == lab]
-        h, w = tr.shape[1:]
-        flat = tr.reshape(len(tr), -1)  # (N, h*w)
-        counts = np.zeros((h * w, k), np.float64)
-        np.add.at(counts, (np.broadcast_to(np.arange(h * w), flat.shape), flat), 1.0)
-        unigram = (counts.sum(0) + 1.0) / (counts.sum() + k)  # add-one: unseen codes stay finite
-        p = (counts + alpha * unigram) / (len(tr) + alpha)  # (h*w, K)
-        te_flat = te.reshape(len(te), -1)
-        total += -np.log2(p[np.arange(h * w)[None, :], te_flat]).sum()
+        p = position_probs(tr, num_embeddings, alpha)  # (h*w, K)
+        te_flat = held_out.codes[held_out.labels == lab].reshape(-1, p.shape[0])
+        total += -np.log2(p[np.arange(p.shape[0])[None, :], te_flat]).sum()
         count += te_flat.size
     return float(total / max(1, count))
 
